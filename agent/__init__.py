@@ -1,0 +1,1 @@
+"""kernelchat's agent: messages, backends, budgets, the loop, conversations and the CLI."""

@@ -1,0 +1,1 @@
+"""Tools the model can call: schemas from Python functions, and the python tool."""
