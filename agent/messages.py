@@ -1,0 +1,136 @@
+"""Messages at the boundary between the loop and every backend (OpenAI chat-completions shape)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+class ToolCall(BaseModel):
+    id: str
+    name: str
+    arguments: str = Field(description="JSON text exactly as the model produced it (may be malformed)")
+
+    def parsed_arguments(self) -> dict[str, Any]:
+        """The arguments as a dict; raises ValueError with a message the model can act on."""
+        try:
+            value = json.loads(self.arguments or "{}")
+        except json.JSONDecodeError as e:
+            raise ValueError(f"the arguments of tool call {self.name!r} are not valid JSON ({e.msg} at "
+                             f"position {e.pos}): {self.arguments[:200]!r}") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"the arguments of tool call {self.name!r} must be a JSON object, "
+                             f"got {type(value).__name__}")
+        return value
+
+    def to_openai(self) -> dict[str, Any]:
+        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+
+
+class Message(BaseModel):
+    role: Role
+    content: str | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    tool_call_id: str | None = None  # for role == "tool"
+
+    def to_openai(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.name:
+            out["name"] = self.name
+        if self.tool_calls:
+            out["tool_calls"] = [c.to_openai() for c in self.tool_calls]
+        if self.tool_call_id:
+            out["tool_call_id"] = self.tool_call_id
+        return out
+
+    @classmethod
+    def from_openai(cls, d: dict[str, Any]) -> "Message":
+        calls = [ToolCall(id=c.get("id", ""), name=c["function"]["name"], arguments=c["function"].get("arguments", ""))
+                 for c in d.get("tool_calls") or []]
+        content = d.get("content")
+        if isinstance(content, list):  # content parts: keep the text
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        return cls(role=d["role"], content=content, name=d.get("name"), tool_calls=calls,
+                   tool_call_id=d.get("tool_call_id"))
+
+
+def system(text: str) -> Message:
+    return Message(role="system", content=text)
+
+
+def user(text: str) -> Message:
+    return Message(role="user", content=text)
+
+
+def assistant(text: str | None = None, tool_calls: list[ToolCall] | None = None) -> Message:
+    return Message(role="assistant", content=text, tool_calls=tool_calls or [])
+
+
+def tool_result(call_id: str, text: str, name: str | None = None) -> Message:
+    return Message(role="tool", content=text, tool_call_id=call_id, name=name)
+
+
+class Usage(BaseModel):
+    """Tokens and money for one request (or summed over many)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: float = 0.0
+    seconds: float = 0.0
+    estimated_prompt_tokens: int | None = None  # our pre-flight count, to record drift
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: "Usage") -> "Usage":
+        est = None
+        if self.estimated_prompt_tokens is not None or other.estimated_prompt_tokens is not None:
+            est = (self.estimated_prompt_tokens or 0) + (other.estimated_prompt_tokens or 0)
+        return Usage(prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+                     completion_tokens=self.completion_tokens + other.completion_tokens,
+                     cached_tokens=self.cached_tokens + other.cached_tokens,
+                     reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
+                     cost_usd=self.cost_usd + other.cost_usd, seconds=self.seconds + other.seconds,
+                     estimated_prompt_tokens=est)
+
+
+class Reply(BaseModel):
+    """What a backend returns for one request: the assistant message and its usage."""
+
+    message: Message
+    usage: Usage = Field(default_factory=Usage)
+    finish_reason: str | None = None
+    model: str | None = None
+
+
+class TextDelta(BaseModel):
+    kind: Literal["text"] = "text"
+    text: str
+
+
+class ToolCallDelta(BaseModel):
+    """A piece of a tool call as it streams: `index` identifies the call."""
+
+    kind: Literal["tool_call"] = "tool_call"
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+class Done(BaseModel):
+    """The last stream event: the whole reply."""
+
+    kind: Literal["done"] = "done"
+    reply: Reply
+
+
+StreamEvent = TextDelta | ToolCallDelta | Done
