@@ -40,7 +40,7 @@ SANDBOX_UID_BASE = 2_100_000_000  # far above any real account or subuid range
 class LaunchSpec:
     argv: list[str]
     env: dict[str, str]
-    rlimits: dict[int, int] = field(default_factory=dict)  # set in the child before exec
+    rlimits: dict[int, tuple[int, int]] = field(default_factory=dict)  # set in the child before exec
     cgroup: Cgroup | None = None  # the child joins it before exec
 
 
@@ -162,6 +162,7 @@ def build_launch(kernel_argv: list[str], *, isolation: Isolation, workspace: Pat
             a += ["--ro-bind", str(p), str(p)]
     a += ["--proc", "/proc", "--dev", "/dev"]
     a += ["--perms", "1777", "--size", str(limits.tmp_mb * 2**20), "--tmpfs", "/tmp"]
+    a += ["--perms", "0755", "--dir", "/etc"]  # bwrap would make it 0700 as root
     for name in ETC_FILES + (NET_ETC_FILES if network else ()):
         if os.path.exists(f"/etc/{name}"):
             a += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]

@@ -102,7 +102,7 @@ def _child_setup(spec: LaunchSpec) -> Callable[[], None]:
             os.write(fd, pid)
             os.close(fd)
         for res, value in limits:
-            resource.setrlimit(res, (value, value))
+            resource.setrlimit(res, value)
 
     return setup
 
@@ -488,12 +488,15 @@ class Kernel:
 
     def _after_death(self, res: ExecResult, streams, t0: float) -> ExecResult:
         code = self._proc.returncode if self._proc else None
-        why = ""
-        if code is not None and code < 0:
-            sig = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
-            why = f" (killed by {sig}{': likely out of memory' if -code == signal.SIGKILL else ''})"
-        elif code is not None:
-            why = f" (exit code {code})"
+        signum = -code if code is not None and code < 0 else None
+        if self.isolation == "bwrap" and code is not None and code > 128:
+            signum = code - 128  # bwrap reports the kernel's fatal signal as 128 + N
+        why = f" (exit code {code})" if code is not None else ""
+        if signum:
+            sig = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else str(signum)
+            hint = {signal.SIGKILL: ": likely out of memory", signal.SIGSEGV: ": a crash in native code",
+                    signal.SIGXCPU: f": it used up its CPU-time limit ({self.limits.cpu_seconds} s)"}.get(signum, "")
+            why = f" (killed by {sig}{hint})"
         self.restart()
         res = self._finish(res, streams, t0, None)
         res.status, res.state_lost = "died", True

@@ -6,6 +6,7 @@ import os
 import resource
 import shutil
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -44,9 +45,9 @@ def user_task_count(uid: int) -> int:
     return n
 
 
-def rlimits(limits: Limits, *, gpu: bool, run_uid: int) -> dict[int, int]:
+def rlimits(limits: Limits, *, gpu: bool, run_uid: int) -> dict[int, tuple[int, int]]:
     """The rlimits to set in the kernel's launcher before it execs bwrap."""
-    out: dict[int, int] = {resource.RLIMIT_CORE: 0}
+    out: dict[int, int | tuple[int, int]] = {resource.RLIMIT_CORE: 0}
     # RLIMIT_DATA (not AS) turns a memory bomb into MemoryError; CUDA reserves huge
     # address ranges, so under gpu=True only the cgroup caps memory.
     if limits.memory_mb and not gpu:
@@ -60,8 +61,9 @@ def rlimits(limits: Limits, *, gpu: bool, run_uid: int) -> dict[int, int]:
     if limits.max_file_mb:
         out[resource.RLIMIT_FSIZE] = limits.max_file_mb * 2**20
     if limits.cpu_seconds:
-        out[resource.RLIMIT_CPU] = limits.cpu_seconds
-    return out
+        # SIGXCPU at the soft limit, SIGKILL a second later: the kernel's death says why.
+        out[resource.RLIMIT_CPU] = (limits.cpu_seconds, limits.cpu_seconds + 1)
+    return {k: v if isinstance(v, tuple) else (v, v) for k, v in out.items()}
 
 
 class Cgroup:
@@ -76,6 +78,7 @@ class Cgroup:
     def create_v1(cls, limits: Limits) -> "Cgroup | None":
         """Writable v1 hierarchies (as root, as on these CI machines)."""
         name = f"kernelchat/{uuid.uuid4().hex[:12]}"
+        cls.sweep()
         dirs: list[Path] = []
         try:
             mem = cls.V1_ROOT / "memory"
@@ -98,6 +101,22 @@ class Cgroup:
             return None
         return cls(dirs) if dirs else None
 
+    @classmethod
+    def sweep(cls, min_age_s: float = 60.0) -> None:
+        """Remove empty cgroups left by hosts that were killed (rmdir refuses busy ones)."""
+        now = time.time()
+        for parent in (cls.V1_ROOT / "memory" / "kernelchat", cls.V1_ROOT / "pids" / "kernelchat"):
+            try:
+                entries = list(os.scandir(parent))
+            except OSError:
+                continue
+            for e in entries:
+                try:
+                    if e.is_dir() and now - e.stat().st_mtime > min_age_s:
+                        os.rmdir(e.path)
+                except OSError:
+                    pass
+
     def procs_files(self) -> list[str]:
         return [str(d / "cgroup.procs") for d in self.dirs]
 
@@ -111,7 +130,8 @@ class Cgroup:
         return out
 
     def kill(self) -> None:
-        for _ in range(20):
+        """SIGKILL everything in the cgroup, including processes that left the session."""
+        for _ in range(100):
             pids = self.pids()
             if not pids:
                 return
@@ -120,14 +140,19 @@ class Cgroup:
                     os.kill(pid, 9)
                 except OSError:
                     pass
+            time.sleep(0.02)
 
     def remove(self) -> None:
         self.kill()
         for d in self.dirs:
-            try:
-                d.rmdir()
-            except OSError:
-                pass
+            for _ in range(50):  # a killed task leaves the cgroup only once reaped
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.02)
 
 
 def systemd_scope_prefix(limits: Limits) -> list[str]:
