@@ -164,6 +164,7 @@ class Kernel:
         self._runtime: Path | None = None
         self._spec: LaunchSpec | None = None
         self._lock = threading.RLock()
+        self._control_lock = threading.Lock()
         self._closed = False
         self.restarts = 0
         self.execution_count = 0
@@ -335,9 +336,10 @@ class Kernel:
 
     def interrupt(self) -> None:
         """Interrupt the running cell (message mode: a signal would kill bwrap)."""
-        if self._client is not None:
-            msg = self._client.session.msg("interrupt_request", {})
-            self._client.control_channel.send(msg)
+        with self._control_lock:  # zmq sockets are not thread-safe; callers may be on any thread
+            if self._client is not None:
+                msg = self._client.session.msg("interrupt_request", {})
+                self._client.control_channel.send(msg)
 
     def execute(self, code: str, timeout: float | None = None,
                 on_output: OutputCallback | None = None) -> ExecResult:

@@ -1,0 +1,93 @@
+"""Plain Python functions become tools: the schema from type hints and the docstring, the
+arguments validated by pydantic, and mistakes returned as text the model can fix."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+_PARAM_LINE = re.compile(r"^\s*[:@]?(?:param\s+)?(\w+)\s*(?:\([^)]*\))?\s*:\s*(.+)$")
+
+
+def _doc_parts(fn: Callable) -> tuple[str, dict[str, str]]:
+    """The summary and per-parameter descriptions (Google `name: text` or reST `:param name: text`)."""
+    doc = inspect.getdoc(fn) or ""
+    summary, params, in_args = [], {}, False
+    for line in doc.splitlines():
+        stripped = line.strip()
+        if stripped.lower() in ("args:", "arguments:", "parameters:", "params:"):
+            in_args = True
+            continue
+        if stripped.lower() in ("returns:", "raises:", "yields:", "examples:"):
+            in_args = False
+            continue
+        m = _PARAM_LINE.match(line)
+        if (in_args or stripped.startswith((":param", "@param"))) and m:
+            params[m.group(1)] = m.group(2).strip()
+        elif not in_args and not params:
+            summary.append(stripped)
+    return " ".join(s for s in summary if s).strip(), params
+
+
+class Tool:
+    """A callable the model may use, with its JSON schema and pydantic validation."""
+
+    def __init__(self, fn: Callable[..., Any], name: str | None = None, description: str | None = None):
+        self.fn = fn
+        self.name = name or fn.__name__
+        summary, param_docs = _doc_parts(fn)
+        self.description = description or summary or self.name
+        fields: dict[str, Any] = {}
+        for p in inspect.signature(fn).parameters.values():
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                continue
+            if p.annotation is inspect.Parameter.empty:
+                raise TypeError(f"tool {self.name!r}: parameter {p.name!r} needs a type hint")
+            default = ... if p.default is inspect.Parameter.empty else p.default
+            fields[p.name] = (p.annotation, Field(default, description=param_docs.get(p.name)))
+        self.model: type[BaseModel] = create_model(f"{self.name}_args", __config__=ConfigDict(extra="forbid"),
+                                                   **fields)
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        """The OpenAI function-calling schema."""
+        params = self.model.model_json_schema()
+        params.pop("title", None)
+        for prop in params.get("properties", {}).values():
+            prop.pop("title", None)
+        return {"type": "function", "function": {"name": self.name, "description": self.description,
+                                                 "parameters": params}}
+
+    def validate(self, arguments: str | dict[str, Any]) -> BaseModel:
+        """Parse and validate; raises ValueError worded for the model."""
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments or "{}")
+            except json.JSONDecodeError as e:
+                raise ValueError(f"Error: the arguments for {self.name} are not valid JSON ({e.msg} at position "
+                                 f"{e.pos}). Send a JSON object like {self.example()}.") from None
+        if not isinstance(arguments, dict):
+            raise ValueError(f"Error: the arguments for {self.name} must be a JSON object like {self.example()}.")
+        try:
+            return self.model.model_validate(arguments)
+        except ValidationError as e:
+            problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'arguments'}: {err['msg']}"
+                                 for err in e.errors())
+            raise ValueError(f"Error: wrong arguments for {self.name}: {problems}. "
+                             f"Expected {self.example()}.") from None
+
+    def example(self) -> str:
+        props = self.schema["function"]["parameters"].get("properties", {})
+        return "{" + ", ".join(f'"{k}": <{v.get("type", "value")}>' for k, v in props.items()) + "}"
+
+    def __call__(self, arguments: str | dict[str, Any]) -> Any:
+        args = self.validate(arguments)
+        return self.fn(**{k: getattr(args, k) for k in type(args).model_fields})
+
+
+def as_tool(fn: Callable[..., Any] | Tool) -> Tool:
+    return fn if isinstance(fn, Tool) else Tool(fn)
