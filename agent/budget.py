@@ -80,7 +80,8 @@ class BudgetTracker(BaseModel):
             remaining_usd = b.max_usd - spent.cost_usd
             prompt_usd = price.cost(estimated_prompt_tokens, 0)  # pessimistic: no cache discount
             per_output = price.output / 1_000_000
-            affordable = math.floor((remaining_usd - prompt_usd) / per_output) if per_output else allowed
+            # the epsilon keeps float error ($0.005 / $0.00001 = 499.999...) from costing a token
+            affordable = math.floor((remaining_usd - prompt_usd) / per_output + 1e-9) if per_output else allowed
             if affordable < floor:
                 raise BudgetExceeded(
                     f"money budget: this request costs about ${prompt_usd + floor * per_output:.4f} at least, but "

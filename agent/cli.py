@@ -1,4 +1,10 @@
-"""The `kernelchat` command line."""
+"""The `kernelchat` command line.
+
+    kernelchat "What is 2**100? Use Python."     one shot: the answer, with each cell and its output
+    kernelchat exec "print(1)"                   run code in the sandbox
+    kernelchat tokens REQUEST.json --model M     count a request's prompt tokens
+    kernelchat models                            what models are configured and available
+"""
 
 from __future__ import annotations
 
@@ -56,6 +62,70 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return 0 if res.ok else 1
 
 
+def _model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", "-m", default=None,
+                   help="gpt-4o-mini, openai:NAME, hf:smollm2 (default without OPENAI_API_KEY), hf:NAME, a folder or .gguf")
+    g.add_argument("--base-url", default=None, help="an OpenAI-compatible server (vLLM, llama.cpp, Ollama, ...)")
+    g.add_argument("--api-key", default=None, help="default: $OPENAI_API_KEY")
+    g.add_argument("--system", default=None, help="replace the default system prompt")
+    b = p.add_argument_group("budget")
+    b.add_argument("--max-steps", type=int, default=10, help="model requests per prompt (default 10)")
+    b.add_argument("--max-tokens", type=int, default=None, help="token budget for the conversation")
+    b.add_argument("--max-usd", type=float, default=None, help="money budget in USD")
+    b.add_argument("--max-seconds", type=float, default=None, help="time budget")
+
+
+def _chat_from(args: argparse.Namespace):
+    from .budget import Budget
+    from .chat import Chat
+
+    budget = Budget(max_tokens=args.max_tokens, max_usd=args.max_usd, max_seconds=args.max_seconds)
+    return Chat(args.model, system=args.system, base_url=args.base_url, api_key=args.api_key, budget=budget,
+                max_steps=args.max_steps, workspace=args.workspace, isolation=args.isolation, network=args.network,
+                gpu=args.gpu, timeout=args.timeout, memory_mb=args.memory_mb, progress=not args.json)
+
+
+def cmd_prompt(args: argparse.Namespace) -> int:
+    """One shot: run the loop on PROMPT and print the answer (with each cell), or one JSON object."""
+    from .budget import BudgetExceeded
+    from .events import AnswerEvent, ToolResultEvent
+    from .render import EventPrinter
+
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    printer = None if args.json else EventPrinter(Console(stderr=False))
+    calls: list[dict] = []
+    answer, steps, stopped = "", 0, None
+    with _chat_from(args) as chat:
+        if not args.no_save:
+            chat.save(args.save)
+        try:
+            for ev in chat.run(prompt):
+                if printer:
+                    printer(ev)
+                if isinstance(ev, ToolResultEvent):
+                    calls.append({"name": ev.name, "code": ev.code, "status": ev.status, "output": ev.output,
+                                  "images": ev.images})
+                if isinstance(ev, AnswerEvent):
+                    answer, steps = ev.text, ev.steps
+        except BudgetExceeded as e:
+            stopped = str(e)
+            steps = chat.tracker.steps
+        u = chat.usage
+        if args.json:
+            print(json.dumps({"answer": answer, "steps": steps, "tool_calls": calls, "model": chat.model,
+                              "usage": {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+                                        "cached_tokens": u.cached_tokens, "cost_usd": round(u.cost_usd, 6),
+                                        "seconds": round(u.seconds, 3)},
+                              "budget_exceeded": stopped, "conversation": str(chat.path) if chat.path else None},
+                             indent=2))
+        elif stopped:
+            Console(stderr=True).print(f"[red]kernelchat: stopped: {stopped}[/red]", highlight=False)
+        elif chat.path:
+            Console(stderr=True).print(f"[dim]saved: {chat.path}[/dim]", highlight=False)
+    return 3 if stopped else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kernelchat", description=__doc__)
     sub = p.add_subparsers(dest="command")
@@ -64,11 +134,35 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print the ExecResult as JSON")
     _sandbox_args(e)
     e.set_defaults(func=cmd_exec)
+    from .cli_models import register as register_model_commands  # `tokens`, `models`
+
+    register_model_commands(sub)
     return p
 
 
+def prompt_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kernelchat", description="Ask a question; the model answers, running "
+                                "Python in a sandboxed kernel. Subcommands: exec, tokens, models (see "
+                                "`kernelchat SUBCOMMAND --help`).")
+    p.add_argument("prompt", help="the question (- reads it from stdin)")
+    p.add_argument("--json", action="store_true", help="print one JSON object: answer, steps, tool_calls, usage")
+    p.add_argument("--save", default=None, help="where to save the conversation (default: the conversations folder)")
+    p.add_argument("--no-save", action="store_true", help="do not save the conversation")
+    _model_args(p)
+    _sandbox_args(p)
+    p.set_defaults(func=cmd_prompt)
+    return p
+
+
+SUBCOMMANDS = {"exec", "tokens", "models"}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help"):
+        args = prompt_parser().parse_args(argv)
+    else:
+        args = build_parser().parse_args(argv)
     if not getattr(args, "func", None):
         build_parser().print_help()
         return 2
@@ -77,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError) as e:
         Console(stderr=True).print(f"[red]kernelchat:[/red] {e}", markup=True, highlight=False)
         return 2
+    except KeyboardInterrupt:
+        Console(stderr=True).print("[yellow]kernelchat: interrupted[/yellow]")
+        return 130
 
 
 if __name__ == "__main__":

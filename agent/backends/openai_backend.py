@@ -15,7 +15,7 @@ from typing import Any, Iterator
 from urllib.parse import urlparse
 
 import openai
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
 from .. import pricing, tokens
 from ..messages import Done, Message, Reply, StreamEvent, TextDelta, ToolCall, ToolCallDelta, Usage
@@ -69,7 +69,7 @@ class _WaitRetryAfter:
     """tenacity wait: the server's Retry-After when it gave one, else exponential backoff with jitter."""
 
     def __init__(self, initial: float, maximum: float):
-        self.fallback = wait_exponential_jitter(initial=initial, max=maximum)
+        self.fallback = wait_exponential(multiplier=initial, max=maximum) + wait_random(0, initial)  # jitter
 
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -148,9 +148,13 @@ class OpenAIBackend:
                         acc["arguments"] += args
                         yield ToolCallDelta(index=tc.index, id=tc.id, name=name, arguments=args)
                     finish = choice.finish_reason or finish
-        except openai.APIError as e:
+        except openai.APIConnectionError as e:  # the SDK wraps a connection dropped mid-read
+            cause = e.__cause__ or e.__context__ or e
+            raise BackendError(f"the stream from {self.base_url} was cut off mid-way after {n} chunks "
+                               f"({type(cause).__name__}: {cause})") from None
+        except openai.APIError as e:  # an error event inside the stream
             raise self._error(e, attempts=1) from None
-        except Exception as e:  # the connection broke while reading (httpx protocol/read errors)
+        except Exception as e:  # the connection broke while reading (transport errors the SDK let through)
             raise BackendError(f"the stream from {self.base_url} was cut off mid-way after {n} chunks "
                                f"({type(e).__name__}: {e})") from None
         if finish is None:  # the server closed the stream without finishing the message

@@ -1,0 +1,160 @@
+"""The loop: send, run the tool calls, append the results, repeat until a final answer,
+`max_steps`, or the budget. Yields one event stream for every front end."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from typing import TYPE_CHECKING, Iterator
+
+from tools.python_tool import render
+
+from .budget import BudgetExceeded, fit_context
+from .events import (AnswerEvent, Event, NoticeEvent, TextEvent, ToolCallEvent, ToolOutputEvent,
+                     ToolResultEvent, UsageEvent)
+from .messages import Done, Message, Reply, TextDelta, ToolCall, tool_result
+from .tree import CellRecord
+
+if TYPE_CHECKING:
+    from .chat import Chat
+
+COMPLETION_ALLOWANCE = 1024  # tokens asked for per step, clipped by the budget
+
+
+def run_turn(chat: "Chat") -> Iterator[Event]:
+    """Run model steps from the active leaf (which ends with a user or tool message)."""
+    schemas = chat.tool_schemas()
+    last_text = ""
+    for step in range(1, chat.max_steps + 1):
+        reply = yield from _request(chat, schemas)
+        msg = reply.message
+        chat._append(msg, usage=reply.usage)
+        yield UsageEvent(usage=reply.usage, total=chat.usage)
+        last_text = msg.content or last_text
+        if not msg.tool_calls:
+            yield AnswerEvent(text=(msg.content or "").strip(), steps=step)
+            return
+        for call in msg.tool_calls:
+            yield from _run_call(chat, call)
+    text = (last_text.strip() + "\n\n" if last_text.strip() else "") + \
+        f"[stopped after {chat.max_steps} steps without a final answer]"
+    yield NoticeEvent(text=f"max_steps ({chat.max_steps}) reached")
+    yield AnswerEvent(text=text, steps=chat.max_steps)
+
+
+def _request(chat: "Chat", schemas: list[dict]) -> Iterator[Event]:
+    backend = chat.backend
+    messages = chat.messages()
+    count = lambda ms: backend.count_prompt_tokens(ms, schemas)  # noqa: E731
+    messages = fit_context(messages, count, backend.context_window,
+                           reserve=min(COMPLETION_ALLOWANCE, backend.context_window // 4))
+    estimate = count(messages)
+    try:
+        max_tokens = chat.tracker.check(estimate, COMPLETION_ALLOWANCE, chat.price)
+    except BudgetExceeded as e:
+        yield NoticeEvent(text=f"budget exceeded: {e}")
+        raise
+    reply: Reply | None = None
+    for ev in backend.stream(messages, schemas or None, max_tokens=max_tokens, temperature=chat.temperature):
+        if isinstance(ev, TextDelta):
+            yield TextEvent(text=ev.text)
+        elif isinstance(ev, Done):
+            reply = ev.reply
+    if reply is None:
+        raise RuntimeError("the backend's stream ended without a reply")
+    if reply.usage.estimated_prompt_tokens is None:
+        reply.usage.estimated_prompt_tokens = estimate
+    if not reply.usage.prompt_tokens:
+        reply.usage.prompt_tokens = estimate  # servers that report no usage: our count stands in
+    chat.tracker.record(reply.usage)
+    return reply
+
+
+def _run_call(chat: "Chat", call: ToolCall) -> Iterator[Event]:
+    tool = chat.tools.get(call.name)
+    if call.name == "python":
+        try:
+            args = call.parsed_arguments()
+            code = args.get("code")
+            if not isinstance(code, str):
+                raise ValueError('Error: the python tool takes {"code": "<python source>"}: '
+                                 f"`code` must be a string, got {type(code).__name__}")
+        except ValueError as e:
+            yield from _answer_call(chat, call, str(e), "invalid")
+            return
+        yield from _run_python(chat, call, code)
+        return
+    if tool is None:
+        names = ", ".join(sorted(["python", *chat.tools])) if chat.use_python else ", ".join(sorted(chat.tools))
+        yield from _answer_call(chat, call, f"Error: there is no tool named {call.name!r}. "
+                                            f"Available tools: {names}.", "invalid")
+        return
+    yield ToolCallEvent(id=call.id, name=call.name, arguments=call.arguments)
+    try:
+        value = tool(call.arguments)
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        status = "ok"
+    except ValueError as e:  # validation: worded for the model
+        text, status = str(e), "invalid"
+    except Exception as e:  # noqa: BLE001 - the tool's failure goes back to the model
+        text, status = f"Error: {call.name} raised {type(e).__name__}: {e}", "error"
+    yield from _answer_call(chat, call, text, status, announce=False)
+
+
+def _answer_call(chat: "Chat", call: ToolCall, text: str, status: str, announce: bool = True) -> Iterator[Event]:
+    if announce:
+        yield ToolCallEvent(id=call.id, name=call.name, arguments=call.arguments)
+    chat._append(tool_result(call.id, text, name=call.name))
+    yield ToolResultEvent(id=call.id, name=call.name, status=status, output=text)
+
+
+def _run_python(chat: "Chat", call: ToolCall, code: str) -> Iterator[Event]:
+    yield ToolCallEvent(id=call.id, name="python", code=code, arguments=call.arguments)
+    if chat.approve is not None:
+        decision = chat.approve(code)
+        if decision is False or decision is None:
+            text = "The user did not allow this code to run. Ask them, or try a different approach."
+            chat._append(tool_result(call.id, text, name="python"),
+                         cell=CellRecord(code=code, status="rejected", output=text, executed=False))
+            yield ToolResultEvent(id=call.id, name="python", status="rejected", output=text, code=code)
+            return
+        if isinstance(decision, str):
+            code = decision
+    kernel = chat.kernel()
+    # The kernel calls back on its own schedule; a thread plus a queue turns that into events.
+    q: queue.Queue = queue.Queue()
+    box: dict = {}
+
+    def work() -> None:
+        try:
+            box["res"] = kernel.execute(code, timeout=chat.timeout,
+                                        on_output=lambda kind, data: q.put((kind, data)))
+        except BaseException as e:  # noqa: BLE001 - re-raised below on the caller's thread
+            box["err"] = e
+        q.put(None)
+
+    threading.Thread(target=work, daemon=True, name="kernelchat-cell").start()
+    while (item := q.get()) is not None:
+        kind, data = item
+        text = data if isinstance(data, str) else (data.path or data.text or "")
+        yield ToolOutputEvent(id=call.id, stream=kind, text=text)
+    if "err" in box:
+        raise box["err"]
+    res = box["res"]
+    if res.state_lost:
+        chat._kernel_cells = []  # the kernel restarted: nothing before this cell is in it
+    text = render(res)
+    node = chat._append(tool_result(call.id, text, name="python"),
+                        cell=CellRecord(code=code, status=res.status, output=text, images=res.images,
+                                        duration=res.duration, executed=res.status != "died"))
+    if res.status != "died":
+        chat._kernel_cells.append(node.id)
+    yield ToolResultEvent(id=call.id, name="python", status=res.status, output=text, code=code,
+                          images=res.images, duration=res.duration)
+
+
+def user_message(text: str) -> Message:
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("the prompt must be a non-empty string")
+    return Message(role="user", content=text)

@@ -1,0 +1,145 @@
+"""Conversations on disk: atomic JSON saves, loading, and Markdown / self-contained HTML export."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import mimetypes
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from .messages import Usage
+from .tree import Tree
+
+FORMAT = "kernelchat.conversation/1"
+
+
+class ConversationFile(BaseModel):
+    format: str = FORMAT
+    id: str
+    model: str
+    system: str | None = None
+    settings: dict[str, Any] = Field(default_factory=dict)
+    usage: Usage = Field(default_factory=Usage)
+    tree: Tree
+
+
+def conversations_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(base) / "kernelchat" / "conversations"
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write-then-rename in the same folder, fsynced: a crash leaves the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def save(path: Path, conv: ConversationFile) -> None:
+    atomic_write(path, conv.model_dump_json(indent=1))
+
+
+def load(path: Path) -> ConversationFile:
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"no conversation at {str(path)!r}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not a kernelchat conversation (invalid JSON at line {e.lineno}: {e.msg})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a kernelchat conversation (expected format {FORMAT!r})")
+    return ConversationFile.model_validate(data)
+
+
+def _path_items(conv: ConversationFile):
+    """(role, text, cell) along the active branch, tool calls folded into their results."""
+    for node in conv.tree.path():
+        m = node.message
+        if m.role == "system":
+            continue
+        if m.role == "assistant" and m.content:
+            yield "assistant", m.content, None
+        elif m.role == "user":
+            yield "user", m.content or "", None
+        elif m.role == "tool":
+            yield "tool", m.content or "", node.cell
+
+
+def to_markdown(conv: ConversationFile) -> str:
+    out = [f"# kernelchat conversation {conv.id}", "", f"Model: `{conv.model}`", ""]
+    for role, text, cell in _path_items(conv):
+        if role == "user":
+            out += ["## User", "", text, ""]
+        elif role == "assistant":
+            out += ["## Assistant", "", text, ""]
+        elif cell is not None:
+            out += ["```python", cell.code.rstrip(), "```", "", "```text", cell.output.rstrip(), "```", ""]
+            out += [f"![figure]({p})" for p in cell.images] + ([""] if cell.images else [])
+        else:
+            out += ["```text", text.rstrip(), "```", ""]
+    u = conv.usage
+    out += [f"---", f"Tokens: {u.prompt_tokens:,} prompt, {u.completion_tokens:,} completion; "
+            f"cost ${u.cost_usd:.4f}"]
+    return "\n".join(out) + "\n"
+
+
+def _img(path: str) -> str:
+    p = Path(path)
+    if not p.exists():
+        return f'<p class="missing">[image missing: {html.escape(path)}]</p>'
+    mime = mimetypes.guess_type(p.name)[0] or "image/png"
+    data = base64.b64encode(p.read_bytes()).decode()
+    return f'<img alt="{html.escape(p.name)}" src="data:{mime};base64,{data}">'
+
+
+CSS = """body{font:15px/1.5 system-ui,sans-serif;max-width:52rem;margin:2rem auto;padding:0 1rem;color:#222}
+.user{background:#eef4ff;border-radius:8px;padding:.6rem 1rem;margin:1rem 0}
+.assistant{padding:.2rem 1rem;white-space:pre-wrap}
+pre{background:#f6f6f6;padding:.6rem;border-radius:6px;overflow-x:auto;white-space:pre-wrap}
+pre.code{border-left:3px solid #4a7} pre.out{border-left:3px solid #aaa}
+img{max-width:100%;display:block;margin:.5rem 0} footer{color:#777;margin-top:2rem}"""
+
+
+def to_html(conv: ConversationFile) -> str:
+    """One self-contained page: plots are inlined as data URIs."""
+    body = [f"<h1>kernelchat conversation</h1><p>Model: <code>{html.escape(conv.model)}</code></p>"]
+    for role, text, cell in _path_items(conv):
+        if role == "user":
+            body.append(f'<div class="user"><b>User</b><br>{html.escape(text)}</div>')
+        elif role == "assistant":
+            body.append(f'<div class="assistant">{html.escape(text)}</div>')
+        elif cell is not None:
+            body.append(f'<pre class="code">{html.escape(cell.code)}</pre>')
+            body.append(f'<pre class="out">{html.escape(cell.output)}</pre>')
+            body += [_img(p) for p in cell.images]
+        else:
+            body.append(f'<pre class="out">{html.escape(text)}</pre>')
+    u = conv.usage
+    body.append(f"<footer>Tokens: {u.prompt_tokens:,} prompt, {u.completion_tokens:,} completion; "
+                f"cost ${u.cost_usd:.4f}</footer>")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>kernelchat {conv.id}</title>"
+            f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")
