@@ -39,7 +39,7 @@ class Chat:
                  kernel: Kernel | None = None, workspace: str | Path | None = None, isolation: str | None = None,
                  network: bool = False, gpu: bool = False, timeout: float = 120.0, memory_mb: int | None = -1,
                  sync: Sync = "replay", approve: Approve | None = None, temperature: float | None = None,
-                 path: str | Path | None = None, progress: bool = True):
+                 path: str | Path | None = None, progress: bool = True, answer_from_output: bool | None = None):
         if sync not in ("replay", "keep", "reset"):
             raise ValueError(f"sync must be 'replay', 'keep' or 'reset', got {sync!r}")
         if max_steps < 1:
@@ -49,6 +49,9 @@ class Chat:
         self.model = getattr(self.backend, "model", model or "?")
         self.price = pricing.lookup(self.model)
         small = getattr(self.backend, "supports_tools", True) is False
+        # Models without tool training write ```python blocks and garble what they copy: by default
+        # their answer is the short output their code computed.
+        self.answer_from_output = small if answer_from_output is None else answer_from_output
         self.system = system if system is not None else (SMALL_MODEL_SYSTEM if small else DEFAULT_SYSTEM)
         self.tools: dict[str, Tool] = {t.name: t for t in map(as_tool, tools)}
         self.use_python = use_python

@@ -13,10 +13,8 @@ import contextlib
 import fcntl
 import hashlib
 import importlib.util
-import json
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -191,6 +189,7 @@ def convert_gguf(gguf: Path, out: Path, progress: bool = True) -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # our bar replaces transformers' tqdm bars
+        _silence_gguf_tqdm()
 
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         bar.update(task, advance=1, description=f"converting {gguf.name}: weights")
@@ -203,6 +202,17 @@ def convert_gguf(gguf: Path, out: Path, progress: bool = True) -> None:
         bar.update(task, advance=1, description=f"converted {gguf.name}")
     if progress:
         console.print(f"[green]cached[/] {gguf.name} -> {out.parent}", highlight=False)
+
+
+def _silence_gguf_tqdm() -> None:
+    """The GGUF dequantizer uses a bare tqdm that ignores disable_progress_bar(); mute that one bar."""
+    import functools
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is not None and not isinstance(bar, functools.partial):
+        gguf_utils.tqdm = functools.partial(bar, disable=True)
 
 
 def _strip_gguf_quantization(model) -> None:

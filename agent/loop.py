@@ -14,6 +14,7 @@ from .budget import BudgetExceeded, fit_context
 from .events import (AnswerEvent, Event, NoticeEvent, TextEvent, ToolCallEvent, ToolOutputEvent,
                      ToolResultEvent, UsageEvent)
 from .messages import Done, Message, Reply, TextDelta, ToolCall, tool_result
+from .toolparse import parse_tool_calls
 from .tree import CellRecord
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ def run_turn(chat: "Chat") -> Iterator[Event]:
     last_text = ""
     for step in range(1, chat.max_steps + 1):
         reply = yield from _request(chat, schemas)
-        msg = reply.message
+        msg = _fence_fallback(chat, reply.message)
         chat._append(msg, usage=reply.usage)
         yield UsageEvent(usage=reply.usage, total=chat.usage)
         last_text = msg.content or last_text
@@ -36,11 +37,35 @@ def run_turn(chat: "Chat") -> Iterator[Event]:
             yield AnswerEvent(text=(msg.content or "").strip(), steps=step)
             return
         for call in msg.tool_calls:
-            yield from _run_call(chat, call)
+            result = yield from _run_call(chat, call)
+            if chat.answer_from_output and _is_answer(result):
+                # Small models garble what they copy: once code has computed a short result,
+                # that result is the answer (and the model is not asked to repeat it).
+                chat._append(Message(role="assistant", content=result.output))
+                yield AnswerEvent(text=result.output, steps=step)
+                return
     text = (last_text.strip() + "\n\n" if last_text.strip() else "") + \
         f"[stopped after {chat.max_steps} steps without a final answer]"
     yield NoticeEvent(text=f"max_steps ({chat.max_steps}) reached")
     yield AnswerEvent(text=text, steps=chat.max_steps)
+
+
+def _fence_fallback(chat: "Chat", msg: Message) -> Message:
+    """A server without tool support (or a model without tool training) answers with ```python
+    blocks: when the python tool is offered, those become calls of it."""
+    if msg.tool_calls or not chat.use_python or "```" not in (msg.content or ""):
+        return msg
+    text, calls = parse_tool_calls(msg.content or "", ["python"])
+    if not calls:
+        return msg
+    return msg.model_copy(update={"content": text or None, "tool_calls": calls})
+
+
+def _is_answer(result: ToolResultEvent | None) -> bool:
+    if result is None or result.name != "python" or result.status != "ok":
+        return False
+    out = result.output.strip()
+    return bool(out) and not out.startswith("[") and len(out) <= 300 and out.count("\n") < 3
 
 
 def _request(chat: "Chat", schemas: list[dict]) -> Iterator[Event]:
@@ -81,15 +106,12 @@ def _run_call(chat: "Chat", call: ToolCall) -> Iterator[Event]:
                 raise ValueError('Error: the python tool takes {"code": "<python source>"}: '
                                  f"`code` must be a string, got {type(code).__name__}")
         except ValueError as e:
-            yield from _answer_call(chat, call, str(e), "invalid")
-            return
-        yield from _run_python(chat, call, code)
-        return
+            return (yield from _answer_call(chat, call, str(e), "invalid"))
+        return (yield from _run_python(chat, call, code))
     if tool is None:
         names = ", ".join(sorted(["python", *chat.tools])) if chat.use_python else ", ".join(sorted(chat.tools))
-        yield from _answer_call(chat, call, f"Error: there is no tool named {call.name!r}. "
-                                            f"Available tools: {names}.", "invalid")
-        return
+        return (yield from _answer_call(chat, call, f"Error: there is no tool named {call.name!r}. "
+                                                   f"Available tools: {names}.", "invalid"))
     yield ToolCallEvent(id=call.id, name=call.name, arguments=call.arguments)
     try:
         value = tool(call.arguments)
@@ -99,14 +121,16 @@ def _run_call(chat: "Chat", call: ToolCall) -> Iterator[Event]:
         text, status = str(e), "invalid"
     except Exception as e:  # noqa: BLE001 - the tool's failure goes back to the model
         text, status = f"Error: {call.name} raised {type(e).__name__}: {e}", "error"
-    yield from _answer_call(chat, call, text, status, announce=False)
+    return (yield from _answer_call(chat, call, text, status, announce=False))
 
 
 def _answer_call(chat: "Chat", call: ToolCall, text: str, status: str, announce: bool = True) -> Iterator[Event]:
     if announce:
         yield ToolCallEvent(id=call.id, name=call.name, arguments=call.arguments)
     chat._append(tool_result(call.id, text, name=call.name))
-    yield ToolResultEvent(id=call.id, name=call.name, status=status, output=text)
+    ev = ToolResultEvent(id=call.id, name=call.name, status=status, output=text)
+    yield ev
+    return ev
 
 
 def _run_python(chat: "Chat", call: ToolCall, code: str) -> Iterator[Event]:
@@ -117,8 +141,9 @@ def _run_python(chat: "Chat", call: ToolCall, code: str) -> Iterator[Event]:
             text = "The user did not allow this code to run. Ask them, or try a different approach."
             chat._append(tool_result(call.id, text, name="python"),
                          cell=CellRecord(code=code, status="rejected", output=text, executed=False))
-            yield ToolResultEvent(id=call.id, name="python", status="rejected", output=text, code=code)
-            return
+            ev = ToolResultEvent(id=call.id, name="python", status="rejected", output=text, code=code)
+            yield ev
+            return ev
         if isinstance(decision, str):
             code = decision
     kernel = chat.kernel()
@@ -150,8 +175,10 @@ def _run_python(chat: "Chat", call: ToolCall, code: str) -> Iterator[Event]:
                                         duration=res.duration, executed=res.status != "died"))
     if res.status != "died":
         chat._kernel_cells.append(node.id)
-    yield ToolResultEvent(id=call.id, name="python", status=res.status, output=text, code=code,
-                          images=res.images, duration=res.duration)
+    ev = ToolResultEvent(id=call.id, name="python", status=res.status, output=text, code=code,
+                         images=res.images, duration=res.duration)
+    yield ev
+    return ev
 
 
 def user_message(text: str) -> Message:

@@ -9,7 +9,6 @@ import os
 import shutil
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -184,3 +183,23 @@ def test_python_fence_becomes_a_python_tool_call(local_backend):
     # The call is rendered back as the fence the model wrote, so the next turn reuses the KV cache.
     follow = [user("Write Python code to print hello world."), reply.message]
     assert "```python\nprint(" in local_backend.render(follow)
+
+
+def test_uncached_hub_model_fails_clearly(monkeypatch, tmp_path):
+    from agent.backends.base import BackendError
+    from agent.backends.local import LocalBackend
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(BackendError, match="local Hugging Face cache"):
+        LocalBackend("hf:nobody/no-such-model-xyz")
+
+
+@pytest.mark.slow
+def test_abandoned_stream_stops_and_frees_the_backend(local_backend):
+    gen = local_backend.stream([user("Tell me a long story about a dragon.")], max_tokens=200)
+    next(gen)
+    start = time.perf_counter()
+    gen.close()  # the consumer goes away: generation is cancelled, not run to 200 tokens
+    assert time.perf_counter() - start < 5
+    r = local_backend.complete([user("Say hi.")], max_tokens=4)
+    assert r.usage.completion_tokens <= 4
