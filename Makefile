@@ -17,13 +17,15 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 demo: setup
-	$(VENV)/bin/kernelchat exec "import os, sys; print('2**100 =', 2**100); print('uid', os.getuid(), 'in', os.getcwd()); sorted(os.environ)"
+	$(VENV)/bin/kernelchat "What is 2**100? Use Python."
 
 test: setup
 	$(PY) -m pytest -q -ra
 
 bench: setup
 	$(PY) bench/kernel_bench.py
+	$(PY) bench/backend_bench.py
+	$(PY) bench/small_model_accuracy.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

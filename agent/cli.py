@@ -4,6 +4,7 @@
     kernelchat exec "print(1)"                   run code in the sandbox
     kernelchat tokens REQUEST.json --model M     count a request's prompt tokens
     kernelchat models                            what models are configured and available
+    kernelchat run TASK.toml [MORE.toml ...]     run task files, check the outcomes, write a report
 """
 
 from __future__ import annotations
@@ -17,10 +18,27 @@ from rich.panel import Panel
 from rich.syntax import Syntax
 
 
+class _GatewayFlag(argparse.Action):
+    """--gateway URL / --gateway-token TOKEN: the kernel runs on a Jupyter Kernel Gateway or Enterprise
+    Gateway. Handed on as KERNELCHAT_GATEWAY_URL / _TOKEN, which Kernel(isolation="gateway") reads."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        import os
+
+        setattr(namespace, self.dest, value)
+        if self.dest == "gateway":
+            namespace.isolation = "gateway"
+        os.environ["KERNELCHAT_GATEWAY_URL" if self.dest == "gateway" else "KERNELCHAT_GATEWAY_TOKEN"] = value
+
+
 def _sandbox_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sandbox")
-    g.add_argument("--isolation", choices=["bwrap", "none"], default=None,
-                   help="bwrap (default where it runs) or none (trusted code only)")
+    g.add_argument("--isolation", choices=["bwrap", "none", "gateway"], default=None,
+                   help="bwrap (default where it runs), none (trusted code only), or gateway (see --gateway)")
+    g.add_argument("--gateway", metavar="URL", action=_GatewayFlag, default=None,
+                   help="run the kernel on a Jupyter Kernel Gateway / Enterprise Gateway (implies --isolation gateway)")
+    g.add_argument("--gateway-token", metavar="TOKEN", action=_GatewayFlag, default=None,
+                   help="the gateway's auth token (or KERNELCHAT_GATEWAY_TOKEN)")
     g.add_argument("--network", action="store_true", help="let the kernel reach the network")
     g.add_argument("--gpu", action="store_true", help="pass the NVIDIA devices through")
     g.add_argument("--workspace", default=None, help="the kernel's working folder (default: a temporary one)")
@@ -74,6 +92,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     b.add_argument("--max-tokens", type=int, default=None, help="token budget for the conversation")
     b.add_argument("--max-usd", type=float, default=None, help="money budget in USD")
     b.add_argument("--max-seconds", type=float, default=None, help="time budget")
+    p.add_argument("--confirm", action="store_true", help="ask before each cell runs: run, skip, or edit it")
 
 
 def _chat_from(args: argparse.Namespace):
@@ -92,11 +111,21 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     from .events import AnswerEvent, ToolResultEvent
     from .render import EventPrinter
 
+    if args.prompt is None:  # no prompt: the terminal chat, with the same flags
+        if args.json:
+            raise ValueError("--json needs a prompt")
+        from .repl import main as chat_main
+
+        return chat_main(args)
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     printer = None if args.json else EventPrinter(Console(stderr=False))
     calls: list[dict] = []
     answer, steps, stopped = "", 0, None
     with _chat_from(args) as chat:
+        if args.confirm:  # ask before each cell, as the terminal chat does
+            from .repl import confirm_cell
+
+            chat.approve = confirm_cell
         if not args.no_save:
             chat.save(args.save)
         try:
@@ -137,14 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_models import register as register_model_commands  # `tokens`, `models`
 
     register_model_commands(sub)
+    from .runner import register as register_run  # `run TASK.toml ...`
+
+    register_run(sub)
     return p
 
 
 def prompt_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kernelchat", description="Ask a question; the model answers, running "
-                                "Python in a sandboxed kernel. Subcommands: exec, tokens, models (see "
+                                "Python in a sandboxed kernel. Subcommands: exec, tokens, models, run (see "
                                 "`kernelchat SUBCOMMAND --help`).")
-    p.add_argument("prompt", help="the question (- reads it from stdin)")
+    p.add_argument("prompt", nargs="?", default=None,
+                   help="the question (- reads it from stdin); without one, the terminal chat opens")
     p.add_argument("--json", action="store_true", help="print one JSON object: answer, steps, tool_calls, usage")
     p.add_argument("--save", default=None, help="where to save the conversation (default: the conversations folder)")
     p.add_argument("--no-save", action="store_true", help="do not save the conversation")
@@ -154,13 +187,13 @@ def prompt_parser() -> argparse.ArgumentParser:
     return p
 
 
-SUBCOMMANDS = {"exec", "tokens", "models"}
+SUBCOMMANDS = {"exec", "tokens", "models", "run"}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help"):
-        args = prompt_parser().parse_args(argv)
+    if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help")):
+        args = prompt_parser().parse_args(argv)  # no prompt at all: the terminal chat
     else:
         args = build_parser().parse_args(argv)
     if not getattr(args, "func", None):

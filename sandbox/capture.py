@@ -57,10 +57,10 @@ class CappedStream:
         while self.tail and self.tail_len - len(self.tail[0]) >= keep:
             self.cut += len(self.tail[0])
             self.tail_len -= len(self.tail.popleft())
-        if self.tail_len > 4 * keep:  # one huge chunk: trim it in place
-            joined = "".join(self.tail)
-            self.cut += len(joined) - keep
-            self.tail = collections.deque([joined[-keep:]])
+        excess = self.tail_len - keep
+        if excess > 0:  # a big chunk: trim its front, so the tail is exactly `keep` (gateway kernels
+            self.tail[0] = self.tail[0][excess:]  # send output in large batches, and rely on this cap)
+            self.cut += excess
             self.tail_len = keep
 
     def value(self) -> tuple[str, str | None]:

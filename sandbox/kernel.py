@@ -125,6 +125,16 @@ class Kernel:
     ...     print(k.execute("x").result)
     """
 
+    def __new__(cls, *args, **kwargs):
+        # isolation="gateway" (or a gateway_url): the kernel runs on a Jupyter Kernel Gateway /
+        # Enterprise Gateway; GatewayKernel subclasses Kernel, so Python then calls its __init__.
+        isolation = kwargs.get("isolation", args[1] if len(args) > 1 else None)
+        if cls is Kernel and (isolation == "gateway" or (isolation is None and kwargs.get("gateway_url"))):
+            from .gateway import GatewayKernel
+
+            cls = GatewayKernel
+        return super().__new__(cls)
+
     def __init__(self, workspace: str | os.PathLike | None = None, isolation: Isolation | None = None,
                  network: bool = False, gpu: bool = False, env: dict[str, str] | None = None, *,
                  timeout: float = 120.0, memory_mb: int | None = -1, max_procs: int | None = -1,
@@ -135,7 +145,7 @@ class Kernel:
             if isolation == "none":
                 log.warning("bwrap cannot run here: the kernel runs WITHOUT isolation")
         if isolation not in ("bwrap", "none"):
-            raise ValueError(f"isolation must be 'bwrap' or 'none', got {isolation!r}")
+            raise ValueError(f"isolation must be 'bwrap', 'none' or 'gateway', got {isolation!r}")
         if isolation == "bwrap":
             from .isolation import bwrap_path
 

@@ -81,3 +81,57 @@ def local_backend():
     from agent.backends.local import LocalBackend
 
     return LocalBackend("hf:smollm2", progress=False)
+
+
+# -- a real Jupyter Kernel Gateway on 127.0.0.1, for sandbox.gateway --------------------------------
+
+
+class _Gateway:
+    def __init__(self, url: str, token: str, log: _Path):
+        self.url, self.token, self.log = url, token, log
+
+
+@pytest.fixture(scope="session")
+def kernel_gateway(tmp_path_factory):
+    """`jupyter kernelgateway` with a random port and token and docs/kernel_gateway_config.py
+    (TCP_NODELAY on websockets, death noticed within 1 s); killed at the end of the session."""
+    import secrets as _secrets
+    import signal as _signal
+
+    root = tmp_path_factory.mktemp("gateway")
+    port, token = _free_port(), _secrets.token_hex(16)
+    config = _Path(__file__).resolve().parents[1] / "docs" / "kernel_gateway_config.py"
+    log = root / "gateway.log"
+    with open(log, "wb") as out:
+        proc = _subprocess.Popen([_sys.executable, "-m", "kernel_gateway", "--KernelGatewayApp.ip=127.0.0.1",
+                                  f"--KernelGatewayApp.port={port}", f"--KernelGatewayApp.auth_token={token}",
+                                  f"--config={config}"],
+                                 cwd=root, stdout=out, stderr=_subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = _time.monotonic() + 60
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"jupyter kernelgateway exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+            try:
+                req = _urlrequest.Request(url + "/api", headers={"Authorization": f"token {token}"})
+                with _urlrequest.urlopen(req, timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if _time.monotonic() > deadline:
+                pytest.fail(f"jupyter kernelgateway not ready within 60 s:\n{log.read_text()[-3000:]}")
+            _time.sleep(0.2)
+        yield _Gateway(url, token, log)
+    finally:
+        proc.terminate()  # the gateway shuts its kernels down
+        try:
+            proc.wait(timeout=15)
+        except _subprocess.TimeoutExpired:
+            pass
+        try:
+            _os.killpg(proc.pid, _signal.SIGKILL)  # and anything left in its session
+        except OSError:
+            pass
+        proc.wait()

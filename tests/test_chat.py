@@ -253,3 +253,17 @@ def test_repair_step_shows_the_traceback_and_the_fix_answers(tmp_path):
         assert chat("What is 6 times 7?") == "42"
         tool_msg = backend.requests[1][-1]
         assert tool_msg.role == "tool" and "NameError" in tool_msg.content and "totl" in tool_msg.content
+
+
+def test_old_tool_outputs_are_elided_to_fit_the_context_window(tmp_path):
+    backend = ScriptedBackend([python_call("print('a' * 3000)"), python_call("print('b' * 3000)"),
+                               python_call("print('c' * 100)"), "done"])
+    backend.context_window = 2000  # tokens, ~4 characters each in the scripted count
+    with Chat(backend=backend, workspace=tmp_path) as chat:
+        assert chat("fill the context") == "done"
+        last = backend.requests[-1]
+        tool_texts = [m.content for m in last if m.role == "tool"]
+        assert tool_texts[0].startswith("[elided: 3,000 characters of old tool output")
+        assert tool_texts[-1] == "c" * 100
+        # the conversation itself keeps everything; only what is sent is elided
+        assert [m.content for m in chat.messages() if m.role == "tool"][0] == "a" * 3000

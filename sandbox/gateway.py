@@ -1,0 +1,534 @@
+"""`GatewayKernel`: a kernel on a Jupyter Kernel Gateway or Enterprise Gateway.
+
+Same surface and results as the local `Kernel` (which returns one for `isolation="gateway"`):
+kernels are created, interrupted and shut down through the gateway's REST API, and driven with
+Jupyter messages as JSON over its websocket (`/api/kernels/{id}/channels`). Scheduling
+(Kubernetes, YARN, Docker) is the gateway's business; the sandbox's limits there are the
+deployment's (kernelspec, pod limits), see docs/gateway.md.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import json
+import logging
+import os
+import queue
+import socket
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import websocket  # websocket-client: a synchronous client with a reader thread fits the blocking Kernel
+
+from .capture import CappedStream
+from .kernel import BOOT, Kernel, KernelError, OutputCallback, _live
+from .limits import Limits
+from .result import ExecResult
+
+log = logging.getLogger("kernelchat.sandbox.gateway")
+
+ENV_URL, ENV_TOKEN, ENV_KERNEL = "KERNELCHAT_GATEWAY_URL", "KERNELCHAT_GATEWAY_TOKEN", "KERNELCHAT_GATEWAY_KERNEL"
+REMOTE = Path(__file__).with_name("gateway_remote.py")
+POLL_S = 0.2
+REST_CHECK_S = 5.0  # during a long silent cell, ask the REST API now and then whether the kernel is dead
+CHUNK = 2 * 2**20  # file transfer chunk (raw bytes); tornado refuses websocket messages over 10 MiB
+REMOTE_OUTPUT_CHARS = 2_000_000  # the kernel-side cap: what a cell may send over the network per stream
+# Linux acknowledges received data late (delayed ACK, ~40 ms); the stock gateway's websocket has
+# Nagle on, so every reply frame after the first waits for our ACK. Quick ACKs remove that wait
+# from our side; the kernel must re-arm it before each read (Linux clears it by itself).
+QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+
+
+class GatewayError(KernelError):
+    """The gateway refused a request, or could not be reached."""
+
+
+class _Gone(Exception):
+    """The kernel no longer exists on the gateway (404)."""
+
+
+class _Rest:
+    """The gateway's REST API, with errors in words."""
+
+    def __init__(self, url: str, token: str | None, timeout: float):
+        self.url, self.token, self.timeout = url, token, timeout
+
+    def headers(self) -> dict[str, str]:
+        h = {"Content-Type": "application/json"}
+        if self.token:
+            h["Authorization"] = f"token {self.token}"
+        return h
+
+    def __call__(self, method: str, path: str, body: dict | None = None, timeout: float | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else (b"" if method == "POST" else None)
+        req = urllib.request.Request(self.url + path, data=data, headers=self.headers(), method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout or self.timeout) as r:
+                raw = r.read()
+        except urllib.error.HTTPError as e:
+            detail = e.read().decode(errors="replace")[:500]
+            try:
+                detail = json.loads(detail).get("message") or detail
+            except (ValueError, AttributeError):
+                pass
+            if e.code in (401, 403) and "Resource Limit" not in detail:
+                raise GatewayError(f"the kernel gateway at {self.url} refused the token (HTTP {e.code}): "
+                                   f"pass the right one with gateway_token= / --gateway-token / {ENV_TOKEN}") from None
+            if e.code == 404 and path.startswith("/api/kernels/"):
+                raise _Gone(path) from None
+            raise GatewayError(f"the kernel gateway at {self.url} answered {method} {path} with HTTP {e.code}: "
+                               f"{detail}") from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise GatewayError(f"cannot reach the kernel gateway at {self.url} ({reason}); is it running, "
+                               f"and is the URL right (gateway_url= / --gateway / {ENV_URL})?") from None
+        return json.loads(raw) if raw else None
+
+
+class _Channels:
+    """One websocket to a kernel; a reader thread puts each message (a dict) on `inbox`,
+    then None once the connection is gone."""
+
+    def __init__(self, url: str, headers: list[str], timeout: float, quickack: bool = True):
+        self.inbox: queue.Queue[dict | None] = queue.Queue()
+        self.session = uuid.uuid4().hex
+        self.quickack = quickack and QUICKACK is not None
+        self._send_lock = threading.Lock()
+        try:
+            self.ws = websocket.create_connection(
+                f"{url}?session_id={self.session}", header=headers, timeout=timeout,
+                sockopt=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])  # our small frames go at once
+        except websocket.WebSocketBadStatusException as e:
+            if e.status_code in (401, 403):
+                raise GatewayError(f"the kernel gateway refused the token on the websocket (HTTP {e.status_code})") from None
+            raise GatewayError(f"the kernel gateway refused the websocket {url} (HTTP {e.status_code})") from None
+        except (OSError, websocket.WebSocketException) as e:
+            raise GatewayError(f"cannot open the kernel's websocket {url}: {e}") from None
+        self.ws.settimeout(None)
+        self.closed = False
+        threading.Thread(target=self._read, daemon=True, name="kernelchat-gateway-ws").start()
+
+    def _read(self) -> None:
+        sock = self.ws.sock
+        try:
+            while True:
+                if self.quickack:
+                    sock.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
+                raw = self.ws.recv()
+                if not raw:  # a close frame
+                    break
+                self.inbox.put(json.loads(raw))
+        except Exception:  # noqa: BLE001 - any failure means the connection is gone
+            pass
+        self.closed = True
+        self.inbox.put(None)
+
+    def send(self, msg_type: str, content: dict, channel: str = "shell") -> str:
+        msg_id = uuid.uuid4().hex
+        msg = {"header": {"msg_id": msg_id, "msg_type": msg_type, "username": "kernelchat", "session": self.session,
+                          "date": datetime.now(timezone.utc).isoformat(), "version": "5.3"},
+               "parent_header": {}, "metadata": {}, "content": content, "channel": channel, "buffers": []}
+        with self._send_lock:
+            try:
+                self.ws.send(json.dumps(msg))
+            except (OSError, websocket.WebSocketException):
+                self.closed = True
+                self.inbox.put(None)
+        return msg_id
+
+    def execute(self, code: str, *, silent: bool = False, store_history: bool = True,
+                user_expressions: dict[str, str] | None = None) -> str:
+        return self.send("execute_request", {"code": code, "silent": silent, "store_history": store_history,
+                                             "user_expressions": user_expressions or {}, "allow_stdin": False,
+                                             "stop_on_error": False})
+
+    def reply(self, msg_id: str, timeout: float) -> dict | None:
+        """The shell reply to `msg_id`; None when the connection closed or time ran out."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                msg = self.inbox.get(timeout=left)
+            except queue.Empty:
+                return None
+            if msg is None or _died_status(msg):
+                self.inbox.put(msg)  # keep the news for the next reader
+                return None
+            if msg.get("channel") == "shell" and msg["parent_header"].get("msg_id") == msg_id:
+                return msg
+        return None
+
+    def close(self) -> None:
+        self.closed = True
+        try:
+            self.ws.abort()  # wakes the reader thread
+            self.ws.shutdown()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _died_status(msg: dict) -> bool:
+    """The gateway's own notice that the kernel process died (it restarts it, or gives up)."""
+    return (msg.get("msg_type") == "status" and not msg.get("parent_header")
+            and msg["content"].get("execution_state") in ("restarting", "dead"))
+
+
+class GatewayKernel(Kernel):
+    """A persistent IPython kernel on a Jupyter Kernel Gateway / Enterprise Gateway.
+
+    >>> with Kernel(isolation="gateway", gateway_url="http://gw:8888", gateway_token="...") as k:
+    ...     print(k.execute("2**100").result)
+
+    `workspace` is the local folder for rich outputs and spilled streams; the kernel works in
+    `remote_workspace` on its own machine (default: a fresh temporary folder there, removed on
+    close). Sandbox limits (memory, processes, network, GPU) are the deployment's: pick them
+    with `kernel_name` (a kernelspec) and `env` (`KERNEL_*` variables for Enterprise Gateway).
+    """
+
+    def __init__(self, workspace: str | os.PathLike | None = None, isolation: str | None = "gateway",
+                 network: bool = False, gpu: bool = False, env: dict[str, str] | None = None, *,
+                 timeout: float = 120.0, memory_mb: int | None = -1, max_procs: int | None = -1,
+                 max_file_mb: int | None = -1, cpu_seconds: int | None = None, tmp_mb: int | None = None,
+                 output_chars: int | None = None, start: bool = True, gateway_url: str | None = None,
+                 gateway_token: str | None = None, kernel_name: str | None = None,
+                 remote_workspace: str | None = None, remote_output_chars: int = REMOTE_OUTPUT_CHARS,
+                 request_timeout: float = 30.0, quickack: bool = True):
+        url = gateway_url or os.environ.get(ENV_URL)
+        if not url:
+            raise ValueError(f"isolation='gateway' needs the gateway's URL: gateway_url=, --gateway or {ENV_URL}")
+        parsed = urllib.parse.urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ValueError(f"gateway_url must be http(s)://HOST:PORT[/BASE], got {url!r}")
+        if not (isinstance(timeout, (int, float)) and timeout > 0):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        self.isolation = "gateway"
+        self.gateway_url = url.rstrip("/")
+        self._ws_base = ("wss" if parsed.scheme == "https" else "ws") + self.gateway_url[len(parsed.scheme):]
+        self._rest = _Rest(self.gateway_url, gateway_token or os.environ.get(ENV_TOKEN) or None, request_timeout)
+        self.kernel_name = kernel_name or os.environ.get(ENV_KERNEL) or None
+        self.network, self.gpu, self.env, self.timeout = network, gpu, dict(env or {}), float(timeout)
+        if gpu and not self.kernel_name:
+            log.info("gpu=True on a gateway: the kernelspec decides; pass kernel_name= (see docs/gateway.md)")
+        overrides = {k: v for k, v in dict(memory_mb=memory_mb, max_procs=max_procs, max_file_mb=max_file_mb,
+                                            cpu_seconds=cpu_seconds, tmp_mb=tmp_mb, output_chars=output_chars).items()
+                     if v != -1 and not (v is None and k in ("tmp_mb", "output_chars"))}
+        self.limits = Limits(**overrides)  # only output_chars applies here; the rest is the deployment's
+        self.remote_output_chars = max(int(remote_output_chars), self.limits.output_chars)
+        self._own_workspace = workspace is None
+        if workspace is None:
+            self.workspace = Path(tempfile.mkdtemp(prefix="kernelchat-ws-"))
+        else:
+            self.workspace = Path(workspace).expanduser().resolve()
+            if not self.workspace.is_dir():
+                raise ValueError(f"workspace {str(self.workspace)!r} does not exist or is not a folder; "
+                                 "create it first or pass workspace=None for a temporary one")
+        self.outputs_dir = self.workspace / "outputs"
+        self._remote_ws_asked = remote_workspace
+        self.remote_workspace: str | None = remote_workspace
+        self._quickack = quickack
+        self.kernel_id: str | None = None
+        self._ch: _Channels | None = None
+        self._dead = False  # the gateway said so, or the websocket closed
+        self._lock = threading.RLock()
+        self._closed = False
+        self.restarts = 0
+        self.execution_count = 0
+        _live.add(self)
+        if start:
+            self.start()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, ready_timeout: float = 60.0) -> "GatewayKernel":
+        with self._lock:
+            if self._closed:
+                raise KernelError("this kernel was closed; create a new one")
+            if self.alive:
+                return self
+            self._spawn(ready_timeout, retire=self._teardown(wait=False))
+        return self
+
+    def _spawn(self, ready_timeout: float, retire: threading.Thread | None = None) -> None:
+        """Create a kernel on the gateway, connect, wait until it answers, set it up."""
+        env = {"KERNEL_LAUNCH_TIMEOUT": str(int(ready_timeout)), **self.env}  # Enterprise Gateway reads it
+        body: dict[str, Any] = {"env": env}
+        if self.kernel_name:
+            body["name"] = self.kernel_name
+        try:
+            model = self._rest("POST", "/api/kernels", body, timeout=ready_timeout)
+        except GatewayError as e:
+            if retire is None or "Resource Limit" not in str(e):
+                raise
+            retire.join(30)  # at the gateway's max_kernels: wait for the old one to go
+            model = self._rest("POST", "/api/kernels", body, timeout=ready_timeout)
+        self.kernel_id = model["id"]
+        try:
+            self._ch = _Channels(f"{self._ws_base}/api/kernels/{self.kernel_id}/channels",
+                                 [f"Authorization: token {self._rest.token}"] if self._rest.token else [],
+                                 timeout=self._rest.timeout, quickack=self._quickack)
+            reply = self._ch.reply(self._ch.send("kernel_info_request", {}), ready_timeout)
+            if reply is None:
+                raise KernelError(f"the kernel {self.kernel_id} on {self.gateway_url} did not answer "
+                                  f"within {ready_timeout:.0f} s")
+            self._dead = False
+            ws = json.loads(self._call(
+                f"setup({self.remote_workspace!r}, {self.env!r}, {BOOT.read_text()!r}, "
+                f"{self.remote_output_chars!r})", install=True))
+            self.remote_workspace = ws
+        except BaseException:
+            self._teardown()
+            raise
+
+    def _call(self, expr: str, install: bool = False, timeout: float = 60.0) -> str:
+        """Evaluate `expr` (a call into gateway_remote) in the kernel, silently, and return
+        the str it returns. A ValueError there is raised here; anything else is a KernelError."""
+        assert self._ch is not None
+        code = ""
+        if install:  # one round trip: install the helper module, then evaluate
+            code = ("def _kc_install(src):\n    import sys, types\n"
+                    "    m = types.ModuleType('_kernelchat_remote')\n"
+                    "    exec(compile(src, 'kernelchat_remote', 'exec'), m.__dict__)\n"
+                    "    sys.modules['_kernelchat_remote'] = m\n"
+                    f"_kc_install({REMOTE.read_text()!r})\ndel _kc_install\n")
+        expr = f"__import__('_kernelchat_remote').{expr}"
+        reply = self._ch.reply(self._ch.execute(code, silent=True, store_history=False,
+                                                user_expressions={"r": expr}), timeout)
+        if reply is None:
+            raise KernelError(f"the kernel on {self.gateway_url} did not answer (connection closed or "
+                              f"{timeout:.0f} s passed)")
+        content = reply["content"]
+        if content.get("status") != "ok":
+            raise KernelError(f"setting up the remote kernel failed: {content.get('ename')}: {content.get('evalue')}")
+        out = content["user_expressions"]["r"]
+        if out.get("status") != "ok":
+            if out.get("ename") == "ValueError":
+                raise ValueError(out.get("evalue"))
+            raise KernelError(f"the remote kernel failed: {out.get('ename')}: {out.get('evalue')}")
+        return ast.literal_eval(out["data"]["text/plain"])
+
+    def _teardown(self, wait: bool = True) -> threading.Thread | None:
+        """Drop the connection and shut the kernel down on the gateway (in the background
+        unless `wait`); returns the thread doing it."""
+        if self._ch is not None:
+            self._ch.close()
+            self._ch = None
+        kid, self.kernel_id = self.kernel_id, None
+        if kid is None:
+            return None
+
+        def delete() -> None:
+            try:
+                self._rest("DELETE", f"/api/kernels/{kid}")
+            except (GatewayError, _Gone):
+                pass
+
+        t = threading.Thread(target=delete, daemon=True, name="kernelchat-gateway-delete")
+        t.start()
+        if wait:
+            t.join(self._rest.timeout)
+        return t
+
+    def restart(self) -> None:
+        """A fresh kernel: all state (variables, imports) is lost; the remote workspace's files stay.
+
+        A new kernel replaces the old one (shut down in the background): this does not wait
+        for a wedged kernel to stop, nor depend on the gateway's restart settings."""
+        with self._lock:
+            old = self._teardown(wait=False)
+            self.restarts += 1
+            self.execution_count = 0
+            if self._closed:
+                raise KernelError("this kernel was closed; create a new one")
+            self._spawn(60.0, retire=old)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._ch is not None and not self._ch.closed and self._remote_ws_asked is None:
+                try:
+                    self._call("remove_workspace()", timeout=5)  # the temporary folder we made there
+                except (KernelError, ValueError):
+                    pass
+            self._teardown(wait=True)
+            if self._own_workspace and getattr(self, "_remove_workspace", False):
+                import shutil
+
+                shutil.rmtree(self.workspace, ignore_errors=True)
+            _live.discard(self)
+
+    @property
+    def alive(self) -> bool:
+        ch = self._ch
+        if ch is None or ch.closed or self._dead:
+            return False
+        # A death while no cell ran is news waiting in the inbox; read it unless a cell is
+        # running (its reader owns the inbox then).
+        if self._lock.acquire(blocking=False):
+            try:
+                while True:
+                    msg = ch.inbox.get_nowait()
+                    if msg is None or _died_status(msg):
+                        self._dead = True
+                        break
+            except queue.Empty:
+                pass
+            finally:
+                self._lock.release()
+        return not (ch.closed or self._dead)
+
+    @property
+    def pid(self) -> None:
+        return None  # the process is on the gateway's machine; see kernel_id
+
+    # -- execution ---------------------------------------------------------------------------
+
+    def interrupt(self) -> None:
+        """Interrupt the running cell (the gateway signals the kernel)."""
+        kid = self.kernel_id
+        if kid is not None:
+            try:
+                self._rest("POST", f"/api/kernels/{kid}/interrupt")
+            except _Gone:
+                pass
+
+    # execute() is Kernel.execute: it restarts a dead kernel first and marks the result state_lost.
+
+    def _run(self, code: str, timeout: float, on_output: OutputCallback | None) -> ExecResult:
+        ch = self._ch
+        assert ch is not None
+        t0 = time.monotonic()
+        # The kernel-side cap (REMOTE_OUTPUT_CHARS) bounds the network; this one bounds what we show.
+        streams = {n: CappedStream(n, self.limits.output_chars, self.outputs_dir) for n in ("stdout", "stderr")}
+        res = ExecResult(status="ok")
+        msg_id = ch.execute(code)
+        deadline = t0 + timeout
+        interrupted = idle = replied = False
+        last_heard = last_check = t0
+        while not (idle and replied):
+            now = time.monotonic()
+            if now >= deadline and not interrupted:
+                interrupted = True
+                res.status = "timeout"
+                self.interrupt()
+                deadline = now + 3.0  # grace for the interrupt to land
+            elif now >= deadline:
+                if idle:  # the reply got lost; the cell is over
+                    break
+                return self._after_hang(res, streams, t0, timeout)
+            try:
+                msg = ch.inbox.get(timeout=min(POLL_S, max(deadline - now, 0.001)))
+            except queue.Empty:
+                now = time.monotonic()
+                if now - last_heard > REST_CHECK_S and now - last_check > REST_CHECK_S:
+                    last_check = now
+                    if self._rest_says_dead():
+                        return self._after_death(res, streams, t0, "the gateway reports it dead")
+                if idle and now - last_heard > 1.0:
+                    break  # idle and no reply: do not hang on a lost message
+                continue
+            last_heard = time.monotonic()
+            if msg is None:
+                return self._after_death(res, streams, t0, "the websocket to the gateway closed")
+            if _died_status(msg):
+                return self._after_death(res, streams, t0, "the gateway saw the process exit")
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            if msg.get("channel") == "shell":
+                replied = True
+            elif msg.get("channel") == "iopub":
+                idle = self._handle(msg, res, streams, on_output) or idle
+        return self._finish(res, streams, t0, timeout if interrupted else None)
+
+    def _rest_says_dead(self) -> bool:
+        try:
+            model = self._rest("GET", f"/api/kernels/{self.kernel_id}")
+        except _Gone:
+            return True
+        except GatewayError:
+            return False  # unreachable is not dead: the websocket tells us if it goes
+        return (model or {}).get("execution_state") == "dead"
+
+    def _after_hang(self, res: ExecResult, streams, t0: float, timeout: float) -> ExecResult:
+        self.restart()
+        res = self._finish(res, streams, t0, None)
+        res.status, res.state_lost = "timeout", True
+        res.message = (f"The cell ran past its {timeout:g} s timeout and did not stop when interrupted; "
+                       "the kernel was restarted and its state (variables, imports) was lost.")
+        return res
+
+    def _after_death(self, res: ExecResult, streams, t0: float, why: str) -> ExecResult:
+        self._dead = True
+        if self._ch is not None and self._ch.closed and not self._rest_says_dead():
+            log.warning("the websocket closed but the gateway still lists kernel %s: replacing it", self.kernel_id)
+        self.restart()
+        res = self._finish(res, streams, t0, None)
+        res.status, res.state_lost = "died", True
+        res.message = (f"The kernel died while running this cell ({why}). It was restarted: its state "
+                       "(variables, imports) was lost; re-run the earlier cells that are needed.")
+        return res
+
+    # -- files: base64 chunks through the kernel itself ---------------------------------------
+
+    def _remote(self, expr: str) -> Any:
+        with self._lock:
+            if not self.alive:
+                if self._closed:
+                    raise KernelError("this kernel was closed; create a new one")
+                self.restart()
+            return json.loads(self._call(expr))
+
+    def upload(self, src: str | os.PathLike, dest: str | os.PathLike | None = None) -> PurePosixPath:
+        """Copy a local file or folder into the remote workspace; returns its path there."""
+        src = Path(src).expanduser()
+        if not src.exists():
+            raise ValueError(f"cannot upload {str(src)!r}: no such file or folder")
+        dest = PurePosixPath(dest if dest is not None else src.name)
+        pairs = ([(f, dest / f.relative_to(src).as_posix()) for f in sorted(src.rglob("*")) if f.is_file()]
+                 if src.is_dir() else [(src, dest)])
+        path = ""
+        for local, remote in pairs:
+            with open(local, "rb") as f:
+                first = True
+                while True:
+                    chunk = f.read(CHUNK)
+                    last = len(chunk) < CHUNK
+                    path = self._remote(f"write_chunk({str(remote)!r}, {base64.b64encode(chunk).decode()!r}, "
+                                        f"{first}, {last})")
+                    first = False
+                    if last:
+                        break
+        if src.is_dir():
+            return PurePosixPath(self.remote_workspace or ".") / dest
+        return PurePosixPath(path)
+
+    def download(self, relpath: str | os.PathLike, dest: str | os.PathLike) -> Path:
+        """Copy a file or folder out of the remote workspace to `dest` here."""
+        rel = str(PurePosixPath(relpath))
+        tree = self._remote(f"walk({rel!r})")
+        dest = Path(dest).expanduser()
+        if tree["kind"] == "file" and dest.is_dir():
+            dest = dest / PurePosixPath(rel).name
+        for sub, size in tree["files"]:
+            target = dest / sub if sub else dest
+            target.parent.mkdir(parents=True, exist_ok=True)
+            remote = f"{rel}/{sub}" if sub else rel
+            with open(target, "wb") as f:
+                for offset in range(0, max(size, 1), CHUNK):
+                    f.write(base64.b64decode(self._remote(f"read_chunk({remote!r}, {offset}, {CHUNK})")))
+        if tree["kind"] == "dir":
+            dest.mkdir(parents=True, exist_ok=True)
+        return dest
+
+    def files(self) -> list[str]:
+        """Remote workspace files, relative paths."""
+        return [p for p, _ in self._remote("walk('.')")["files"]]

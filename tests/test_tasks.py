@@ -1,0 +1,278 @@
+"""Task files, checks, the runner, reports, exit codes, parallel runs, record and replay.
+
+Runner tests use the ScriptedBackend (deterministic, no model) with real sandboxed kernels; the
+replay test serves a cassette recorded with the embedded model, offline, with no model loaded."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agent import cli
+from agent.backends.scripted import ScriptedBackend, python_call
+from agent.cassette import Cassette, CassetteError, RecordingBackend, ReplayBackend
+from agent.runner import make_backends, run_tasks, exit_code, write_summary
+from agent.tasks import TaskError, load_task, load_tasks, parse_task
+
+DATA = Path(__file__).parent / "data"
+
+
+def write(tmp_path: Path, text: str, name: str = "t.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+# -- validation ------------------------------------------------------------------------------------
+
+def test_valid_task_defaults(tmp_path):
+    t = load_task(write(tmp_path, 'prompts = ["hi"]\n[[checks]]\nanswer_contains = "x"\n', "hello.toml"))
+    assert t.name == "hello" and t.max_steps == 10 and t.sandbox.gpu == "auto" and t.checks[0].kind == "answer_contains"
+
+
+def test_toml_syntax_error_has_path_and_line(tmp_path):
+    p = write(tmp_path, 'model = "m"\nprompts = ["a"\nname = 1\n')
+    with pytest.raises(TaskError, match=rf"{p}:3: invalid TOML"):
+        load_task(p)
+
+
+@pytest.mark.parametrize("text, line, field, msg", [
+    ('prompts = ["a"]\ncolour = 1\n', 2, "colour", "unknown field"),
+    ('model = 3\nprompts = ["a"]\n', 1, "model", "valid string"),
+    ('model = "m"\n', 1, "prompts", "Field required"),
+    ('prompts = ["a"]\n\n[budget]\nmax_tokens = 10\nmax_usd = -1\n', 5, "budget.max_usd", "greater than 0"),
+    ('prompts = ["a"]\n[sandbox]\nisolation = "docker"\n', 3, "sandbox.isolation", "bwrap"),
+    ('prompts = ["a"]\n[[checks]]\nanswer_contains = "x"\n\n[[checks]]\nkernel = "acc >="\n', 6,
+     "checks[1].kernel", "not a Python expression"),
+    ('prompts = ["a"]\n[[checks]]\nanswer_matches = "("\n', 3, "checks[0].answer_matches", "regular expression"),
+    ('prompts = ["a"]\n[[checks]]\nanswer_contains = "x"\n[[checks]]\ntolerance = 1\n', 4, "checks[1]",
+     "exactly one of"),
+    ('prompts = ["a", " "]\n', 1, "prompts", "must not be empty"),
+])
+def test_field_errors_name_path_line_and_field(tmp_path, text, line, field, msg):
+    p = write(tmp_path, text)
+    with pytest.raises(TaskError) as e:
+        load_task(p)
+    assert f"{p}:{line}: {field}: " in str(e.value) and msg in str(e.value), str(e.value)
+
+
+def test_missing_file_is_reported(tmp_path):
+    p = write(tmp_path, 'prompts = ["a"]\nfiles = ["data/nope.csv"]\n')
+    with pytest.raises(TaskError, match=r":2: files: 'data/nope.csv' not found"):
+        load_task(p)
+
+
+def test_all_invalid_files_reported_and_nothing_runs(tmp_path, capsys):
+    good = write(tmp_path, 'prompts = ["a"]\n', "good.toml")
+    bad1 = write(tmp_path, 'prompts = 1\n', "bad1.toml")
+    bad2 = write(tmp_path, 'prompts = ["a"]\n[budget]\nmax_steps = 0\n', "bad2.toml")
+    out = tmp_path / "out"
+    assert cli.main(["run", str(good), str(bad1), str(bad2), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "bad1.toml:1: prompts" in err and "bad2.toml:3: budget.max_steps" in err
+    assert not out.exists()
+
+
+def test_missing_task_file_exit_2(tmp_path):
+    assert cli.main(["run", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_duplicate_names_get_suffixes(tmp_path):
+    a = write(tmp_path, 'name = "x"\nprompts = ["a"]\n', "a.toml")
+    b = write(tmp_path, 'name = "x"\nprompts = ["a"]\n', "b.toml")
+    assert [t.name for t in load_tasks([a, b])] == ["x", "x-2"]
+
+
+# -- running with the scripted backend ---------------------------------------------------------------
+
+def run_scripted(tmp_path, text: str, replies: list, name: str = "t", parallel: int = 1, files=()):
+    for f in files:
+        (tmp_path / f).write_text("a,b\n1,2\n")
+    task = parse_task(text, write(tmp_path, text, f"{name}.toml"))
+    out = tmp_path / "out"
+    results = run_tasks([task], out, {task.name: ScriptedBackend(replies)}, show_progress=False)
+    return results[0], out
+
+
+TASK = """
+prompts = ["compute", "and now"]
+files = ["data.csv"]
+[budget]
+max_steps = 10
+[[checks]]
+answer_contains = "forty-two"
+[[checks]]
+answer_matches = '\\d+ is the answer'
+[[checks]]
+answer_number = 42.0
+tolerance = 0.01
+[[checks]]
+file_exists = "result.txt"
+[[checks]]
+file_exists = "data.csv"
+[[checks]]
+kernel = "accuracy > 0.75"
+[[checks]]
+max_cost_usd = 0.01
+"""
+
+
+def test_all_check_kinds_pass_and_report_written(tmp_path):
+    replies = [python_call("accuracy = 0.8\nopen('result.txt', 'w').write('ok')\n"
+                           "import matplotlib.pyplot as plt\nplt.plot([1, 2]); plt.show()"),
+               "done", "forty-two: 42 is the answer"]
+    r, out = run_scripted(tmp_path, TASK, replies, files=["data.csv"])
+    assert r.status == "passed", r
+    assert [c.passed for c in r.checks] == [True] * 7
+    assert r.checks[5].detail == "accuracy = 0.8"
+    assert r.steps == 3 and r.answers == ["done", "forty-two: 42 is the answer"] and r.prompt_tokens > 0
+    folder = out / "t"
+    for f in ("transcript.json", "transcript.md", "report.html", "usage.json"):
+        assert (folder / f).is_file(), f
+    page = (folder / "report.html").read_text()
+    assert "data:image/png;base64," in page and "passed" in page and "accuracy &gt; 0.75" in page
+    assert json.loads((folder / "usage.json").read_text())["steps"] == 3
+    assert json.loads((folder / "transcript.json").read_text())["format"] == "kernelchat.conversation/1"
+    assert "# Task t: PASSED" in (folder / "transcript.md").read_text()
+
+
+def test_failing_checks_say_why(tmp_path):
+    replies = [python_call("accuracy = 0.5"), "the answer is 41", "nothing more"]
+    r, _ = run_scripted(tmp_path, TASK, replies, files=["data.csv"])
+    assert r.status == "failed"
+    by = {c.check.split(":")[0]: c for c in r.checks}
+    assert not by["answer_contains"].passed and "nothing more" in by["answer_contains"].detail
+    assert not by["answer_number"].passed
+    assert [c.passed for c in r.checks if c.check.startswith("file_exists")] == [False, True]
+    kernel = next(c for c in r.checks if c.check.startswith("kernel"))
+    assert not kernel.passed and kernel.detail == "accuracy = 0.5"
+
+
+def test_kernel_check_on_undefined_name_fails_cleanly(tmp_path):
+    r, _ = run_scripted(tmp_path, 'prompts = ["a"]\n[[checks]]\nkernel = "accuracy > 0.75"\n', ["no code"])
+    assert r.status == "failed" and "NameError" in r.checks[0].detail
+
+
+def test_budget_stop_is_a_failure(tmp_path):
+    text = 'prompts = ["a"]\n[budget]\nmax_steps = 1\n[[checks]]\nanswer_contains = "x"\n'
+    r, _ = run_scripted(tmp_path, text, [python_call("1"), "x"])
+    assert r.status == "failed" and "budget exceeded" in r.error and r.steps == 1
+
+
+def test_cost_check(tmp_path):
+    r, _ = run_scripted(tmp_path, 'prompts = ["a"]\n[[checks]]\nmax_cost_usd = 0\n', ["hi"])
+    assert r.status == "passed" and r.checks[0].detail == "cost $0.0000"
+
+
+def test_summary_and_exit_codes(tmp_path):
+    ok, out = run_scripted(tmp_path, 'prompts = ["a"]\n[[checks]]\nanswer_contains = "hi"\n', ["hi"], name="ok")
+    bad, _ = run_scripted(tmp_path, 'prompts = ["a"]\n[[checks]]\nanswer_contains = "no"\n', ["hi"], name="bad")
+    assert exit_code([ok]) == 0 and exit_code([ok, bad]) == 1
+    assert exit_code([ok, bad.model_copy(update={"status": "error"})]) == 2
+    write_summary([ok, bad], out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["exit_code"] == 1 and [t["status"] for t in summary["tasks"]] == ["passed", "failed"]
+    md = (out / "summary.md").read_text()
+    assert "| ok | passed | 1/1 |" in md and "| bad | failed | 0/1 |" in md
+
+
+def test_parallel_tasks_each_have_their_own_kernel(tmp_path):
+    tasks, backends = [], {}
+    for i in range(3):
+        t = parse_task(f'prompts = ["a"]\n[[checks]]\nkernel = "x == {i}"\n', write(tmp_path, "", f"p{i}.toml"))
+        tasks.append(t)
+        # each cell sleeps 1 s: run one after another this would take over 3 s
+        backends[t.name] = ScriptedBackend([python_call(f"import time, os; time.sleep(1); x = {i}; os.getpid()"),
+                                            "done"])
+    t0 = time.monotonic()
+    results = run_tasks(tasks, tmp_path / "out", backends, parallel=3, show_progress=False)
+    wall = time.monotonic() - t0
+    assert [r.status for r in results] == ["passed"] * 3, results
+    assert all((tmp_path / "out" / f"p{i}" / "workspace").is_dir() for i in range(3))
+    assert wall < sum(r.seconds for r in results), (wall, [r.seconds for r in results])
+
+
+# -- record and replay ---------------------------------------------------------------------------------
+
+def test_record_then_replay_with_scripted_backend(tmp_path):
+    text = 'prompts = ["a", "b"]\n[[checks]]\nanswer_contains = "4"\n[[checks]]\nkernel = "y == 4"\n'
+    task = parse_task(text, write(tmp_path, text, "rr.toml"))
+    cassette = Cassette(tmp_path / "c.json")
+    ws = tmp_path / "rec" / "rr" / "workspace"
+    rec = RecordingBackend(ScriptedBackend([python_call("y = 2 + 2\nprint(y)"), "first", "it is 4"]),
+                           cassette, task="rr", workspace=ws.resolve())
+    r1 = run_tasks([task], tmp_path / "rec", {"rr": rec}, show_progress=False)[0]
+    assert r1.status == "passed"
+    data = json.loads((tmp_path / "c.json").read_text())
+    assert data["format"] == "kernelchat.cassette/1" and len(data["interactions"]) == 3
+    assert data["interactions"][0]["messages"][1]["content"] == "a"  # readable: the request is stored
+    replay = ReplayBackend(tmp_path / "c.json", task="rr", workspace=(tmp_path / "rep" / "rr" / "workspace").resolve())
+    r2 = run_tasks([task], tmp_path / "rep", {"rr": replay}, show_progress=False)[0]
+    assert r2.status == "passed" and r2.answers == r1.answers and r2.steps == r1.steps
+    assert r2.prompt_tokens == r1.prompt_tokens
+
+
+def test_replay_of_unrecorded_request_names_task_step_and_difference(tmp_path):
+    text = 'prompts = ["a"]\n'
+    task = parse_task(text, write(tmp_path, text, "rr.toml"))
+    cassette = Cassette(tmp_path / "c.json")
+    rec = RecordingBackend(ScriptedBackend([python_call("print(6 * 7)"), "42"]), cassette, task="rr")
+    assert run_tasks([task], tmp_path / "rec", {"rr": rec}, show_progress=False)[0].status == "passed"
+    # the replayed cell prints something else: request 2 differs from the recording
+    data = json.loads((tmp_path / "c.json").read_text())
+    first = data["interactions"][0]["reply"]["message"]["tool_calls"][0]
+    first["arguments"] = json.dumps({"code": "print(6 * 8)"})
+    data["interactions"][1]["messages"][2]["tool_calls"][0]["function"]["arguments"] = first["arguments"]
+    (tmp_path / "c.json").write_text(json.dumps(data))
+    r = run_tasks([task], tmp_path / "rep", {"rr": ReplayBackend(tmp_path / "c.json", task="rr")},
+                  show_progress=False)[0]
+    assert r.status == "error" and exit_code([r]) == 2
+    assert "task 'rr', request 2" in r.error and "message 3 (tool) differs in content" in r.error, r.error
+    assert "'48'" in r.error and "'42'" in r.error
+
+
+def test_replay_unknown_task_or_missing_cassette_is_setup_error(tmp_path, capsys):
+    task = write(tmp_path, 'prompts = ["a"]\n', "other.toml")
+    assert cli.main(["run", str(task), "--replay", str(DATA / "two_prompts.cassette.json"),
+                     "--out", str(tmp_path / "o")]) == 2
+    assert "no recording for task 'other'" in capsys.readouterr().err
+    assert cli.main(["run", str(task), "--replay", str(tmp_path / "none.json"), "--out", str(tmp_path / "o")]) == 2
+    assert "no cassette" in capsys.readouterr().err
+    with pytest.raises(CassetteError):
+        ReplayBackend(tmp_path / "none.json")
+
+
+def test_replay_recorded_real_model_session_offline(tmp_path):
+    """A full session of the embedded model (2 prompts), served from the committed cassette: offline,
+    and no model (nor the local backend) is loaded."""
+    out = tmp_path / "out"
+    probe = ("import sys; from agent import cli; code = cli.main(['run', %r, '--replay', %r, '--out', %r, "
+             "'--no-progress']); loaded = 'agent.backends.local' in sys.modules or 'transformers' in sys.modules; "
+             "print('LOADED' if loaded else 'NOT-LOADED'); sys.exit(code)"
+             % (str(DATA / "two_prompts.toml"), str(DATA / "two_prompts.cassette.json"), str(out)))
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "OPENAI_API_KEY": "",
+           "KERNELCHAT_MODEL": "", "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env,
+                          cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "NOT-LOADED" in proc.stdout and "passed" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    t = summary["tasks"][0]
+    assert t["status"] == "passed" and t["model"] == "hf:smollm2" and t["steps"] >= 2
+    assert "1267650600228229401496703205376" in t["answers"][0] and "81" in t["answers"][1]
+    assert (out / "two_prompts" / "report.html").is_file() and summary["replay"]
+
+
+def test_model_that_cannot_load_is_setup_error_and_nothing_runs(tmp_path, capsys):
+    task = write(tmp_path, 'prompts = ["a"]\n')
+    out = tmp_path / "out"
+    assert cli.main(["run", str(task), "--model", str(tmp_path / "nope.gguf"), "--out", str(out)]) == 2
+    assert "setup failed" in capsys.readouterr().err and not out.exists()
+
+
+def test_record_and_replay_exclude_each_other(tmp_path):
+    task = write(tmp_path, 'prompts = ["a"]\n')
+    assert cli.main(["run", str(task), "--record", "a.json", "--replay", "b.json"]) == 2
