@@ -25,6 +25,7 @@ test: setup
 bench: setup
 	$(PY) bench/kernel_bench.py
 	$(PY) bench/backend_bench.py
+	$(PY) bench/gateway_bench.py
 	$(PY) bench/small_model_accuracy.py
 
 clean:

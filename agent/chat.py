@@ -16,9 +16,9 @@ from . import pricing, store
 from .backends import get_backend
 from .budget import Budget, BudgetTracker
 from .events import AnswerEvent, Event, NoticeEvent
-from .loop import run_turn, user_message
+from .loop import COMPLETION_ALLOWANCE, run_turn, user_message
 from .messages import Message, Usage
-from .prompts import DEFAULT_SYSTEM, SMALL_MODEL_SYSTEM
+from .prompts import DEFAULT_SYSTEM, SMALL_MODEL_EXAMPLES, SMALL_MODEL_SYSTEM
 from .tree import Branch, CellRecord, Node, Tree
 
 Sync = Literal["replay", "keep", "reset"]
@@ -39,7 +39,8 @@ class Chat:
                  kernel: Kernel | None = None, workspace: str | Path | None = None, isolation: str | None = None,
                  network: bool = False, gpu: bool = False, timeout: float = 120.0, memory_mb: int | None = -1,
                  sync: Sync = "replay", approve: Approve | None = None, temperature: float | None = None,
-                 path: str | Path | None = None, progress: bool = True, answer_from_output: bool | None = None):
+                 path: str | Path | None = None, progress: bool = True, answer_from_output: bool | None = None,
+                 **kernel_options: Any):
         if sync not in ("replay", "keep", "reset"):
             raise ValueError(f"sync must be 'replay', 'keep' or 'reset', got {sync!r}")
         if max_steps < 1:
@@ -52,14 +53,19 @@ class Chat:
         # Models without tool training write ```python blocks and garble what they copy: by default
         # their answer is the short output their code computed.
         self.answer_from_output = small if answer_from_output is None else answer_from_output
+        # A code block is short; a small model that runs on is rambling, and each token costs time.
+        self.max_tokens_per_step = 384 if small else COMPLETION_ALLOWANCE
         self.system = system if system is not None else (SMALL_MODEL_SYSTEM if small else DEFAULT_SYSTEM)
+        # Worked examples sent after the system prompt when it is the small-model default.
+        self.examples = SMALL_MODEL_EXAMPLES if self.system == SMALL_MODEL_SYSTEM else []
         self.tools: dict[str, Tool] = {t.name: t for t in map(as_tool, tools)}
         self.use_python = use_python
         self.tracker = BudgetTracker(budget=budget or Budget())
         self.max_steps, self.timeout, self.sync, self.approve = max_steps, timeout, sync, approve
         self.temperature, self.progress = temperature, progress
+        # Anything else goes to the Kernel: limits, env, gateway_url/gateway_token for remote kernels.
         self._kernel_options = dict(workspace=workspace, isolation=isolation, network=network, gpu=gpu,
-                                    timeout=timeout, memory_mb=memory_mb)
+                                    timeout=timeout, memory_mb=memory_mb, **kernel_options)
         self._kernel: Kernel | None = kernel
         self._kernel_cells: list[str] = []  # the cell nodes the live kernel has executed, in order
         self.id = uuid.uuid4().hex[:12]

@@ -18,26 +18,20 @@ from rich.panel import Panel
 from rich.syntax import Syntax
 
 
-class _GatewayFlag(argparse.Action):
-    """--gateway URL / --gateway-token TOKEN: the kernel runs on a Jupyter Kernel Gateway or Enterprise
-    Gateway. Handed on as KERNELCHAT_GATEWAY_URL / _TOKEN, which Kernel(isolation="gateway") reads."""
-
-    def __call__(self, parser, namespace, value, option_string=None):
-        import os
-
-        setattr(namespace, self.dest, value)
-        if self.dest == "gateway":
-            namespace.isolation = "gateway"
-        os.environ["KERNELCHAT_GATEWAY_URL" if self.dest == "gateway" else "KERNELCHAT_GATEWAY_TOKEN"] = value
+def gateway_options(args: argparse.Namespace) -> dict:
+    """Kernel options for --gateway URL / --gateway-token (else KERNELCHAT_GATEWAY_URL / _TOKEN)."""
+    if getattr(args, "gateway", None) or getattr(args, "isolation", None) == "gateway":
+        return {"isolation": "gateway", "gateway_url": args.gateway, "gateway_token": args.gateway_token}
+    return {}
 
 
 def _sandbox_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sandbox")
     g.add_argument("--isolation", choices=["bwrap", "none", "gateway"], default=None,
                    help="bwrap (default where it runs), none (trusted code only), or gateway (see --gateway)")
-    g.add_argument("--gateway", metavar="URL", action=_GatewayFlag, default=None,
+    g.add_argument("--gateway", metavar="URL", default=None,
                    help="run the kernel on a Jupyter Kernel Gateway / Enterprise Gateway (implies --isolation gateway)")
-    g.add_argument("--gateway-token", metavar="TOKEN", action=_GatewayFlag, default=None,
+    g.add_argument("--gateway-token", metavar="TOKEN", default=None,
                    help="the gateway's auth token (or KERNELCHAT_GATEWAY_TOKEN)")
     g.add_argument("--network", action="store_true", help="let the kernel reach the network")
     g.add_argument("--gpu", action="store_true", help="pass the NVIDIA devices through")
@@ -49,8 +43,8 @@ def _sandbox_args(p: argparse.ArgumentParser) -> None:
 def _kernel_from(args: argparse.Namespace):
     from sandbox import Kernel
 
-    return Kernel(workspace=args.workspace, isolation=args.isolation, network=args.network, gpu=args.gpu,
-                  timeout=args.timeout, memory_mb=args.memory_mb)
+    return Kernel(**{**dict(workspace=args.workspace, isolation=args.isolation, network=args.network, gpu=args.gpu,
+                            timeout=args.timeout, memory_mb=args.memory_mb), **gateway_options(args)})
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
@@ -100,9 +94,10 @@ def _chat_from(args: argparse.Namespace):
     from .chat import Chat
 
     budget = Budget(max_tokens=args.max_tokens, max_usd=args.max_usd, max_seconds=args.max_seconds)
+    sandbox = {**dict(workspace=args.workspace, isolation=args.isolation, network=args.network, gpu=args.gpu,
+                      timeout=args.timeout, memory_mb=args.memory_mb), **gateway_options(args)}
     return Chat(args.model, system=args.system, base_url=args.base_url, api_key=args.api_key, budget=budget,
-                max_steps=args.max_steps, workspace=args.workspace, isolation=args.isolation, network=args.network,
-                gpu=args.gpu, timeout=args.timeout, memory_mb=args.memory_mb, progress=not args.json)
+                max_steps=args.max_steps, progress=not getattr(args, "json", False), **sandbox)
 
 
 def cmd_prompt(args: argparse.Namespace) -> int:

@@ -14,19 +14,21 @@ from .budget import BudgetExceeded, fit_context
 from .events import (AnswerEvent, Event, NoticeEvent, TextEvent, ToolCallEvent, ToolOutputEvent,
                      ToolResultEvent, UsageEvent)
 from .messages import Done, Message, Reply, TextDelta, ToolCall, tool_result
+from .prompts import CODE_NUDGE, FIX_NUDGE
 from .toolparse import parse_tool_calls
 from .tree import CellRecord
 
 if TYPE_CHECKING:
     from .chat import Chat
 
-COMPLETION_ALLOWANCE = 1024  # tokens asked for per step, clipped by the budget
+COMPLETION_ALLOWANCE = 1024  # tokens asked for per step by default, clipped by the budget
 
 
 def run_turn(chat: "Chat") -> Iterator[Event]:
     """Run model steps from the active leaf (which ends with a user or tool message)."""
     schemas = chat.tool_schemas()
     last_text = ""
+    nudged = False
     for step in range(1, chat.max_steps + 1):
         reply = yield from _request(chat, schemas)
         msg = _fence_fallback(chat, reply.message)
@@ -34,6 +36,12 @@ def run_turn(chat: "Chat") -> Iterator[Event]:
         yield UsageEvent(usage=reply.usage, total=chat.usage)
         last_text = msg.content or last_text
         if not msg.tool_calls:
+            if chat.answer_from_output and chat.use_python and not nudged and step < chat.max_steps:
+                # A small model that answered from its head: ask once for code instead.
+                nudged = True
+                chat._append(Message(role="user", content=CODE_NUDGE))
+                yield NoticeEvent(text="asked the model to compute the answer with code")
+                continue
             yield AnswerEvent(text=(msg.content or "").strip(), steps=step)
             return
         for call in msg.tool_calls:
@@ -71,12 +79,15 @@ def _is_answer(result: ToolResultEvent | None) -> bool:
 def _request(chat: "Chat", schemas: list[dict]) -> Iterator[Event]:
     backend = chat.backend
     messages = chat.messages()
+    if chat.answer_from_output and chat.use_python and chat.examples:
+        shots = [Message(role=r, content=t) for q, a in chat.examples for r, t in (("user", q), ("assistant", a))]
+        messages = messages[:1] + shots + messages[1:]
     count = lambda ms: backend.count_prompt_tokens(ms, schemas)  # noqa: E731
     messages = fit_context(messages, count, backend.context_window,
                            reserve=min(COMPLETION_ALLOWANCE, backend.context_window // 4))
     estimate = count(messages)
     try:
-        max_tokens = chat.tracker.check(estimate, COMPLETION_ALLOWANCE, chat.price)
+        max_tokens = chat.tracker.check(estimate, chat.max_tokens_per_step, chat.price)
     except BudgetExceeded as e:
         yield NoticeEvent(text=f"budget exceeded: {e}")
         raise
@@ -167,9 +178,20 @@ def _run_python(chat: "Chat", call: ToolCall, code: str) -> Iterator[Event]:
     if "err" in box:
         raise box["err"]
     res = box["res"]
+    if chat.answer_from_output and (module := _missing_module(res)):
+        # The commonest small-model slip: `math.factorial` without `import math`. Add the import
+        # and say so, rather than spend a whole model step on it.
+        code = f"import {module}\n{code}"
+        yield ToolOutputEvent(id=call.id, stream="notice", text=f"added `import {module}` and ran it again")
+        res = kernel.execute(code, timeout=chat.timeout)
     if res.state_lost:
         chat._kernel_cells = []  # the kernel restarted: nothing before this cell is in it
     text = render(res)
+    if chat.answer_from_output and res.status in ("error", "timeout"):
+        # Small models lose the thread in a long traceback: the error in one line, the question again.
+        question = chat.tree.user_node(-1).message.content or ""
+        error = f"{res.error_name}: {res.error_value}" if res.error_name else (res.message or res.status)
+        text = f"Error: {error}\n\n{FIX_NUDGE} The question was: {question}"
     node = chat._append(tool_result(call.id, text, name="python"),
                         cell=CellRecord(code=code, status=res.status, output=text, images=res.images,
                                         duration=res.duration, executed=res.status != "died"))
@@ -179,6 +201,17 @@ def _run_python(chat: "Chat", call: ToolCall, code: str) -> Iterator[Event]:
                          images=res.images, duration=res.duration)
     yield ev
     return ev
+
+
+def _missing_module(res) -> str | None:
+    """`name 'math' is not defined` where math is a standard-library module."""
+    import re
+    import sys
+
+    if res.status != "error" or res.error_name != "NameError":
+        return None
+    m = re.match(r"name '(\w+)' is not defined", res.error_value or "")
+    return m.group(1) if m and m.group(1) in sys.stdlib_module_names else None
 
 
 def user_message(text: str) -> Message:

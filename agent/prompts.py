@@ -19,14 +19,18 @@ so variables, imports and files persist. Print what you need to see.
 # runs each ```python block and shows the output. Short, concrete and with an example: small models
 # follow examples far better than rules.
 SMALL_MODEL_SYSTEM = """\
-You are a helpful assistant that solves problems by writing Python code.
-When a question needs any calculation, reply with one Python code block that prints the result:
-```python
-print(2 + 2)
-```
-You will then see the output. After seeing the output, reply with the answer in one short sentence, \
-using the number exactly as printed. If you do not know, say so.
+You are a helpful assistant. Answer every question with one Python code block that computes \
+the answer and prints it. Use the exact numbers and words from the question.
 """
 
-ANSWER_NUDGE = "The code ran. Its output is above. Now answer the question in one short sentence."
-FIX_NUDGE = "The code failed with the error above. Write a corrected Python code block."
+# Worked examples, sent as earlier turns after the system prompt (not stored in the conversation):
+# a 135M model imitates turns far better than it follows rules.
+SMALL_MODEL_EXAMPLES: list[tuple[str, str]] = [
+    ("What is 15 factorial?", "```python\nimport math\nprint(math.factorial(15))\n```"),
+    ("How many times does the letter a appear in the word banana?", "```python\nprint('banana'.count('a'))\n```"),
+    ("What is the average of 4, 8 and 9?", "```python\nnumbers = [4, 8, 9]\nprint(sum(numbers) / len(numbers))\n```"),
+    ("What is 3 to the power of 5, plus 2?", "```python\nprint(3 ** 5 + 2)\n```"),
+]
+
+FIX_NUDGE = "The code failed. Write a corrected Python code block that prints the answer."
+CODE_NUDGE = "Answer with a Python code block that computes the result and prints it."

@@ -149,7 +149,8 @@ def _copy_files(task: Task, workspace: Path) -> None:
             shutil.copy2(src, dest)
 
 
-def run_task(task: Task, folder: Path, backend: Any, progress: Progress | None = None) -> TaskResult:
+def run_task(task: Task, folder: Path, backend: Any, progress: Progress | None = None,
+             kernel_options: dict[str, Any] | None = None) -> TaskResult:
     """Run one task with its own workspace and kernel; write its transcript and report to `folder`."""
     from .chat import Chat
 
@@ -163,11 +164,12 @@ def run_task(task: Task, folder: Path, backend: Any, progress: Progress | None =
     try:
         workspace.mkdir(parents=True, exist_ok=True)
         _copy_files(task, workspace)
+        sandbox = dict(workspace=workspace, isolation=sb.isolation, network=sb.network,
+                       gpu=has_gpu() if sb.gpu == "auto" else sb.gpu, timeout=sb.timeout,
+                       memory_mb=sb.memory_mb if sb.memory_mb is not None else -1)
+        sandbox.update(kernel_options or {})  # --gateway: every task's kernel on the gateway
         chat = Chat(backend=backend, system=task.system, budget=task.budget.budget(), max_steps=task.max_steps,
-                    workspace=workspace, isolation=sb.isolation, network=sb.network,
-                    gpu=has_gpu() if sb.gpu == "auto" else sb.gpu, timeout=sb.timeout,
-                    memory_mb=sb.memory_mb if sb.memory_mb is not None else -1, temperature=task.temperature,
-                    progress=False)
+                    temperature=task.temperature, progress=False, **sandbox)
     except Exception as e:  # noqa: BLE001 - reported per task
         result.status, result.error = "error", f"setup: {type(e).__name__}: {e}"
         result.seconds = time.monotonic() - t0
@@ -296,7 +298,8 @@ def _workspace(out: Path, task: Task) -> Path:
 
 
 def run_tasks(tasks: list[Task], out: Path, backends: dict[str, Any], parallel: int = 1,
-              console: Console | None = None, show_progress: bool = True) -> list[TaskResult]:
+              console: Console | None = None, show_progress: bool = True,
+              kernel_options: dict[str, Any] | None = None) -> list[TaskResult]:
     """Run the tasks (`parallel` at a time), with a live progress bar per task."""
     console = console or Console(stderr=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -306,7 +309,7 @@ def run_tasks(tasks: list[Task], out: Path, backends: dict[str, Any], parallel: 
     results: dict[str, TaskResult] = {}
 
     def one(task: Task) -> None:
-        r = run_task(task, out / task.name, backends[task.name], progress)
+        r = run_task(task, out / task.name, backends[task.name], progress, kernel_options)
         with lock:
             results[task.name] = r
 
@@ -380,7 +383,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         err.print(f"[red]kernelchat run: setup failed:[/red] {e}", highlight=False)
         return 2
     started = datetime.now().isoformat(timespec="seconds")
+    from .cli import gateway_options
+
     results = run_tasks(tasks, out, backends, parallel=args.parallel, console=err,
+                        kernel_options=gateway_options(args),
                         show_progress=not args.no_progress)
     write_summary(results, out, {"started": started, "replay": str(args.replay) if args.replay else None,
                                  "record": str(args.record) if args.record else None})
@@ -413,6 +419,9 @@ def register(sub: Any) -> None:
     p.add_argument("--model", "-m", default=None, help="override the tasks' model")
     p.add_argument("--base-url", default=None, help="an OpenAI-compatible server")
     p.add_argument("--no-progress", action="store_true", help="no live progress bars")
+    p.add_argument("--gateway", metavar="URL", default=None,
+                   help="run every task's kernel on this Jupyter Kernel Gateway / Enterprise Gateway")
+    p.add_argument("--gateway-token", metavar="TOKEN", default=None, help="the gateway's auth token")
     p.set_defaults(func=cmd_run)
 
 

@@ -102,7 +102,7 @@ def to_markdown(conv: ConversationFile) -> str:
         else:
             out += ["```text", text.rstrip(), "```", ""]
     u = conv.usage
-    out += [f"---", f"Tokens: {u.prompt_tokens:,} prompt, {u.completion_tokens:,} completion; "
+    out += ["---", f"Tokens: {u.prompt_tokens:,} prompt, {u.completion_tokens:,} completion; "
             f"cost ${u.cost_usd:.4f}"]
     return "\n".join(out) + "\n"
 

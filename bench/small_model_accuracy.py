@@ -49,13 +49,16 @@ NO_TOOLS_SYSTEM = "You are a helpful assistant. Answer the question with the exa
 
 def correct(answer: str, expected: str) -> bool:
     """The expected value appears as a whole token (numbers compared without separators)."""
+    answer = re.sub(r"\[stopped after \d+ steps[^\]]*\]", "", answer)  # the loop's marker is no answer
     flat = answer.replace(",", "").replace("_", "")
     if expected.isdigit():
-        return any(tok.rstrip(".0") == expected or tok == expected for tok in re.findall(r"\d+(?:\.\d+)?", flat))
+        # Exact for integers of any size; 18.0 or 18.00 also count as 18.
+        return any(tok == expected or ("." in tok and tok.rstrip("0").rstrip(".") == expected)
+                   for tok in re.findall(r"\d+(?:\.\d+)?", flat))
     return expected.lower() in answer.lower()
 
 
-def run(model: str, tools: bool, questions) -> tuple[int, float, list[str]]:
+def run(model: str, tools: bool, questions, verbose: bool = False) -> tuple[int, float, list[str]]:
     backend = get_backend(model)
     ok, seconds, rows = 0, 0.0, []
     for q, expected in questions:
@@ -73,6 +76,8 @@ def run(model: str, tools: bool, questions) -> tuple[int, float, list[str]]:
         good = correct(answer, expected)
         ok += good
         rows.append(f"{'✓' if good else '✗'} {dt:5.1f}s  {q[:60]:<60} -> {answer.strip()[:50]!r}")
+        if verbose:
+            print(rows[-1], flush=True)
     return ok, seconds, rows
 
 
@@ -80,16 +85,19 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="hf:smollm2")
     ap.add_argument("--limit", type=int, default=len(QUESTIONS))
+    ap.add_argument("--only", choices=["tools", "no-tools"], default=None)
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
     qs = QUESTIONS[: args.limit]
     results = {}
-    for label, tools in (("no tools", False), ("python tool", True)):
-        ok, secs, rows = run(args.model, tools, qs)
-        results[label] = (ok, secs)
+    modes = [("no tools", False), ("python tool", True)]
+    if args.only:
+        modes = [m for m in modes if m[1] == (args.only == "tools")]
+    for label, tools in modes:
         if args.verbose:
-            print(f"--- {label}")
-            print("\n".join(rows))
+            print(f"--- {label}", flush=True)
+        ok, secs, rows = run(args.model, tools, qs, args.verbose)
+        results[label] = (ok, secs)
     print(f"{args.model}: {len(qs)} questions with exact answers")
     print(f"{'':<14}{'accuracy':>12}{'s/question':>12}")
     for label, (ok, secs) in results.items():

@@ -16,7 +16,6 @@ import logging
 import os
 import queue
 import socket
-import tempfile
 import threading
 import time
 import urllib.error
@@ -30,8 +29,8 @@ from typing import Any
 import websocket  # websocket-client: a synchronous client with a reader thread fits the blocking Kernel
 
 from .capture import CappedStream
-from .kernel import BOOT, Kernel, KernelError, OutputCallback, _live
-from .limits import Limits
+from .kernel import (BOOT, Kernel, KernelError, OutputCallback, _live, check_timeout, limits_from,
+                     resolve_workspace)
 from .result import ExecResult
 
 log = logging.getLogger("kernelchat.sandbox.gateway")
@@ -207,8 +206,7 @@ class GatewayKernel(Kernel):
         parsed = urllib.parse.urlparse(url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ValueError(f"gateway_url must be http(s)://HOST:PORT[/BASE], got {url!r}")
-        if not (isinstance(timeout, (int, float)) and timeout > 0):
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        check_timeout(timeout)
         self.isolation = "gateway"
         self.gateway_url = url.rstrip("/")
         self._ws_base = ("wss" if parsed.scheme == "https" else "ws") + self.gateway_url[len(parsed.scheme):]
@@ -217,19 +215,11 @@ class GatewayKernel(Kernel):
         self.network, self.gpu, self.env, self.timeout = network, gpu, dict(env or {}), float(timeout)
         if gpu and not self.kernel_name:
             log.info("gpu=True on a gateway: the kernelspec decides; pass kernel_name= (see docs/gateway.md)")
-        overrides = {k: v for k, v in dict(memory_mb=memory_mb, max_procs=max_procs, max_file_mb=max_file_mb,
-                                            cpu_seconds=cpu_seconds, tmp_mb=tmp_mb, output_chars=output_chars).items()
-                     if v != -1 and not (v is None and k in ("tmp_mb", "output_chars"))}
-        self.limits = Limits(**overrides)  # only output_chars applies here; the rest is the deployment's
+        # Only output_chars applies here; the other limits are the deployment's (docs/gateway.md).
+        self.limits = limits_from(memory_mb=memory_mb, max_procs=max_procs, max_file_mb=max_file_mb,
+                                  cpu_seconds=cpu_seconds, tmp_mb=tmp_mb, output_chars=output_chars)
         self.remote_output_chars = max(int(remote_output_chars), self.limits.output_chars)
-        self._own_workspace = workspace is None
-        if workspace is None:
-            self.workspace = Path(tempfile.mkdtemp(prefix="kernelchat-ws-"))
-        else:
-            self.workspace = Path(workspace).expanduser().resolve()
-            if not self.workspace.is_dir():
-                raise ValueError(f"workspace {str(self.workspace)!r} does not exist or is not a folder; "
-                                 "create it first or pass workspace=None for a temporary one")
+        self.workspace, self._own_workspace = resolve_workspace(workspace)
         self.outputs_dir = self.workspace / "outputs"
         self._remote_ws_asked = remote_workspace
         self.remote_workspace: str | None = remote_workspace

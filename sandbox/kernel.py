@@ -26,7 +26,7 @@ from jupyter_client import BlockingKernelClient
 from jupyter_client.connect import write_connection_file
 
 from .capture import CappedStream, strip_ansi
-from .isolation import (Isolation, IsolationError, LaunchSpec, build_launch, default_isolation,
+from .isolation import (Isolation, LaunchSpec, build_launch, default_isolation,
                         pick_sandbox_uid, write_identity_files)
 from .limits import Limits
 from .result import ExecResult, RichOutput
@@ -117,6 +117,29 @@ def _chown_tree(root: Path, uid: int, gid: int) -> None:
                 pass
 
 
+def check_timeout(timeout: object) -> float:
+    if not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    return float(timeout)
+
+
+def limits_from(**given: int | None) -> Limits:
+    """Limits from Kernel's keyword arguments: -1 means 'the default', None 'unlimited'."""
+    return Limits(**{k: v for k, v in given.items()
+                     if v != -1 and not (v is None and k in ("tmp_mb", "output_chars"))})
+
+
+def resolve_workspace(workspace: str | os.PathLike | None) -> tuple[Path, bool]:
+    """The workspace folder, and whether we made it (a temporary one)."""
+    if workspace is None:
+        return Path(tempfile.mkdtemp(prefix="kernelchat-ws-")), True
+    path = Path(workspace).expanduser().resolve()
+    if not path.is_dir():
+        raise ValueError(f"workspace {str(path)!r} does not exist or is not a folder; "
+                         "create it first or pass workspace=None for a temporary one")
+    return path, False
+
+
 class Kernel:
     """A persistent IPython kernel in a sandbox.
 
@@ -150,22 +173,12 @@ class Kernel:
             from .isolation import bwrap_path
 
             bwrap_path()  # raises IsolationError with the reason
-        if not (isinstance(timeout, (int, float)) and timeout > 0):
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        check_timeout(timeout)
         self.isolation: Isolation = isolation
         self.network, self.gpu, self.env, self.timeout = network, gpu, dict(env or {}), float(timeout)
-        overrides = {k: v for k, v in dict(memory_mb=memory_mb, max_procs=max_procs, max_file_mb=max_file_mb,
-                                            cpu_seconds=cpu_seconds, tmp_mb=tmp_mb, output_chars=output_chars).items()
-                     if v != -1 and not (v is None and k in ("tmp_mb", "output_chars"))}
-        self.limits = Limits(**overrides)
-        self._own_workspace = workspace is None
-        if workspace is None:
-            self.workspace = Path(tempfile.mkdtemp(prefix="kernelchat-ws-"))
-        else:
-            self.workspace = Path(workspace).expanduser().resolve()
-            if not self.workspace.is_dir():
-                raise ValueError(f"workspace {str(self.workspace)!r} does not exist or is not a folder; "
-                                 "create it first or pass workspace=None for a temporary one")
+        self.limits = limits_from(memory_mb=memory_mb, max_procs=max_procs, max_file_mb=max_file_mb,
+                                  cpu_seconds=cpu_seconds, tmp_mb=tmp_mb, output_chars=output_chars)
+        self.workspace, self._own_workspace = resolve_workspace(workspace)
         self.outputs_dir = self.workspace / "outputs"
         self._uid = pick_sandbox_uid() if (os.getuid() == 0 and isolation == "bwrap") else None
         self._ws_owner = (self.workspace.stat().st_uid, self.workspace.stat().st_gid)
@@ -356,10 +369,7 @@ class Kernel:
         """Run `code`; never raises for anything the code does."""
         if not isinstance(code, str):
             raise ValueError(f"code must be a str, got {type(code).__name__}")
-        if timeout is None:
-            timeout = self.timeout
-        if not (isinstance(timeout, (int, float)) and timeout > 0):
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        timeout = check_timeout(self.timeout if timeout is None else timeout)
         with self._lock:
             note = None
             if not self.alive:

@@ -4,14 +4,13 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from agent import Budget, BudgetExceeded, Chat
 from agent.backends.scripted import ScriptedBackend, python_call
-from agent.events import AnswerEvent, ToolCallEvent, ToolOutputEvent, ToolResultEvent, UsageEvent
+from agent.events import ToolCallEvent, ToolOutputEvent, ToolResultEvent
 from agent.messages import Message, ToolCall
 
 REPO = Path(__file__).resolve().parents[1]

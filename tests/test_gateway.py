@@ -211,3 +211,28 @@ def test_missing_url_is_a_value_error(monkeypatch):
     monkeypatch.delenv("KERNELCHAT_GATEWAY_URL", raising=False)
     with pytest.raises(ValueError, match="needs the gateway's URL"):
         Kernel(isolation="gateway")
+
+
+def test_run_tasks_with_their_kernels_on_the_gateway(kernel_gateway, tmp_path, monkeypatch):
+    """`kernelchat run --gateway URL`: every task's kernel runs on the gateway."""
+    from agent import cli
+
+    monkeypatch.delenv("KERNELCHAT_GATEWAY_URL", raising=False)
+    from agent.backends.scripted import ScriptedBackend, python_call
+    from agent.cassette import Cassette, RecordingBackend
+    from agent.runner import run_tasks
+    from agent.tasks import load_tasks
+
+    task = tmp_path / "on-gateway.toml"
+    task.write_text('prompts = ["go"]\n[[checks]]\nkernel = "where == \'gateway\'"\n')
+    tasks = load_tasks([task])
+    cassette = tmp_path / "c.json"
+    rec = RecordingBackend(ScriptedBackend([python_call("where = 'gateway'; print(where)"), "done"]),
+                           Cassette(cassette), task=tasks[0].name)
+    results = run_tasks(tasks, tmp_path / "out", {tasks[0].name: rec}, show_progress=False,
+                        kernel_options={"isolation": "gateway", "gateway_url": kernel_gateway.url,
+                                        "gateway_token": kernel_gateway.token})
+    assert results[0].status == "passed", results[0]
+    code = cli.main(["run", str(task), "--replay", str(cassette), "--out", str(tmp_path / "out2"),
+                     "--gateway", kernel_gateway.url, "--gateway-token", kernel_gateway.token, "--no-progress"])
+    assert code == 0

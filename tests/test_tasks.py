@@ -14,7 +14,7 @@ import pytest
 from agent import cli
 from agent.backends.scripted import ScriptedBackend, python_call
 from agent.cassette import Cassette, CassetteError, RecordingBackend, ReplayBackend
-from agent.runner import make_backends, run_tasks, exit_code, write_summary
+from agent.runner import run_tasks, exit_code, write_summary
 from agent.tasks import TaskError, load_task, load_tasks, parse_task
 
 DATA = Path(__file__).parent / "data"
