@@ -199,6 +199,9 @@ class Chat:
                 failed += res.status not in ("ok", "error")
                 self._kernel_cells.append(node.id)
                 bar.advance(task)
+        if not cells:
+            self.notices.append("kernel restarted: this branch has run no code yet")
+            return
         self.notices.append(f"kernel brought to this branch: {len(cells)} cell(s) replayed"
                             + (f", {failed} did not finish" if failed else ""))
 

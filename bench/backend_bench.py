@@ -146,6 +146,29 @@ def conversation(backend: LocalBackend, steps: int, reuse: bool) -> tuple[float,
     return time.perf_counter() - start, replies, cached
 
 
+def cell_output(step: int) -> str:
+    """About 300 tokens of what a cell prints: a small data frame."""
+    rows = [f"{i:>3}  {step * 17 + i * 3:>6}  {((step + 1) * (i + 7)) % 101:>5}.{i % 10}  category_{(i + step) % 5}"
+            for i in range(24)]
+    return "Output of python:\n     id   value   score  label\n" + "\n".join(rows)
+
+
+def agent_loop(backend: LocalBackend, steps: int, reuse: bool) -> tuple[float, int]:
+    """The code-interpreter loop's shape: each step adds the model's cell and the cell's printed
+    output (~300 tokens) to a prefix that is sent again in full. (seconds, tokens reused)"""
+    backend.reuse_cache = reuse
+    backend._cache, backend._cache_ids = None, []
+    msgs: list[Message] = [user("Explore the data set step by step with Python.")]
+    cached = 0
+    start = time.perf_counter()
+    for step in range(steps):
+        r = backend.complete(msgs, max_tokens=24)
+        msgs += [r.message, user(cell_output(step))]
+        cached += r.usage.cached_tokens
+    backend.reuse_cache = True
+    return time.perf_counter() - start, cached
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--tokens", type=int, default=64)
@@ -153,6 +176,7 @@ def main() -> None:
     ap.add_argument("--skip-cold", action="store_true", help="skip the ~30 s cold conversion")
     ap.add_argument("--skip-serve", action="store_true")
     ap.add_argument("--fp16", action="store_true", help="also measure cpu_fp16 (dynamic fp16 Linear)")
+    ap.add_argument("--only-loops", action="store_true", help="only the two multi-step measurements")
     args = ap.parse_args()
     console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
                   f"cuda={torch.cuda.is_available()}")
@@ -178,6 +202,8 @@ def main() -> None:
     msgs = [user(PROMPT)]
     ids = backend.encode(msgs)
     n = args.tokens
+    if args.only_loops:
+        args.skip_serve = True
     speed = Table(title=f"Speed: {len(ids)}-token prompt, {n} generated tokens, greedy, {backend.device}")
     for col in ("path", "prompt tok/s", "generated tok/s", "note"):
         speed.add_column(col, justify="right" if "tok" in col else "left")
@@ -214,6 +240,17 @@ def main() -> None:
     console.print(conv)
     same = sum(a == b for a, b in zip(r_reuse, r_fresh))
     console.print(f"speedup from KV reuse: [bold]{t_fresh / t_reuse:.2f}x[/]; identical replies {same}/{len(r_reuse)}")
+
+    loop = Table(title=f"{args.steps}-step code-interpreter loop (24-token cells, ~300-token outputs)")
+    for col in ("KV cache", "seconds", "prompt tokens reused"):
+        loop.add_column(col)
+    (a_reuse, a_cached), (a_fresh, _) = agent_loop(backend, args.steps, True), agent_loop(backend, args.steps, False)
+    a_reuse = min(a_reuse, agent_loop(backend, args.steps, True)[0])
+    a_fresh = min(a_fresh, agent_loop(backend, args.steps, False)[0])
+    loop.add_row("reused (prefix)", f"{a_reuse:.1f}", str(a_cached))
+    loop.add_row("recomputed", f"{a_fresh:.1f}", "0")
+    console.print(loop)
+    console.print(f"speedup from KV reuse in the loop: [bold]{a_fresh / a_reuse:.2f}x[/]")
 
     try:
         tokens = importlib.import_module("agent.tokens")

@@ -227,11 +227,7 @@ class GatewayKernel(Kernel):
         self.kernel_id: str | None = None
         self._ch: _Channels | None = None
         self._dead = False  # the gateway said so, or the websocket closed
-        self._lock = threading.RLock()
-        self._closed = False
-        self.restarts = 0
-        self.execution_count = 0
-        _live.add(self)
+        self._init_bookkeeping()
         if start:
             self.start()
 

@@ -186,14 +186,18 @@ class Kernel:
         self._client: BlockingKernelClient | None = None
         self._runtime: Path | None = None
         self._spec: LaunchSpec | None = None
+        self._init_bookkeeping()
+        if start:
+            self.start()
+
+    def _init_bookkeeping(self) -> None:
+        """State every kernel kind shares; registered so atexit can close it."""
         self._lock = threading.RLock()
         self._control_lock = threading.Lock()
         self._closed = False
         self.restarts = 0
         self.execution_count = 0
         _live.add(self)
-        if start:
-            self.start()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
