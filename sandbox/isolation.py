@@ -189,6 +189,9 @@ def build_launch(kernel_argv: list[str], *, isolation: Isolation, workspace: Pat
                 a += ["--ro-bind", ro, ro]
     a += parents(str(runtime_dir)) + ["--bind", str(runtime_dir), str(runtime_dir)]
     a += parents(str(workspace)) + ["--bind", str(workspace), str(workspace), "--chdir", str(workspace)]
+    # The mount points above live in bwrap's own root tmpfs, which the inner user owns when bwrap
+    # runs unprivileged: without this, / and /etc would be writable inside the sandbox.
+    a += ["--remount-ro", "/"]
     for key, value in kenv.items():
         a += ["--setenv", key, value]
     spec.argv = systemd_scope_prefix_cached(limits) + a + kernel_argv
