@@ -1,5 +1,6 @@
 """The `kernelchat` command line.
 
+    kernelchat                                   the terminal chat (same flags as the one shot)
     kernelchat "What is 2**100? Use Python."     one shot: the answer, with each cell and its output
     kernelchat exec "print(1)"                   run code in the sandbox
     kernelchat tokens REQUEST.json --model M     count a request's prompt tokens
@@ -151,7 +152,8 @@ def cmd_prompt(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kernelchat", description=__doc__)
+    p = argparse.ArgumentParser(prog="kernelchat", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command")
     e = sub.add_parser("exec", help="run Python code in the sandboxed kernel")
     e.add_argument("code", help="the code, or - to read it from stdin")
