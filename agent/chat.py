@@ -165,6 +165,23 @@ class Chat:
         self._sync_kernel()
         return self._kernel
 
+    @property
+    def started_kernel(self) -> Kernel | None:
+        """The kernel if it has been started, else None (looking must not start one)."""
+        return self._kernel
+
+    @property
+    def workspace(self) -> Path | None:
+        """The kernel's workspace: the started kernel's, else the one it will get (None: a temporary one)."""
+        if self._kernel is not None:
+            return self._kernel.workspace
+        ws = self._kernel_options.get("workspace")
+        return Path(ws) if ws else None
+
+    def conversation(self) -> store.ConversationFile:
+        """The whole conversation as saved: tree, usage, settings."""
+        return self._conversation()
+
     def _sync_kernel(self) -> None:
         if self._kernel is None:
             return  # started lazily, replaying then

@@ -313,7 +313,7 @@ def _do_export(repl: "Repl", cmd: Command) -> None:
 
 def _do_kernel(repl: "Repl", cmd: Command) -> None:
     chat = repl.chat
-    if chat._kernel is None:  # started lazily: nothing to restart yet
+    if chat.started_kernel is None:  # started lazily: nothing to restart yet
         repl.notice("the kernel has not started yet; it starts with the first cell")
         return
     with repl.console.status(f"kernel {cmd.arg}…"):

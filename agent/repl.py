@@ -344,7 +344,7 @@ class Repl:
         (no kernel yet, or an idle one that ignores the interrupt) when Ctrl-C comes."""
         deadline = time.monotonic() + 30
         while self.state == "cell" and time.monotonic() < deadline:
-            kernel = self.chat._kernel
+            kernel = self.chat.started_kernel
             if kernel is not None and kernel.alive:
                 kernel.interrupt()
             time.sleep(0.5)
@@ -388,12 +388,11 @@ class Repl:
         self.done = True
 
     def workspace_files(self) -> list[str]:
-        kernel = self.chat._kernel  # only a started kernel: completion must not start one
+        kernel = self.chat.started_kernel  # only a started kernel: completion must not start one
         if kernel is not None:
             return kernel.files()
-        ws = self.chat._kernel_options.get("workspace")
-        if ws and Path(ws).is_dir():
-            root = Path(ws)
+        root = self.chat.workspace
+        if root is not None and root.is_dir():
             return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
         return []
 

@@ -229,7 +229,7 @@ def _on_event(ev: Event, bar: _Bar, i: int, step: int) -> int:
 
 
 def _write_task_report(chat, task: Task, result: TaskResult, folder: Path) -> None:
-    conv = chat._conversation()
+    conv = chat.conversation()
     store.atomic_write(folder / "transcript.md", _results_md(result) + "\n" + store.to_markdown(conv))
     page = store.to_html(conv).replace("<body>", "<body>" + _results_html(result), 1)
     store.atomic_write(folder / "report.html", page)
