@@ -20,8 +20,9 @@ from typing import Any, Iterator
 
 from pydantic import BaseModel, Field
 
-from .messages import Done, Message, Reply, TextDelta, ToolCallDelta
-from .store import atomic_write
+from .backends.base import stream_reply
+from .messages import Done, Message, Reply
+from .store import atomic_write, read_document
 
 FORMAT = "kernelchat.cassette/1"
 
@@ -90,16 +91,8 @@ class Cassette:
 
     @classmethod
     def load(cls, path: str | Path) -> "Cassette":
-        path = Path(path)
-        if not path.is_file():
-            raise CassetteError(f"no cassette at {str(path)!r}")
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise CassetteError(f"{path}: not a cassette (invalid JSON at line {e.lineno}: {e.msg})") from None
-        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-            raise CassetteError(f"{path}: not a kernelchat cassette (expected format {FORMAT!r})")
-        return cls(path, CassetteFile.model_validate(raw))
+        raw = read_document(path, FORMAT, "cassette", CassetteError)
+        return cls(Path(path), CassetteFile.model_validate(raw))
 
     def save(self) -> None:
         with self._lock:
@@ -112,15 +105,6 @@ class Cassette:
 
     def task(self, name: str) -> list[Interaction]:
         return [i for i in self.data.interactions if i.task == name]
-
-
-def _replay_stream(reply: Reply) -> Iterator[Any]:
-    text = reply.message.content or ""
-    for i in range(0, len(text), 16):
-        yield TextDelta(text=text[i:i + 16])
-    for i, c in enumerate(reply.message.tool_calls):
-        yield ToolCallDelta(index=i, id=c.id, name=c.name, arguments=c.arguments)
-    yield Done(reply=reply)
 
 
 class RecordingBackend:
@@ -221,7 +205,7 @@ class ReplayBackend:
         return self._lookup(messages, tools)
 
     def stream(self, messages, tools=None, *, max_tokens=None, temperature=None) -> Iterator[Any]:
-        yield from _replay_stream(self._lookup(messages, tools))
+        yield from stream_reply(self._lookup(messages, tools), chunk=16)
 
 
 def _short(value: Any, n: int = 80) -> str:

@@ -19,7 +19,7 @@ from .events import AnswerEvent, Event, NoticeEvent
 from .loop import COMPLETION_ALLOWANCE, run_turn, user_message
 from .messages import Message, Usage
 from .prompts import DEFAULT_SYSTEM, SMALL_MODEL_EXAMPLES, SMALL_MODEL_SYSTEM
-from .tree import Branch, CellRecord, Node, Tree
+from .tree import Branch, Node, Tree
 
 Sync = Literal["replay", "keep", "reset"]
 Approve = Callable[[str], "bool | str | None"]
@@ -307,4 +307,4 @@ class Chat:
         return Path(path)
 
 
-__all__ = ["Chat", "CellRecord"]
+__all__ = ["Chat"]

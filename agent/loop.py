@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import queue
+import re
+import sys
 import threading
 from typing import TYPE_CHECKING, Iterator
 
@@ -205,9 +207,6 @@ def _run_python(chat: "Chat", call: ToolCall, code: str) -> Iterator[Event]:
 
 def _missing_module(res) -> str | None:
     """`name 'math' is not defined` where math is a standard-library module."""
-    import re
-    import sys
-
     if res.status != "error" or res.error_name != "NameError":
         return None
     m = re.match(r"name '(\w+)' is not defined", res.error_value or "")

@@ -62,17 +62,22 @@ def save(path: Path, conv: ConversationFile) -> None:
     atomic_write(path, conv.model_dump_json(indent=1))
 
 
-def load(path: Path) -> ConversationFile:
+def read_document(path: str | Path, fmt: str, noun: str, error: type[Exception] = ValueError) -> dict[str, Any]:
+    """A kernelchat JSON file of format `fmt`, or `error` saying plainly what is wrong with it."""
     path = Path(path)
-    if not path.exists():
-        raise ValueError(f"no conversation at {str(path)!r}")
+    if not path.is_file():
+        raise error(f"no {noun} at {str(path)!r}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not a kernelchat conversation (invalid JSON at line {e.lineno}: {e.msg})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a kernelchat conversation (expected format {FORMAT!r})")
-    return ConversationFile.model_validate(data)
+        raise error(f"{path}: not a kernelchat {noun} (invalid JSON at line {e.lineno}: {e.msg})") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise error(f"{path}: not a kernelchat {noun} (expected format {fmt!r})")
+    return data
+
+
+def load(path: Path) -> ConversationFile:
+    return ConversationFile.model_validate(read_document(path, FORMAT, "conversation"))
 
 
 def _path_items(conv: ConversationFile):

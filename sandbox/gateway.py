@@ -444,24 +444,11 @@ class GatewayKernel(Kernel):
             return False  # unreachable is not dead: the websocket tells us if it goes
         return (model or {}).get("execution_state") == "dead"
 
-    def _after_hang(self, res: ExecResult, streams, t0: float, timeout: float) -> ExecResult:
-        self.restart()
-        res = self._finish(res, streams, t0, None)
-        res.status, res.state_lost = "timeout", True
-        res.message = (f"The cell ran past its {timeout:g} s timeout and did not stop when interrupted; "
-                       "the kernel was restarted and its state (variables, imports) was lost.")
-        return res
-
     def _after_death(self, res: ExecResult, streams, t0: float, why: str) -> ExecResult:
         self._dead = True
         if self._ch is not None and self._ch.closed and not self._rest_says_dead():
             log.warning("the websocket closed but the gateway still lists kernel %s: replacing it", self.kernel_id)
-        self.restart()
-        res = self._finish(res, streams, t0, None)
-        res.status, res.state_lost = "died", True
-        res.message = (f"The kernel died while running this cell ({why}). It was restarted: its state "
-                       "(variables, imports) was lost; re-run the earlier cells that are needed.")
-        return res
+        return self._report_death(res, streams, t0, why)
 
     # -- files: base64 chunks through the kernel itself ---------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import base64
 import concurrent.futures
+import json
 import logging
 import os
 import queue
@@ -487,7 +488,7 @@ class Kernel:
         for mime in TEXT_TYPES:
             if mime in data and not (mime == "text/html" and outs):
                 value = data[mime]
-                text = value if isinstance(value, str) else __import__("json").dumps(value)
+                text = value if isinstance(value, str) else json.dumps(value)
                 outs.append(RichOutput(mime=mime, text=text[: self.limits.output_chars]))
         return outs
 
@@ -517,17 +518,24 @@ class Kernel:
         signum = -code if code is not None and code < 0 else None
         if self.isolation == "bwrap" and code is not None and code > 128:
             signum = code - 128  # bwrap reports the kernel's fatal signal as 128 + N
-        why = f" (exit code {code})" if code is not None else ""
+        why = f"exit code {code}" if code is not None else ""
         if signum:
-            sig = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else str(signum)
+            try:
+                sig = signal.Signals(signum).name
+            except ValueError:
+                sig = str(signum)
             hint = {signal.SIGKILL: ": likely out of memory", signal.SIGSEGV: ": a crash in native code",
                     signal.SIGXCPU: f": it used up its CPU-time limit ({self.limits.cpu_seconds} s)"}.get(signum, "")
-            why = f" (killed by {sig}{hint})"
+            why = f"killed by {sig}{hint}"
+        return self._report_death(res, streams, t0, why)
+
+    def _report_death(self, res: ExecResult, streams, t0: float, why: str) -> ExecResult:
+        """Restart, and say plainly that the state is gone (`why`: what killed it, if known)."""
         self.restart()
         res = self._finish(res, streams, t0, None)
         res.status, res.state_lost = "died", True
-        res.message = (f"The kernel died while running this cell{why}. It was restarted: its state "
-                       "(variables, imports) was lost; re-run the earlier cells that are needed.")
+        res.message = (f"The kernel died while running this cell{f' ({why})' if why else ''}. It was restarted: "
+                       "its state (variables, imports) was lost; re-run the earlier cells that are needed.")
         return res
 
     # -- files -------------------------------------------------------------------------------

@@ -35,6 +35,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_until_ready(proc, request, log: _Path, name: str, seconds: float) -> None:
+    """Poll `request` until it answers 200; fail with the server's log if it exits or takes too long."""
+    deadline = _time.monotonic() + seconds
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"{name} exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        try:
+            with _urlrequest.urlopen(request, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if _time.monotonic() > deadline:
+            pytest.fail(f"{name} not ready within {seconds:g} s:\n{log.read_text()[-3000:]}")
+        _time.sleep(0.2)
+
+
 @pytest.fixture(scope="session")
 def openai_server(tmp_path_factory):
     """Base URL (…/v1) of `transformers serve` running the converted embedded model, once per session."""
@@ -51,20 +68,8 @@ def openai_server(tmp_path_factory):
                                  stdout=out, stderr=_subprocess.STDOUT, start_new_session=True,
                                  env={**_os.environ, "TOKENIZERS_PARALLELISM": "false"})
     base = f"http://127.0.0.1:{port}"
-    deadline = _time.monotonic() + 90
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"transformers serve exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
-            try:
-                with _urlrequest.urlopen(base + "/health", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if _time.monotonic() > deadline:
-                pytest.fail(f"transformers serve not healthy within 90 s:\n{log.read_text()[-3000:]}")
-            _time.sleep(0.3)
+        _wait_until_ready(proc, _urlrequest.Request(base + "/health"), log, "transformers serve", 90)
         yield base + "/v1"
     finally:
         proc.terminate()
@@ -108,21 +113,9 @@ def kernel_gateway(tmp_path_factory):
                                   f"--config={config}"],
                                  cwd=root, stdout=out, stderr=_subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = _time.monotonic() + 60
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"jupyter kernelgateway exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
-            try:
-                req = _urlrequest.Request(url + "/api", headers={"Authorization": f"token {token}"})
-                with _urlrequest.urlopen(req, timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if _time.monotonic() > deadline:
-                pytest.fail(f"jupyter kernelgateway not ready within 60 s:\n{log.read_text()[-3000:]}")
-            _time.sleep(0.2)
+        ready = _urlrequest.Request(url + "/api", headers={"Authorization": f"token {token}"})
+        _wait_until_ready(proc, ready, log, "jupyter kernelgateway", 60)
         yield _Gateway(url, token, log)
     finally:
         proc.terminate()  # the gateway shuts its kernels down

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Protocol, runtime_checkable
 
-from ..messages import Message, Reply, StreamEvent
+from ..messages import Done, Message, Reply, StreamEvent, TextDelta, ToolCallDelta
 
 
 class BackendError(RuntimeError):
@@ -26,3 +26,13 @@ class Backend(Protocol):
 
     def count_prompt_tokens(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> int:
         """Pre-flight prompt-token count of this request."""
+
+
+def stream_reply(reply: Reply, chunk: int = 8) -> Iterator[StreamEvent]:
+    """A reply that is already whole, as the events a stream of it would yield."""
+    text = reply.message.content or ""
+    for i in range(0, len(text), chunk):
+        yield TextDelta(text=text[i:i + chunk])
+    for i, c in enumerate(reply.message.tool_calls):
+        yield ToolCallDelta(index=i, id=c.id, name=c.name, arguments=c.arguments)
+    yield Done(reply=reply)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Iterator
 
-from ..messages import Done, Message, Reply, TextDelta, ToolCall, ToolCallDelta, Usage
+from ..messages import Message, Reply, ToolCall, Usage
+from .base import stream_reply
 
 Script = str | Message | Callable[[list[Message]], "str | Message"]
 
@@ -49,10 +50,4 @@ class ScriptedBackend:
                      model=self.model)
 
     def stream(self, messages, tools=None, *, max_tokens=None, temperature=None) -> Iterator[Any]:
-        reply = self.complete(messages, tools, max_tokens=max_tokens, temperature=temperature)
-        text = reply.message.content or ""
-        for i in range(0, len(text), 8):
-            yield TextDelta(text=text[i:i + 8])
-        for i, c in enumerate(reply.message.tool_calls):
-            yield ToolCallDelta(index=i, id=c.id, name=c.name, arguments=c.arguments)
-        yield Done(reply=reply)
+        yield from stream_reply(self.complete(messages, tools, max_tokens=max_tokens, temperature=temperature))
