@@ -18,7 +18,8 @@ from .budget import Budget, BudgetTracker
 from .events import AnswerEvent, Event, NoticeEvent
 from .loop import COMPLETION_ALLOWANCE, run_turn, user_message
 from .messages import Message, Usage
-from .prompts import DEFAULT_SYSTEM, SMALL_MODEL_EXAMPLES, SMALL_MODEL_SYSTEM
+from . import shots
+from .prompts import DEFAULT_SYSTEM, SMALL_MODEL_SYSTEM
 from .tree import Branch, Node, Tree
 
 Sync = Literal["replay", "keep", "reset"]
@@ -56,8 +57,13 @@ class Chat:
         # A code block is short; a small model that runs on is rambling, and each token costs time.
         self.max_tokens_per_step = 384 if small else COMPLETION_ALLOWANCE
         self.system = system if system is not None else (SMALL_MODEL_SYSTEM if small else DEFAULT_SYSTEM)
-        # Worked examples sent after the system prompt when it is the small-model default.
-        self.examples = SMALL_MODEL_EXAMPLES if self.system == SMALL_MODEL_SYSTEM else []
+        # Worked examples sent after the small-model system prompt: a list of (question, answer)
+        # turns, or a function of the question that picks them (the default: closest from a bank).
+        self.examples: Callable[[str], list[tuple[str, str]]] | list[tuple[str, str]] = (
+            shots.pick if self.system == SMALL_MODEL_SYSTEM else [])
+        # Number literals in a small model's code limited to the conversation's numbers and common
+        # constants, where the backend can do it (local models whose digits are single tokens).
+        self.ground_numbers = self.answer_from_output
         self.tools: dict[str, Tool] = {t.name: t for t in map(as_tool, tools)}
         self.use_python = use_python
         self.tracker = BudgetTracker(budget=budget or Budget())

@@ -38,6 +38,7 @@ class ToolResultEvent(BaseModel):
     code: str | None = None
     images: list[str] = Field(default_factory=list)
     duration: float = 0.0
+    value: str | None = None  # small-model mode: the short value the code printed, taken as the answer
 
 
 class UsageEvent(BaseModel):

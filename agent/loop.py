@@ -15,8 +15,9 @@ from tools.python_tool import render
 from .budget import BudgetExceeded, fit_context
 from .events import (AnswerEvent, Event, NoticeEvent, TextEvent, ToolCallEvent, ToolOutputEvent,
                      ToolResultEvent, UsageEvent)
-from .messages import Done, Message, Reply, TextDelta, ToolCall, tool_result
+from .messages import LOOP_NAME, Done, Message, Reply, TextDelta, ToolCall, tool_result
 from .prompts import CODE_NUDGE, FIX_NUDGE
+from .shots import CONSTANTS, numbers_in
 from .toolparse import parse_tool_calls
 from .tree import CellRecord
 
@@ -24,15 +25,20 @@ if TYPE_CHECKING:
     from .chat import Chat
 
 COMPLETION_ALLOWANCE = 1024  # tokens asked for per step by default, clipped by the budget
+REPAIR_TEMPERATURE = 0.7
 
 
 def run_turn(chat: "Chat") -> Iterator[Event]:
     """Run model steps from the active leaf (which ends with a user or tool message)."""
     schemas = chat.tool_schemas()
     last_text = ""
-    nudged = False
+    nudged = failed = False
     for step in range(1, chat.max_steps + 1):
-        reply = yield from _request(chat, schemas)
+        # A greedy small model asked to repair its code writes the same code again: sample instead.
+        temperature = chat.temperature
+        if failed and chat.answer_from_output and temperature is None:
+            temperature = REPAIR_TEMPERATURE
+        reply = yield from _request(chat, schemas, temperature)
         msg = _fence_fallback(chat, reply.message)
         chat._append(msg, usage=reply.usage)
         yield UsageEvent(usage=reply.usage, total=chat.usage)
@@ -41,18 +47,20 @@ def run_turn(chat: "Chat") -> Iterator[Event]:
             if chat.answer_from_output and chat.use_python and not nudged and step < chat.max_steps:
                 # A small model that answered from its head: ask once for code instead.
                 nudged = True
-                chat._append(Message(role="user", content=CODE_NUDGE))
+                chat._append(Message(role="user", content=CODE_NUDGE, name=LOOP_NAME))
                 yield NoticeEvent(text="asked the model to compute the answer with code")
                 continue
             yield AnswerEvent(text=(msg.content or "").strip(), steps=step)
             return
         for call in msg.tool_calls:
             result = yield from _run_call(chat, call)
-            if chat.answer_from_output and _is_answer(result):
+            failed = result is not None and (result.status != "ok" or (
+                chat.answer_from_output and result.name == "python" and result.value is None))
+            if result is not None and result.value is not None:
                 # Small models garble what they copy: once code has computed a short result,
                 # that result is the answer (and the model is not asked to repeat it).
-                chat._append(Message(role="assistant", content=result.output))
-                yield AnswerEvent(text=result.output, steps=step)
+                chat._append(Message(role="assistant", content=result.value))
+                yield AnswerEvent(text=result.value, steps=step)
                 return
     text = (last_text.strip() + "\n\n" if last_text.strip() else "") + \
         f"[stopped after {chat.max_steps} steps without a final answer]"
@@ -71,19 +79,41 @@ def _fence_fallback(chat: "Chat", msg: Message) -> Message:
     return msg.model_copy(update={"content": text or None, "tool_calls": calls})
 
 
-def _is_answer(result: ToolResultEvent | None) -> bool:
-    if result is None or result.name != "python" or result.status != "ok":
-        return False
-    out = result.output.strip()
-    return bool(out) and not out.startswith("[") and len(out) <= 300 and out.count("\n") < 3
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
-def _request(chat: "Chat", schemas: list[dict]) -> Iterator[Event]:
+def _printed_value(res, rendered: str) -> str | None:
+    """A short printed value (not an error, not an object's repr, not a note of ours), or None."""
+    out = rendered.strip()
+    ok = (res.status == "ok" and out and not out.startswith("[") and len(out) <= 300 and out.count("\n") < 3
+          and not _OBJECT_REPR.search(out))
+    return out if ok else None
+
+
+def _small_model_problem(res, rendered: str, question: str) -> str | None:
+    """What is wrong with a small model's cell, in one line, or None."""
+    if res.status in ("error", "timeout"):
+        error = f"{res.error_name}: {res.error_value}" if res.error_name else (res.message or res.status)
+        words = _unquoted_text(res, question)
+        return f"Error: {error}" + (f". To use the text, write it in quotes: '{words}'" if words else "")
+    if res.status == "ok" and (m := _OBJECT_REPR.search(rendered)):
+        return f"The code printed {m.group(0)}, an object, not its value (use list(...) or ''.join(...))."
+    if res.status == "ok" and rendered == "[done, no output]":
+        return "The code printed nothing."
+    return None
+
+
+def _request(chat: "Chat", schemas: list[dict], temperature: float | None) -> Iterator[Event]:
     backend = chat.backend
     messages = chat.messages()
-    if chat.answer_from_output and chat.use_python and chat.examples:
-        shots = [Message(role=r, content=t) for q, a in chat.examples for r, t in (("user", q), ("assistant", a))]
-        messages = messages[:1] + shots + messages[1:]
+    extra: dict = {}
+    if chat.answer_from_output and chat.use_python:
+        examples = chat.examples(_question(chat)) if callable(chat.examples) else chat.examples
+        turns = [Message(role=r, content=t) for q, a in examples for r, t in (("user", q), ("assistant", a))]
+        messages = messages[:1] + turns + messages[1:]
+        if chat.ground_numbers and getattr(backend, "grounds_numbers", False):
+            given = [numbers_in(m.content or "") for m in chat.messages() if m.role in ("user", "tool")]
+            extra["numbers"] = set(CONSTANTS).union(*given)
     count = lambda ms: backend.count_prompt_tokens(ms, schemas)  # noqa: E731
     messages = fit_context(messages, count, backend.context_window,
                            reserve=min(COMPLETION_ALLOWANCE, backend.context_window // 4))
@@ -94,7 +124,8 @@ def _request(chat: "Chat", schemas: list[dict]) -> Iterator[Event]:
         yield NoticeEvent(text=f"budget exceeded: {e}")
         raise
     reply: Reply | None = None
-    for ev in backend.stream(messages, schemas or None, max_tokens=max_tokens, temperature=chat.temperature):
+    for ev in backend.stream(messages, schemas or None, max_tokens=max_tokens, temperature=temperature,
+                             **extra):
         if isinstance(ev, TextDelta):
             yield TextEvent(text=ev.text)
         elif isinstance(ev, Done):
@@ -189,20 +220,37 @@ def _run_python(chat: "Chat", call: ToolCall, code: str) -> Iterator[Event]:
     if res.state_lost:
         chat._kernel_cells = []  # the kernel restarted: nothing before this cell is in it
     text = render(res)
-    if chat.answer_from_output and res.status in ("error", "timeout"):
-        # Small models lose the thread in a long traceback: the error in one line, the question again.
-        question = chat.tree.user_node(-1).message.content or ""
-        error = f"{res.error_name}: {res.error_value}" if res.error_name else (res.message or res.status)
-        text = f"Error: {error}\n\n{FIX_NUDGE} The question was: {question}"
+    value = _printed_value(res, text) if chat.answer_from_output else None
+    if chat.answer_from_output and (problem := _small_model_problem(res, text, _question(chat))):
+        # Small models lose the thread in a long traceback: the problem in one line, the question again.
+        text = f"{problem}\n\n{FIX_NUDGE} The question was: {_question(chat)}"
     node = chat._append(tool_result(call.id, text, name="python"),
                         cell=CellRecord(code=code, status=res.status, output=text, images=res.images,
                                         duration=res.duration, executed=res.status != "died"))
     if res.status != "died":
         chat._kernel_cells.append(node.id)
     ev = ToolResultEvent(id=call.id, name="python", status=res.status, output=text, code=code,
-                         images=res.images, duration=res.duration)
+                         images=res.images, duration=res.duration, value=value)
     yield ev
     return ev
+
+
+def _question(chat: "Chat") -> str:
+    """The user's last prompt on the active branch."""
+    users = chat.tree.user_nodes()
+    return (users[-1].message.content or "") if users else ""
+
+
+def _unquoted_text(res, question: str) -> str | None:
+    """`name 'mississippi' is not defined` where the question says "the word mississippi" (or quotes
+    it; `the_lazy_dog` for 'the lazy dog'): the model meant the text."""
+    m = re.match(r"name '(\w+)' is not defined", res.error_value or "") if res.error_name == "NameError" else None
+    if not m:
+        return None
+    words = re.escape(m.group(1).replace("_", " "))
+    found = re.search(rf"""(?:\b(?:word|string|sentence|text|phrase|name)\s+|['"])({words})\b""", question,
+                      re.IGNORECASE)
+    return found.group(1) if found else None
 
 
 def _missing_module(res) -> str | None:

@@ -23,14 +23,7 @@ You are a helpful assistant. Answer every question with one Python code block th
 the answer and prints it. Use the exact numbers and words from the question.
 """
 
-# Worked examples, sent as earlier turns after the system prompt (not stored in the conversation):
-# a 135M model imitates turns far better than it follows rules.
-SMALL_MODEL_EXAMPLES: list[tuple[str, str]] = [
-    ("What is 15 factorial?", "```python\nimport math\nprint(math.factorial(15))\n```"),
-    ("How many times does the letter a appear in the word banana?", "```python\nprint('banana'.count('a'))\n```"),
-    ("What is the average of 4, 8 and 9?", "```python\nnumbers = [4, 8, 9]\nprint(sum(numbers) / len(numbers))\n```"),
-    ("What is 3 to the power of 5, plus 2?", "```python\nprint(3 ** 5 + 2)\n```"),
-]
+# Worked examples for it are picked per question from a bank: see shots.py.
 
 FIX_NUDGE = "The code failed. Write a corrected Python code block that prints the answer."
 CODE_NUDGE = "Answer with a Python code block that computes the result and prints it."

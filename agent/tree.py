@@ -76,7 +76,8 @@ class Tree(BaseModel):
         return [n for n in self.nodes.values() if n.parent == node_id]
 
     def user_nodes(self, leaf: str | None = None) -> list[Node]:
-        return [n for n in self.path(leaf) if n.message.role == "user"]
+        """The user's prompts on a path (not the loop's own nudges)."""
+        return [n for n in self.path(leaf) if n.message.is_prompt]
 
     def user_node(self, i: int) -> Node:
         users = self.user_nodes()
@@ -101,7 +102,7 @@ class Tree(BaseModel):
             last = end.message.content or (f"[{len(end.message.tool_calls)} tool call(s)]"
                                            if end.message.tool_calls else "")
             out.append(Branch(id=end.id, active=end.id == self.leaf, depth=len(path),
-                              prompts=[n.message.content or "" for n in path if n.message.role == "user"],
+                              prompts=[n.message.content or "" for n in path if n.message.is_prompt],
                               last=last[:80]))
         return out
 

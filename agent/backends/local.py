@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from transformers import (AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList,
-                          TextIteratorStreamer)
+from transformers import (AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList, StoppingCriteria,
+                          StoppingCriteriaList, TextIteratorStreamer)
 
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
@@ -28,6 +28,7 @@ from ..embedded import converted_dir, embedded_model_dir, gguf_cache_dir
 from ..messages import Done, Message, Reply, StreamEvent, TextDelta, ToolCall, ToolCallDelta, Usage
 from ..toolparse import parse_tool_calls
 from .base import BackendError
+from .grounding import GroundedNumbers
 
 EMBEDDED_ALIASES = {"hf:smollm2", "smollm2", "hf:embedded", "embedded"}
 # Tokens that end an assistant turn, or start a new one (a model that runs on into the next turn).
@@ -114,6 +115,8 @@ class LocalBackend:
                                        or min(self.tokenizer.model_max_length, 1 << 20))
         template = self.tokenizer.chat_template or ""
         self.supports_tools = "tools" in template  # the template renders a `tools` list itself
+        # `numbers=` on complete/stream: number literals in code limited to those (see grounding.py).
+        self.grounds_numbers = GroundedNumbers.usable(self.tokenizer)
         self.stop_ids = self._stop_ids()
         self._lock = threading.Lock()  # one model, one KV cache: one generation at a time
         # Every generation runs on this one thread. Running model.generate on varying threads (the
@@ -196,7 +199,7 @@ class LocalBackend:
 
     def _generate(self, ids: list[int], max_new: int, temperature: float | None,
                   streamer: TextIteratorStreamer | None = None, cancel: _Cancel | None = None,
-                  stop_after_code: bool = False) -> tuple[list[int], int]:
+                  stop_after_code: bool = False, numbers: set[str] | None = None) -> tuple[list[int], int]:
         """Run model.generate with the reused cache; returns (generated ids, prompt tokens reused)."""
         cache, reused = self._reusable_cache(ids)
         input_ids = torch.tensor([ids], device=self.device)
@@ -210,6 +213,8 @@ class LocalBackend:
                 use_cache=True, return_dict_in_generate=True, streamer=streamer,
                 stopping_criteria=StoppingCriteriaList(
                     [c for c in (cancel, _FenceStop(self.tokenizer, len(ids)) if stop_after_code else None) if c]),
+                logits_processor=LogitsProcessorList(
+                    [GroundedNumbers(self.tokenizer, len(ids), numbers)] if numbers and self.grounds_numbers else []),
                 **{CACHE_KW: cache}, **sampling)
         seq = out.sequences[0].tolist()
         new_cache = getattr(out, CACHE_KW, None)
@@ -250,17 +255,19 @@ class LocalBackend:
         return Reply(message=msg, usage=usage, finish_reason=finish, model=self.model)
 
     def complete(self, messages: list[Message], tools: list[dict[str, Any]] | None = None, *,
-                 max_tokens: int | None = None, temperature: float | None = None) -> Reply:
+                 max_tokens: int | None = None, temperature: float | None = None,
+                 numbers: set[str] | None = None) -> Reply:
         with self._lock:
             t0 = time.perf_counter()
             ids = self.encode(messages, tools)
             max_new = self._max_new(len(ids), max_tokens)
             gen, reused = self._worker.submit(self._generate, ids, max_new, temperature, None, None,
-                                              self._fenced_python(tools)).result()
+                                              self._fenced_python(tools), numbers).result()
             return self._reply(gen, len(ids), reused, max_new, time.perf_counter() - t0, tools)
 
     def stream(self, messages: list[Message], tools: list[dict[str, Any]] | None = None, *,
-               max_tokens: int | None = None, temperature: float | None = None) -> Iterator[StreamEvent]:
+               max_tokens: int | None = None, temperature: float | None = None,
+               numbers: set[str] | None = None) -> Iterator[StreamEvent]:
         with self._lock:
             t0 = time.perf_counter()
             ids = self.encode(messages, tools)
@@ -270,7 +277,8 @@ class LocalBackend:
 
             def work() -> tuple[list[int], int]:
                 try:
-                    return self._generate(ids, max_new, temperature, streamer, cancel, self._fenced_python(tools))
+                    return self._generate(ids, max_new, temperature, streamer, cancel, self._fenced_python(tools),
+                                          numbers)
                 except BaseException:
                     streamer.end()  # unblock the consumer; the error is re-raised from the future
                     raise
