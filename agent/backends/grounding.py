@@ -33,7 +33,8 @@ def _digit_tokens(tokenizer) -> tuple[dict[int, str], list[int]]:
 
 class GroundedNumbers(LogitsProcessor):
     """Masks digit tokens inside an open ```python block that would write a number not in `allowed`.
-    Needs a tokenizer whose digits are single tokens (SmolLM2, Llama 3, Qwen, ...): check `usable`."""
+    Needs a tokenizer whose digits are single tokens (SmolLM2, Qwen; not Llama 3, which groups three):
+    check `usable`."""
 
     def __init__(self, tokenizer, n_prompt: int, allowed: Iterable[str]) -> None:
         self.tokenizer, self.n_prompt = tokenizer, n_prompt
