@@ -1,7 +1,8 @@
 """Does the loop make the embedded 135M model useful? Accuracy on questions with exact answers,
 without tools and with the python tool, and seconds per question.
 
-    python bench/small_model_accuracy.py [--model hf:smollm2] [--limit N]
+    python bench/small_model_accuracy.py [--model hf:smollm2] [--set main|held-out|both]
+        [--only tools|no-tools] [--max-steps 10] [--limit N] [--verbose]
 """
 
 from __future__ import annotations
