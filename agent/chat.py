@@ -12,13 +12,12 @@ from sandbox import Kernel
 from tools.python_tool import SCHEMA as PYTHON_SCHEMA
 from tools.schema import Tool, as_tool
 
-from . import pricing, store
+from . import pricing, shots, store
 from .backends import get_backend
 from .budget import Budget, BudgetTracker
 from .events import AnswerEvent, Event, NoticeEvent
 from .loop import COMPLETION_ALLOWANCE, run_turn, user_message
 from .messages import Message, Usage
-from . import shots
 from .prompts import DEFAULT_SYSTEM, SMALL_MODEL_SYSTEM
 from .tree import Branch, Node, Tree
 

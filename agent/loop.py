@@ -105,14 +105,14 @@ def _small_model_problem(res, rendered: str, question: str) -> str | None:
 
 def _request(chat: "Chat", schemas: list[dict], temperature: float | None) -> Iterator[Event]:
     backend = chat.backend
-    messages = chat.messages()
+    conversation = messages = chat.messages()
     extra: dict = {}
     if chat.answer_from_output and chat.use_python:
         examples = chat.examples(_question(chat)) if callable(chat.examples) else chat.examples
         turns = [Message(role=r, content=t) for q, a in examples for r, t in (("user", q), ("assistant", a))]
-        messages = messages[:1] + turns + messages[1:]
+        messages = conversation[:1] + turns + conversation[1:]
         if chat.ground_numbers and getattr(backend, "grounds_numbers", False):
-            given = [numbers_in(m.content or "") for m in chat.messages() if m.role in ("user", "tool")]
+            given = [numbers_in(m.content or "") for m in conversation if m.role in ("user", "tool")]
             extra["numbers"] = set(CONSTANTS).union(*given)
     count = lambda ms: backend.count_prompt_tokens(ms, schemas)  # noqa: E731
     messages = fit_context(messages, count, backend.context_window,
@@ -221,9 +221,10 @@ def _run_python(chat: "Chat", call: ToolCall, code: str) -> Iterator[Event]:
         chat._kernel_cells = []  # the kernel restarted: nothing before this cell is in it
     text = render(res)
     value = _printed_value(res, text) if chat.answer_from_output else None
-    if chat.answer_from_output and (problem := _small_model_problem(res, text, _question(chat))):
+    question = _question(chat) if chat.answer_from_output else ""
+    if chat.answer_from_output and (problem := _small_model_problem(res, text, question)):
         # Small models lose the thread in a long traceback: the problem in one line, the question again.
-        text = f"{problem}\n\n{FIX_NUDGE} The question was: {_question(chat)}"
+        text = f"{problem}\n\n{FIX_NUDGE} The question was: {question}"
     node = chat._append(tool_result(call.id, text, name="python"),
                         cell=CellRecord(code=code, status=res.status, output=text, images=res.images,
                                         duration=res.duration, executed=res.status != "died"))
