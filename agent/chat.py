@@ -22,6 +22,7 @@ from .prompts import DEFAULT_SYSTEM, SMALL_MODEL_SYSTEM
 from .tree import Branch, Node, Tree
 
 Sync = Literal["replay", "keep", "reset"]
+EXAMPLE_BONUS = 2.0  # best of 0 to 5 on bench/small_model_accuracy.py: see the README's performance section
 Approve = Callable[[str], "bool | str | None"]
 
 
@@ -45,24 +46,12 @@ class Chat:
             raise ValueError(f"sync must be 'replay', 'keep' or 'reset', got {sync!r}")
         if max_steps < 1:
             raise ValueError(f"max_steps must be at least 1, got {max_steps}")
-        self.backend = backend if backend is not None else get_backend(model, base_url=base_url, api_key=api_key,
-                                                                      progress=progress)
-        self.model = getattr(self.backend, "model", model or "?")
-        self.price = pricing.lookup(self.model)
+        self.use_backend(backend if backend is not None else get_backend(model, base_url=base_url, api_key=api_key,
+                                                                         progress=progress))
+        if answer_from_output is not None:
+            self.small_model_mode(answer_from_output)
         small = getattr(self.backend, "supports_tools", True) is False
-        # Models without tool training write ```python blocks and garble what they copy: by default
-        # their answer is the short output their code computed.
-        self.answer_from_output = small if answer_from_output is None else answer_from_output
-        # A code block is short; a small model that runs on is rambling, and each token costs time.
-        self.max_tokens_per_step = 384 if small else COMPLETION_ALLOWANCE
         self.system = system if system is not None else (SMALL_MODEL_SYSTEM if small else DEFAULT_SYSTEM)
-        # Worked examples sent after the small-model system prompt: a list of (question, answer)
-        # turns, or a function of the question that picks them (the default: closest from a bank).
-        self.examples: Callable[[str], list[tuple[str, str]]] | list[tuple[str, str]] = (
-            shots.pick if self.system == SMALL_MODEL_SYSTEM else [])
-        # Number literals in a small model's code limited to the conversation's numbers and common
-        # constants, where the backend can do it (local models whose digits are single tokens).
-        self.ground_numbers = self.answer_from_output
         self.tools: dict[str, Tool] = {t.name: t for t in map(as_tool, tools)}
         self.use_python = use_python
         self.tracker = BudgetTracker(budget=budget or Budget())
@@ -79,6 +68,35 @@ class Chat:
         self.path = Path(path) if path else None
         self.notices: list[str] = []
         self._save()
+
+    # -- the model ------------------------------------------------------------------------------
+
+    def use_backend(self, backend: Any) -> None:
+        """Talk to another model from the next request on. What follows the kind of model follows it
+        (the small-model mode, tokens per step); the system prompt stays."""
+        self.backend = backend
+        self.model = getattr(backend, "model", "?")
+        self.price = pricing.lookup(self.model)
+        small = getattr(backend, "supports_tools", True) is False
+        # A code block is short; a small model that runs on is rambling, and each token costs time.
+        self.max_tokens_per_step = 384 if small else COMPLETION_ALLOWANCE
+        self.small_model_mode(small)
+
+    def small_model_mode(self, on: bool) -> None:
+        """Models without tool training (on by default for them) write ```python blocks and garble
+        what they copy: the answer is the short value their code printed, and the loop helps them."""
+        self.answer_from_output = on
+        # Worked examples sent before the question: a list of (question, answer) turns, or a
+        # function of the question that picks them (the default: the closest from a bank).
+        self.examples: Callable[[str], list[tuple[str, str]]] | list[tuple[str, str]] = shots.pick if on else []
+        # Number literals in the code limited to the conversation's numbers and common constants,
+        # where the backend can do it (local models whose digits are single tokens).
+        self.ground_numbers = on
+        # A logit bonus in the code for the tokens of the examples and the question (0: none).
+        self.example_bonus = EXAMPLE_BONUS if on else 0.0
+        # A failed attempt is regenerated, not repaired: up to `attempts` per prompt, until `agree`
+        # of them print the same value (see loop._attempts; a vote measured no better than 1).
+        self.attempts, self.agree = 5, 1
 
     # -- the turn ------------------------------------------------------------------------------
 
@@ -160,14 +178,16 @@ class Chat:
 
     # -- the kernel follows the branch -------------------------------------------------------
 
-    def kernel(self) -> Kernel:
-        """The sandbox kernel, started on first use with the active branch's cells replayed."""
+    def kernel(self, follow_branch: bool = True) -> Kernel:
+        """The sandbox kernel, started on first use with the active branch's cells replayed
+        (`follow_branch=False`: as it is, whatever branch its state came from)."""
         if self._kernel is None:
             self._kernel = Kernel(**self._kernel_options)
             self._kernel_cells = []
         if not self._kernel.alive:
             self._kernel.start()
-        self._sync_kernel()
+        if follow_branch:
+            self._sync_kernel()
         return self._kernel
 
     @property

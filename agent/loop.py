@@ -15,8 +15,7 @@ from tools.python_tool import render
 from .budget import BudgetExceeded, fit_context
 from .events import (AnswerEvent, Event, NoticeEvent, TextEvent, ToolCallEvent, ToolOutputEvent,
                      ToolResultEvent, UsageEvent)
-from .messages import LOOP_NAME, Done, Message, Reply, TextDelta, ToolCall, tool_result
-from .prompts import CODE_NUDGE, FIX_NUDGE
+from .messages import Done, Message, Reply, TextDelta, ToolCall, tool_result
 from .shots import CONSTANTS, numbers_in
 from .toolparse import parse_tool_calls
 from .tree import CellRecord
@@ -25,47 +24,84 @@ if TYPE_CHECKING:
     from .chat import Chat
 
 COMPLETION_ALLOWANCE = 1024  # tokens asked for per step by default, clipped by the budget
-REPAIR_TEMPERATURE = 0.7
+SAMPLE_TEMPERATURE = 0.7  # for a small model's attempts after the first (greedy) one
 
 
 def run_turn(chat: "Chat") -> Iterator[Event]:
-    """Run model steps from the active leaf (which ends with a user or tool message)."""
+    """Run the loop from the active leaf (which ends with a user or tool message)."""
+    if chat.answer_from_output and chat.use_python:
+        yield from _attempts(chat)
+    else:
+        yield from _steps(chat)
+
+
+def _steps(chat: "Chat") -> Iterator[Event]:
+    """Model steps: each reply's tool calls run and their results go back, until a final answer."""
     schemas = chat.tool_schemas()
     last_text = ""
-    nudged = failed = False
     for step in range(1, chat.max_steps + 1):
-        # A greedy small model asked to repair its code writes the same code again: sample instead.
-        temperature = chat.temperature
-        if failed and chat.answer_from_output and temperature is None:
-            temperature = REPAIR_TEMPERATURE
-        reply = yield from _request(chat, schemas, temperature)
+        reply = yield from _request(chat, schemas, chat.temperature)
         msg = _fence_fallback(chat, reply.message)
         chat._append(msg, usage=reply.usage)
         yield UsageEvent(usage=reply.usage, total=chat.usage)
         last_text = msg.content or last_text
         if not msg.tool_calls:
-            if chat.answer_from_output and chat.use_python and not nudged and step < chat.max_steps:
-                # A small model that answered from its head: ask once for code instead.
-                nudged = True
-                chat._append(Message(role="user", content=CODE_NUDGE, name=LOOP_NAME))
-                yield NoticeEvent(text="asked the model to compute the answer with code")
-                continue
             yield AnswerEvent(text=(msg.content or "").strip(), steps=step)
             return
         for call in msg.tool_calls:
-            result = yield from _run_call(chat, call)
-            failed = result is not None and (result.status != "ok" or (
-                chat.answer_from_output and result.name == "python" and result.value is None))
-            if result is not None and result.value is not None:
-                # Small models garble what they copy: once code has computed a short result,
-                # that result is the answer (and the model is not asked to repeat it).
-                chat._append(Message(role="assistant", content=result.value))
-                yield AnswerEvent(text=result.value, steps=step)
-                return
+            yield from _run_call(chat, call)
     text = (last_text.strip() + "\n\n" if last_text.strip() else "") + \
         f"[stopped after {chat.max_steps} steps without a final answer]"
     yield NoticeEvent(text=f"max_steps ({chat.max_steps}) reached")
     yield AnswerEvent(text=text, steps=chat.max_steps)
+
+
+def _attempts(chat: "Chat") -> Iterator[Event]:
+    """A small model regenerates instead of repairing: shown its traceback, a 135M model writes the
+    same code again or wanders, so each attempt starts afresh from the question, on a sibling
+    branch (the model never sees the others). The first is greedy, the rest sampled; the answer is
+    the value most attempts printed (the earliest on a tie), decided once `chat.agree` agree."""
+    schemas = chat.tool_schemas()
+    start = chat.tree.leaf
+    # An explicit temperature of 0 asks for determinism: a second greedy attempt would only repeat.
+    n = 1 if chat.temperature == 0 else min(chat.attempts, chat.max_steps)
+    printed: list[tuple[str, str]] = []  # (value, the node holding it) per attempt that printed one
+    for attempt in range(1, n + 1):
+        if attempt > 1:
+            chat.tree.leaf = start
+        temperature = chat.temperature if chat.temperature or attempt == 1 else SAMPLE_TEMPERATURE
+        reply = yield from _request(chat, schemas, temperature)
+        msg = _fence_fallback(chat, reply.message)
+        chat._append(msg, usage=reply.usage)
+        yield UsageEvent(usage=reply.usage, total=chat.usage)
+        value = None
+        for call in msg.tool_calls:
+            result = yield from _run_call(chat, call, follow_branch=attempt == 1)
+            if result is not None and result.value is not None:
+                value = result.value
+                break
+        if value is not None:
+            printed.append((value, chat.tree.leaf))
+            votes = sum(v == value for v, _ in printed)
+            if votes >= chat.agree:
+                break
+        if attempt < n:
+            why = "printed no value" if msg.tool_calls else "wrote no code"
+            if value is not None:
+                why = f"printed {value[:40]!r}, not yet confirmed"
+            yield NoticeEvent(text=f"attempt {attempt} {why}: attempt {attempt + 1} of at most {n}, afresh")
+    if not printed:
+        yield NoticeEvent(text=f"no attempt of {n} printed a value")
+        yield AnswerEvent(text=f"[stopped after {n} attempt{'s' * (n > 1)} without printing a value]", steps=n)
+        return
+    values = [v for v, _ in printed]
+    value, node = max(printed, key=lambda p: (values.count(p[0]), -values.index(p[0])))
+    if len(printed) > 1:
+        yield NoticeEvent(text=f"answer printed by {values.count(value)} of {attempt} attempts")
+    chat.tree.leaf = node  # the kernel catches up (restart and replay) before this branch's next cell
+    # Small models garble what they copy: the value the code computed is the answer.
+    chat._append(Message(role="assistant", content=value))
+    yield AnswerEvent(text=value, steps=attempt)
 
 
 def _fence_fallback(chat: "Chat", msg: Message) -> Message:
@@ -79,28 +115,17 @@ def _fence_fallback(chat: "Chat", msg: Message) -> Message:
     return msg.model_copy(update={"content": text or None, "tool_calls": calls})
 
 
-_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+# `<reversed object at 0x..>`, `<generator object <genexpr> at 0x..>`, `<built-in function len>`,
+# `<class 'int'>`: a printed object, not a value
+_OBJECT_REPR = re.compile(r"<(?:[\w.-]+ )+(?:<[\w.]+> )?(?:at 0x[0-9a-fA-F]+|'?[\w.]+'?)>")
 
 
-def _printed_value(res, rendered: str) -> str | None:
-    """A short printed value (not an error, not an object's repr, not a note of ours), or None."""
-    out = rendered.strip()
-    ok = (res.status == "ok" and out and not out.startswith("[") and len(out) <= 300 and out.count("\n") < 3
-          and not _OBJECT_REPR.search(out))
-    return out if ok else None
-
-
-def _small_model_problem(res, rendered: str, question: str) -> str | None:
-    """What is wrong with a small model's cell, in one line, or None."""
-    if res.status in ("error", "timeout"):
-        error = f"{res.error_name}: {res.error_value}" if res.error_name else (res.message or res.status)
-        words = _unquoted_text(res, question)
-        return f"Error: {error}" + (f". To use the text, write it in quotes: '{words}'" if words else "")
-    if res.status == "ok" and (m := _OBJECT_REPR.search(rendered)):
-        return f"The code printed {m.group(0)}, an object, not its value (use list(...) or ''.join(...))."
-    if res.status == "ok" and rendered == "[done, no output]":
-        return "The code printed nothing."
-    return None
+def _printed_value(res) -> str | None:
+    """The short value a cell printed (or its last expression showed), or None: not after an error,
+    not an object's repr, not a long text."""
+    out = (res.stdout or "").strip() or (res.result or "").strip()
+    ok = res.status == "ok" and out and not res.stdout_file and len(out) <= 300 and out.count("\n") < 3
+    return out if ok and not _OBJECT_REPR.search(out) else None
 
 
 def _request(chat: "Chat", schemas: list[dict], temperature: float | None) -> Iterator[Event]:
@@ -108,12 +133,17 @@ def _request(chat: "Chat", schemas: list[dict], temperature: float | None) -> It
     conversation = messages = chat.messages()
     extra: dict = {}
     if chat.answer_from_output and chat.use_python:
-        examples = chat.examples(_question(chat)) if callable(chat.examples) else chat.examples
+        question = _question(chat)
+        examples = chat.examples(question) if callable(chat.examples) else chat.examples
         turns = [Message(role=r, content=t) for q, a in examples for r, t in (("user", q), ("assistant", a))]
         messages = conversation[:1] + turns + conversation[1:]
         if chat.ground_numbers and getattr(backend, "grounds_numbers", False):
             given = [numbers_in(m.content or "") for m in conversation if m.role in ("user", "tool")]
             extra["numbers"] = set(CONSTANTS).union(*given)
+        if chat.example_bonus and getattr(backend, "favours_tokens", False):
+            # The example's tokens (and the question's) get a bonus in the code: copy its shape.
+            extra["favour"] = "\n".join([a for _, a in examples] + [question])
+            extra["bonus"] = chat.example_bonus
     count = lambda ms: backend.count_prompt_tokens(ms, schemas)  # noqa: E731
     messages = fit_context(messages, count, backend.context_window,
                            reserve=min(COMPLETION_ALLOWANCE, backend.context_window // 4))
@@ -140,7 +170,7 @@ def _request(chat: "Chat", schemas: list[dict], temperature: float | None) -> It
     return reply
 
 
-def _run_call(chat: "Chat", call: ToolCall) -> Iterator[Event]:
+def _run_call(chat: "Chat", call: ToolCall, follow_branch: bool = True) -> Iterator[Event]:
     tool = chat.tools.get(call.name)
     if call.name == "python":
         try:
@@ -151,7 +181,7 @@ def _run_call(chat: "Chat", call: ToolCall) -> Iterator[Event]:
                                  f"`code` must be a string, got {type(code).__name__}")
         except ValueError as e:
             return (yield from _answer_call(chat, call, str(e), "invalid"))
-        return (yield from _run_python(chat, call, code))
+        return (yield from _run_python(chat, call, code, follow_branch))
     if tool is None:
         names = ", ".join(sorted(["python", *chat.tools])) if chat.use_python else ", ".join(sorted(chat.tools))
         return (yield from _answer_call(chat, call, f"Error: there is no tool named {call.name!r}. "
@@ -177,7 +207,7 @@ def _answer_call(chat: "Chat", call: ToolCall, text: str, status: str, announce:
     return ev
 
 
-def _run_python(chat: "Chat", call: ToolCall, code: str) -> Iterator[Event]:
+def _run_python(chat: "Chat", call: ToolCall, code: str, follow_branch: bool = True) -> Iterator[Event]:
     yield ToolCallEvent(id=call.id, name="python", code=code, arguments=call.arguments)
     if chat.approve is not None:
         decision = chat.approve(code)
@@ -190,7 +220,10 @@ def _run_python(chat: "Chat", call: ToolCall, code: str) -> Iterator[Event]:
             return ev
         if isinstance(decision, str):
             code = decision
-    kernel = chat.kernel()
+    # A small model's later attempts run in the kernel as the first left it: restarting it for each
+    # would cost more than the attempt. chat._kernel_cells records them, so the branch's next cell
+    # brings the kernel to the branch first.
+    kernel = chat.kernel(follow_branch=follow_branch)
     # The kernel calls back on its own schedule; a thread plus a queue turns that into events.
     q: queue.Queue = queue.Queue()
     box: dict = {}
@@ -220,11 +253,7 @@ def _run_python(chat: "Chat", call: ToolCall, code: str) -> Iterator[Event]:
     if res.state_lost:
         chat._kernel_cells = []  # the kernel restarted: nothing before this cell is in it
     text = render(res)
-    value = _printed_value(res, text) if chat.answer_from_output else None
-    question = _question(chat) if chat.answer_from_output else ""
-    if chat.answer_from_output and (problem := _small_model_problem(res, text, question)):
-        # Small models lose the thread in a long traceback: the problem in one line, the question again.
-        text = f"{problem}\n\n{FIX_NUDGE} The question was: {question}"
+    value = _printed_value(res) if chat.answer_from_output else None
     node = chat._append(tool_result(call.id, text, name="python"),
                         cell=CellRecord(code=code, status=res.status, output=text, images=res.images,
                                         duration=res.duration, executed=res.status != "died"))
@@ -240,18 +269,6 @@ def _question(chat: "Chat") -> str:
     """The user's last prompt on the active branch."""
     users = chat.tree.user_nodes()
     return (users[-1].message.content or "") if users else ""
-
-
-def _unquoted_text(res, question: str) -> str | None:
-    """`name 'mississippi' is not defined` where the question says "the word mississippi" (or quotes
-    it; `the_lazy_dog` for 'the lazy dog'): the model meant the text."""
-    m = re.match(r"name '(\w+)' is not defined", res.error_value or "") if res.error_name == "NameError" else None
-    if not m:
-        return None
-    words = re.escape(m.group(1).replace("_", " "))
-    found = re.search(rf"""(?:\b(?:word|string|sentence|text|phrase|name)\s+|['"])({words})\b""", question,
-                      re.IGNORECASE)
-    return found.group(1) if found else None
 
 
 def _missing_module(res) -> str | None:

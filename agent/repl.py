@@ -397,16 +397,13 @@ class Repl:
         return []
 
     def switch_model(self, name: str) -> None:
-        from . import pricing
         from .backends import get_backend
 
         with self.console.status(f"loading {name}…"):
             backend = get_backend(name, base_url=self.args.base_url, api_key=self.args.api_key)
         chat = self.chat
-        chat.backend, chat.model = backend, getattr(backend, "model", name)
-        chat.price = pricing.lookup(chat.model)
-        small = getattr(backend, "supports_tools", True) is False
-        chat.answer_from_output = small
+        chat.use_backend(backend)
+        small = chat.answer_from_output
         note = "the system prompt is unchanged"
         if chat.system in (DEFAULT_SYSTEM, SMALL_MODEL_SYSTEM):  # a default follows the model; yours stays
             self.set_system(SMALL_MODEL_SYSTEM if small else DEFAULT_SYSTEM)

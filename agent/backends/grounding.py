@@ -1,10 +1,14 @@
-"""Grounded numbers: inside a ```python block, every number literal a small model writes must be one
-that the conversation gave it (or a common constant).
+"""Grounded code: inside a ```python block, every number literal a small model writes must be one
+that the conversation gave it (or a common constant), and the tokens of its worked example are
+favoured.
 
 Why: a 135M model copies numbers from the worked examples it was shown (`range(1, 101)` for "1 to
 1000", `9` from an example's list) or invents them (`range(1, 11 + 1)` for "1 to 10"). Constrained
 decoding removes that class of slip: at a digit, only continuations that stay a prefix of an allowed
-number survive, and a literal may only end where it is a whole allowed number. Prose is not touched.
+number survive, and a literal may only end where it is a whole allowed number. And it drifts from
+the example's shape to what the question's words suggest (`144 % 12` after `9875 / 16`, `reversed(s)`
+after `s[::-1]`): a logit bonus for the example's (and the question's) tokens keeps it closer.
+Prose is not touched.
 """
 
 from __future__ import annotations
@@ -31,15 +35,18 @@ def _digit_tokens(tokenizer) -> tuple[dict[int, str], list[int]]:
     return inner, [tid for tid, p in pieces.items() if tid not in inner and any(c.isdigit() for c in p)]
 
 
-class GroundedNumbers(LogitsProcessor):
-    """Masks digit tokens inside an open ```python block that would write a number not in `allowed`.
-    Needs a tokenizer whose digits are single tokens (SmolLM2, Qwen; not Llama 3, which groups three):
-    check `usable`."""
+class GroundedCode(LogitsProcessor):
+    """Inside an open ```python block: masks digit tokens that would write a number not in `allowed`
+    (None: any number), and adds `bonus` to the logits of the `favoured` token ids.
+    Grounding numbers needs a tokenizer whose digits are single tokens (SmolLM2, Qwen; not Llama 3,
+    which groups three): check `usable`."""
 
-    def __init__(self, tokenizer, n_prompt: int, allowed: Iterable[str]) -> None:
+    def __init__(self, tokenizer, n_prompt: int, allowed: Iterable[str] | None,
+                 favoured: Iterable[int] = (), bonus: float = 0.0) -> None:
         self.tokenizer, self.n_prompt = tokenizer, n_prompt
-        self.allowed = set(allowed)
-        self.prefixes = {a[:i] for a in self.allowed for i in range(1, len(a) + 1)}
+        self.favoured, self.bonus = sorted(set(favoured)), bonus
+        self.allowed = set(allowed) if allowed is not None else None
+        self.prefixes = {a[:i] for a in self.allowed or () for i in range(1, len(a) + 1)}
         self.inner, self.other_digit_tokens = _digit_tokens(tokenizer)
         self.digits = {tid: p for tid, p in self.inner.items() if p.isdigit()}
 
@@ -62,6 +69,11 @@ class GroundedNumbers(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         code = self._open_code(input_ids[0, self.n_prompt:].tolist())
         if code is None:
+            return scores
+        if self.favoured and self.bonus:
+            scores = scores.clone()
+            scores[:, self.favoured] += self.bonus
+        if self.allowed is None:
             return scores
         block = torch.zeros_like(scores[0], dtype=torch.bool)
         if self.other_digit_tokens:

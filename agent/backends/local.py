@@ -28,7 +28,7 @@ from ..embedded import converted_dir, embedded_model_dir, gguf_cache_dir
 from ..messages import Done, Message, Reply, StreamEvent, TextDelta, ToolCall, ToolCallDelta, Usage
 from ..toolparse import parse_tool_calls
 from .base import BackendError
-from .grounding import GroundedNumbers
+from .grounding import GroundedCode
 
 EMBEDDED_ALIASES = {"hf:smollm2", "smollm2", "hf:embedded", "embedded"}
 # Tokens that end an assistant turn, or start a new one (a model that runs on into the next turn).
@@ -116,7 +116,8 @@ class LocalBackend:
         template = self.tokenizer.chat_template or ""
         self.supports_tools = "tools" in template  # the template renders a `tools` list itself
         # `numbers=` on complete/stream: number literals in code limited to those (see grounding.py).
-        self.grounds_numbers = GroundedNumbers.usable(self.tokenizer)
+        self.grounds_numbers = GroundedCode.usable(self.tokenizer)
+        self.favours_tokens = True  # `favour=`, `bonus=`: a logit bonus for the tokens of a text, in code
         self.stop_ids = self._stop_ids()
         self._lock = threading.Lock()  # one model, one KV cache: one generation at a time
         # Every generation runs on this one thread. Running model.generate on varying threads (the
@@ -199,7 +200,8 @@ class LocalBackend:
 
     def _generate(self, ids: list[int], max_new: int, temperature: float | None,
                   streamer: TextIteratorStreamer | None = None, cancel: _Cancel | None = None,
-                  stop_after_code: bool = False, numbers: set[str] | None = None) -> tuple[list[int], int]:
+                  stop_after_code: bool = False, numbers: set[str] | None = None,
+                  favour: str | None = None, bonus: float = 0.0) -> tuple[list[int], int]:
         """Run model.generate with the reused cache; returns (generated ids, prompt tokens reused)."""
         cache, reused = self._reusable_cache(ids)
         input_ids = torch.tensor([ids], device=self.device)
@@ -213,8 +215,7 @@ class LocalBackend:
                 use_cache=True, return_dict_in_generate=True, streamer=streamer,
                 stopping_criteria=StoppingCriteriaList(
                     [c for c in (cancel, _FenceStop(self.tokenizer, len(ids)) if stop_after_code else None) if c]),
-                logits_processor=LogitsProcessorList(
-                    [GroundedNumbers(self.tokenizer, len(ids), numbers)] if numbers and self.grounds_numbers else []),
+                logits_processor=LogitsProcessorList(self._guides(len(ids), numbers, favour, bonus)),
                 **{CACHE_KW: cache}, **sampling)
         seq = out.sequences[0].tolist()
         new_cache = getattr(out, CACHE_KW, None)
@@ -222,6 +223,12 @@ class LocalBackend:
             self._cache = new_cache
             self._cache_ids = seq[:self._cache.get_seq_length()]
         return seq[len(ids):], reused
+
+    def _guides(self, n_prompt: int, numbers: set[str] | None, favour: str | None, bonus: float) -> list:
+        """The GroundedCode processor for these options, if any applies."""
+        allowed = numbers if numbers and self.grounds_numbers else None
+        favoured = self.tokenizer(favour, add_special_tokens=False)["input_ids"] if favour and bonus else []
+        return [GroundedCode(self.tokenizer, n_prompt, allowed, favoured, bonus)] if allowed or favoured else []
 
     def _fenced_python(self, tools: list[dict[str, Any]] | None) -> bool:
         """The python tool is offered to a model that can only answer it with a fenced block."""
@@ -256,18 +263,19 @@ class LocalBackend:
 
     def complete(self, messages: list[Message], tools: list[dict[str, Any]] | None = None, *,
                  max_tokens: int | None = None, temperature: float | None = None,
-                 numbers: set[str] | None = None) -> Reply:
+                 numbers: set[str] | None = None, favour: str | None = None, bonus: float = 0.0) -> Reply:
         with self._lock:
             t0 = time.perf_counter()
             ids = self.encode(messages, tools)
             max_new = self._max_new(len(ids), max_tokens)
             gen, reused = self._worker.submit(self._generate, ids, max_new, temperature, None, None,
-                                              self._fenced_python(tools), numbers).result()
+                                              self._fenced_python(tools), numbers, favour, bonus).result()
             return self._reply(gen, len(ids), reused, max_new, time.perf_counter() - t0, tools)
 
     def stream(self, messages: list[Message], tools: list[dict[str, Any]] | None = None, *,
                max_tokens: int | None = None, temperature: float | None = None,
-               numbers: set[str] | None = None) -> Iterator[StreamEvent]:
+               numbers: set[str] | None = None, favour: str | None = None,
+               bonus: float = 0.0) -> Iterator[StreamEvent]:
         with self._lock:
             t0 = time.perf_counter()
             ids = self.encode(messages, tools)
@@ -278,7 +286,7 @@ class LocalBackend:
             def work() -> tuple[list[int], int]:
                 try:
                     return self._generate(ids, max_new, temperature, streamer, cancel, self._fenced_python(tools),
-                                          numbers)
+                                          numbers, favour, bonus)
                 except BaseException:
                     streamer.end()  # unblock the consumer; the error is re-raised from the future
                     raise
