@@ -125,6 +125,14 @@ class RecordingBackend:
     def supports_tools(self) -> bool:
         return getattr(self.inner, "supports_tools", True)
 
+    @property
+    def grounds_numbers(self) -> bool:  # the inner backend's decoding guides are recorded as they ran
+        return getattr(self.inner, "grounds_numbers", False)
+
+    @property
+    def favours_tokens(self) -> bool:
+        return getattr(self.inner, "favours_tokens", False)
+
     def count_prompt_tokens(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> int:
         n = self.inner.count_prompt_tokens(messages, tools)
         with self.cassette._lock:
@@ -137,13 +145,13 @@ class RecordingBackend:
         self.cassette.add(Interaction(task=self.task, n=self.n, key=request_key(messages, tools, self.workspace),
                                       messages=msgs, tools=tools_, reply=reply))
 
-    def complete(self, messages, tools=None, *, max_tokens=None, temperature=None) -> Reply:
-        reply = self.inner.complete(messages, tools, max_tokens=max_tokens, temperature=temperature)
+    def complete(self, messages, tools=None, *, max_tokens=None, temperature=None, **guides) -> Reply:
+        reply = self.inner.complete(messages, tools, max_tokens=max_tokens, temperature=temperature, **guides)
         self._record(messages, tools, reply)
         return reply
 
-    def stream(self, messages, tools=None, *, max_tokens=None, temperature=None) -> Iterator[Any]:
-        for ev in self.inner.stream(messages, tools, max_tokens=max_tokens, temperature=temperature):
+    def stream(self, messages, tools=None, *, max_tokens=None, temperature=None, **guides) -> Iterator[Any]:
+        for ev in self.inner.stream(messages, tools, max_tokens=max_tokens, temperature=temperature, **guides):
             if isinstance(ev, Done):
                 self._record(messages, tools, ev.reply)
             yield ev
@@ -167,7 +175,12 @@ class ReplayBackend:
         self.model, self.context_window, self.supports_tools = self.info.model, self.info.context_window, \
             self.info.supports_tools
         self.recorded = self.cassette.task(task)
-        self.by_key = {i.key: i for i in self.recorded}
+        # The same request may recur (a small model's attempts start afresh from the same prompt):
+        # its replies are served in the order they were recorded.
+        self.by_key: dict[str, list[Interaction]] = {}
+        for i in self.recorded:
+            self.by_key.setdefault(i.key, []).append(i)
+        self.served: dict[str, int] = {}
         self.n = 0
 
     def count_prompt_tokens(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> int:
@@ -180,9 +193,11 @@ class ReplayBackend:
     def _lookup(self, messages: list[Message], tools: list[dict] | None) -> Reply:
         self.n += 1
         key = request_key(messages, tools, self.workspace)
-        hit = self.by_key.get(key)
-        if hit is not None:
-            return hit.reply.model_copy(deep=True)
+        hits = self.by_key.get(key)
+        if hits:
+            k = self.served.get(key, 0)
+            self.served[key] = k + 1
+            return hits[min(k, len(hits) - 1)].reply.model_copy(deep=True)
         raise CassetteError(f"replay: task {self.task!r}, request {self.n}: not in the cassette "
                             f"{self.cassette.path}; {self._difference(messages, tools)}")
 

@@ -215,6 +215,22 @@ def test_record_then_replay_with_scripted_backend(tmp_path):
     assert r2.prompt_tokens == r1.prompt_tokens
 
 
+def test_a_small_models_repeated_attempts_replay_in_recorded_order(tmp_path):
+    """Attempts afresh send the same request again: each recorded reply is served once, in order."""
+    text = 'prompts = ["What is 6 times 7?"]\n[[checks]]\nanswer_contains = "42"\n'
+    task = parse_task(text, write(tmp_path, text, "rr.toml"))
+    small = ScriptedBackend(["```python\nprint(totl)\n```", "```python\nprint(6 * 7)\n```"])
+    small.supports_tools = False
+    cassette = Cassette(tmp_path / "c.json")
+    r1 = run_tasks([task], tmp_path / "rec", {"rr": RecordingBackend(small, cassette, task="rr")},
+                   show_progress=False)[0]
+    keys = [i["key"] for i in json.loads((tmp_path / "c.json").read_text())["interactions"]]
+    assert r1.status == "passed" and len(keys) == 2 and keys[0] == keys[1]
+    r2 = run_tasks([task], tmp_path / "rep", {"rr": ReplayBackend(tmp_path / "c.json", task="rr")},
+                   show_progress=False)[0]
+    assert r2.status == "passed" and r2.answers == r1.answers == ["42"] and r2.steps == r1.steps == 2
+
+
 def test_replay_of_unrecorded_request_names_task_step_and_difference(tmp_path):
     text = 'prompts = ["a"]\n'
     task = parse_task(text, write(tmp_path, text, "rr.toml"))
