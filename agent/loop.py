@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import queue
 import re
 import sys
 import threading
+import warnings
 from typing import TYPE_CHECKING, Iterator
 
 from tools.python_tool import render
@@ -234,6 +236,8 @@ def _run_python(chat: "Chat", call: ToolCall, code: str, follow_branch: bool = T
                                         on_output=lambda kind, data: q.put((kind, data)))
         except BaseException as e:  # noqa: BLE001 - re-raised below on the caller's thread
             box["err"] = e
+        finally:
+            _close_thread_loop()
         q.put(None)
 
     threading.Thread(target=work, daemon=True, name="kernelchat-cell").start()
@@ -263,6 +267,20 @@ def _run_python(chat: "Chat", call: ToolCall, code: str, follow_branch: bool = T
                          images=res.images, duration=res.duration, value=value)
     yield ev
     return ev
+
+
+def _close_thread_loop() -> None:
+    """jupyter_client's blocking calls leave an asyncio loop in each thread that makes them; one left
+    to the garbage collector at interpreter exit prints `Invalid file descriptor: -1`."""
+    try:
+        with warnings.catch_warnings():  # the policy API is deprecated from Python 3.14 on
+            warnings.simplefilter("ignore", DeprecationWarning)
+            loop = asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:  # this thread has none
+        return
+    if not loop.is_running():
+        loop.close()
+    asyncio.set_event_loop(None)
 
 
 def _question(chat: "Chat") -> str:

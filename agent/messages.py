@@ -8,8 +8,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 Role = Literal["system", "user", "assistant", "tool"]
-# The `name` of user messages the loop writes itself (a nudge to a small model): not prompts, so
-# edit/undo/retry and the branch list skip them.
+# The `name` of user messages the loop writes itself (the loop writes none now; conversations saved
+# by earlier versions hold nudges to a small model): not prompts, so edit/undo/retry and the branch
+# list skip them, and exports show them as notes.
 LOOP_NAME = "kernelchat"
 
 

@@ -24,6 +24,3 @@ the answer and prints it. Use the exact numbers and words from the question.
 """
 
 # Worked examples for it are picked per question from a bank: see shots.py.
-
-FIX_NUDGE = "The code failed. Write a corrected Python code block that prints the answer."
-CODE_NUDGE = "Answer with a Python code block that computes the result and prints it."

@@ -268,3 +268,25 @@ def test_old_tool_outputs_are_elided_to_fit_the_context_window(tmp_path):
         assert tool_texts[-1] == "c" * 100
         # the conversation itself keeps everything; only what is sent is elided
         assert [m.content for m in chat.messages() if m.role == "tool"][0] == "a" * 3000
+
+
+def test_a_cell_threads_event_loop_is_closed_when_it_ends(tmp_path):
+    """jupyter_client leaves an asyncio loop in each thread that runs a cell; left to the garbage
+    collector at exit it printed `Exception ignored ... Invalid file descriptor: -1`."""
+    import threading
+
+    from jupyter_core.utils import ensure_event_loop
+
+    from agent.loop import _close_thread_loop
+
+    loops = []
+
+    def cell_thread():
+        loops.append(ensure_event_loop())  # as jupyter_client's blocking calls do
+        _close_thread_loop()
+        _close_thread_loop()  # a thread without a loop: nothing to do
+
+    t = threading.Thread(target=cell_thread)
+    t.start()
+    t.join()
+    assert loops[0].is_closed()
