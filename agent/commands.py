@@ -206,7 +206,7 @@ def branch_tree(chat) -> RichTree:
         for child in sorted(tree.children(node_id), key=lambda n: n.created):
             branch, d = parent, depth
             on = child.id in active
-            if child.message.is_prompt:
+            if child.message.role == "user":
                 d = depth + 1
                 text = (child.message.content or "").strip().replace("\n", " ")
                 branch = parent.add(Text(f"In [{d}] ", style="green" if on else "dim") +

@@ -8,10 +8,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 Role = Literal["system", "user", "assistant", "tool"]
-# The `name` of user messages the loop writes itself (the loop writes none now; conversations saved
-# by earlier versions hold nudges to a small model): not prompts, so edit/undo/retry and the branch
-# list skip them, and exports show them as notes.
-LOOP_NAME = "kernelchat"
 
 
 class ToolCall(BaseModel):
@@ -41,11 +37,6 @@ class Message(BaseModel):
     name: str | None = None
     tool_calls: list[ToolCall] = Field(default_factory=list)
     tool_call_id: str | None = None  # for role == "tool"
-
-    @property
-    def is_prompt(self) -> bool:
-        """A user's own message (not one the loop wrote)."""
-        return self.role == "user" and self.name != LOOP_NAME
 
     def to_openai(self) -> dict[str, Any]:
         out: dict[str, Any] = {"role": self.role, "content": self.content}

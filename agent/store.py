@@ -89,7 +89,7 @@ def _path_items(conv: ConversationFile):
         if m.role == "assistant" and m.content:
             yield "assistant", m.content, None
         elif m.role == "user":
-            yield "user" if m.is_prompt else "note", m.content or "", None
+            yield "user", m.content or "", None
         elif m.role == "tool":
             yield "tool", m.content or "", node.cell
 
@@ -99,8 +99,6 @@ def to_markdown(conv: ConversationFile) -> str:
     for role, text, cell in _path_items(conv):
         if role == "user":
             out += ["## User", "", text, ""]
-        elif role == "note":
-            out += [f"*kernelchat: {text}*", ""]
         elif role == "assistant":
             out += ["## Assistant", "", text, ""]
         elif cell is not None:
@@ -126,7 +124,6 @@ def _img(path: str) -> str:
 CSS = """body{font:15px/1.5 system-ui,sans-serif;max-width:52rem;margin:2rem auto;padding:0 1rem;color:#222}
 .user{background:#eef4ff;border-radius:8px;padding:.6rem 1rem;margin:1rem 0}
 .assistant{padding:.2rem 1rem;white-space:pre-wrap}
-.note{color:#777;font-style:italic;padding:.2rem 1rem}
 pre{background:#f6f6f6;padding:.6rem;border-radius:6px;overflow-x:auto;white-space:pre-wrap}
 pre.code{border-left:3px solid #4a7} pre.out{border-left:3px solid #aaa}
 img{max-width:100%;display:block;margin:.5rem 0} footer{color:#777;margin-top:2rem}"""
@@ -138,8 +135,6 @@ def to_html(conv: ConversationFile) -> str:
     for role, text, cell in _path_items(conv):
         if role == "user":
             body.append(f'<div class="user"><b>User</b><br>{html.escape(text)}</div>')
-        elif role == "note":
-            body.append(f'<div class="note">kernelchat: {html.escape(text)}</div>')
         elif role == "assistant":
             body.append(f'<div class="assistant">{html.escape(text)}</div>')
         elif cell is not None:

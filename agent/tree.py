@@ -76,8 +76,7 @@ class Tree(BaseModel):
         return [n for n in self.nodes.values() if n.parent == node_id]
 
     def user_nodes(self, leaf: str | None = None) -> list[Node]:
-        """The user's prompts on a path (not the loop's own nudges)."""
-        return [n for n in self.path(leaf) if n.message.is_prompt]
+        return [n for n in self.path(leaf) if n.message.role == "user"]
 
     def user_node(self, i: int) -> Node:
         users = self.user_nodes()
@@ -102,7 +101,7 @@ class Tree(BaseModel):
             last = end.message.content or (f"[{len(end.message.tool_calls)} tool call(s)]"
                                            if end.message.tool_calls else "")
             out.append(Branch(id=end.id, active=end.id == self.leaf, depth=len(path),
-                              prompts=[n.message.content or "" for n in path if n.message.is_prompt],
+                              prompts=[n.message.content or "" for n in path if n.message.role == "user"],
                               last=last[:80]))
         return out
 
