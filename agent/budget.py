@@ -3,7 +3,8 @@
 The check runs BEFORE a request: if even the estimated prompt plus a minimal completion could cross a
 limit, BudgetExceeded is raised and nothing is sent; otherwise the completion's max_tokens is clipped to
 what remains. So the only overshoot possible is the drift between our pre-flight estimate and the
-server's count, within one clipped completion.
+server's count, within one clipped completion (a server that bills more than it was asked for is
+counted as it reports, and the next check stops). A cell gets at most the time the time budget leaves.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import math
 import time
 from typing import Callable
 
-from pydantic import BaseModel, Field, PrivateAttr
+from pydantic import BaseModel, Field
 
+from . import pricing
 from .messages import Message, Usage
 from .pricing import Price
 
@@ -35,12 +37,37 @@ class Budget(BaseModel):
     max_seconds: float | None = Field(default=None, gt=0)
 
 
-class BudgetTracker(BaseModel):
-    """Records the Usage of every request and checks the next one against the Budget."""
+class BudgetTracker:
+    """Records the Usage of every request and checks the next one against the Budget.
 
-    budget: Budget = Field(default_factory=Budget)
-    usages: list[Usage] = Field(default_factory=list)
-    _started: float = PrivateAttr(default_factory=time.monotonic)
+    `price` is the model's (None: unknown). A money budget needs a price: setting one for a model
+    without a price, or switching to such a model under one, raises ValueError at once rather than
+    letting the budget go unenforced. Local models have a price of zero, so any max_usd holds for them.
+    """
+
+    def __init__(self, budget: Budget | None = None, price: Price | None = None, model: str = "?"):
+        self.usages: list[Usage] = []
+        self._started = time.monotonic()
+        self._price, self._model = price, model
+        self.budget = budget or Budget()
+
+    @property
+    def budget(self) -> Budget:
+        return self._budget
+
+    @budget.setter
+    def budget(self, budget: Budget) -> None:
+        require_price(budget, self._price, self._model)
+        self._budget = budget
+
+    @property
+    def price(self) -> Price | None:
+        return self._price
+
+    def set_model(self, model: str, price: Price | None) -> None:
+        """The model requests go to from now on; refused (nothing changes) if the budget needs its price."""
+        require_price(self.budget, price, model)
+        self._model, self._price = model, price
 
     @property
     def spent(self) -> Usage:
@@ -54,14 +81,18 @@ class BudgetTracker(BaseModel):
     def elapsed(self) -> float:
         return time.monotonic() - self._started
 
+    def seconds_left(self) -> float | None:
+        """What the time budget leaves (never negative); None without one."""
+        b = self.budget
+        return None if b.max_seconds is None else max(b.max_seconds - self.elapsed, 0.0)
+
     def record(self, usage: Usage) -> None:
         self.usages.append(usage)
 
-    def check(self, estimated_prompt_tokens: int, completion_allowance: int,
-              price: Price | None = None, *, min_completion: int = 16) -> int:
+    def check(self, estimated_prompt_tokens: int, completion_allowance: int, *, min_completion: int = 16) -> int:
         """Raise BudgetExceeded if the request could cross a limit; else return the completion's
         max_tokens, clipped so that prompt + completion stays within every limit."""
-        b, spent = self.budget, self.spent
+        b, spent, price = self.budget, self.spent, self._price
         allowed = completion_allowance
         floor = min(min_completion, completion_allowance)  # a shorter completion is not worth sending
         if b.max_steps is not None and self.steps >= b.max_steps:
@@ -76,12 +107,18 @@ class BudgetTracker(BaseModel):
                     f"{floor} for the answer, but only {max(remaining, 0):,} of {b.max_tokens:,} remain "
                     f"({spent.total_tokens:,} spent)")
             allowed = min(allowed, remaining - estimated_prompt_tokens)
+        if b.max_usd is not None and price is None:  # set_model refuses this; a backstop all the same
+            raise BudgetExceeded(f"money budget: no price is known for {self._model!r}, so max_usd "
+                                 f"cannot be enforced; nothing was sent")
         if b.max_usd is not None and price is not None:
             remaining_usd = b.max_usd - spent.cost_usd
             prompt_usd = price.cost(estimated_prompt_tokens, 0)  # pessimistic: no cache discount
             per_output = price.output / 1_000_000
             # the epsilon keeps float error ($0.005 / $0.00001 = 499.999...) from costing a token
-            affordable = math.floor((remaining_usd - prompt_usd) / per_output + 1e-9) if per_output else allowed
+            if per_output:
+                affordable = math.floor((remaining_usd - prompt_usd) / per_output + 1e-9)
+            else:  # free output (a local model): only the prompt's price can cross the limit
+                affordable = allowed if prompt_usd <= remaining_usd else -1
             if affordable < floor:
                 raise BudgetExceeded(
                     f"money budget: this request costs about ${prompt_usd + floor * per_output:.4f} at least, but "
@@ -90,7 +127,21 @@ class BudgetTracker(BaseModel):
         return allowed
 
 
-def elision_marker(chars: int) -> str:
+def require_price(budget: Budget, price: Price | None, model: str) -> None:
+    """ValueError if `budget` has a money limit and `model` has no price to enforce it with."""
+    if budget.max_usd is None or price is not None:
+        return
+    raise ValueError(
+        f"max_usd needs the price of {model!r}, and kernelchat does not know it: add it to "
+        f"{pricing.user_prices_path()} (or the file KERNELCHAT_PRICES names) as "
+        f'{{"models": {{"{pricing.bare_model(model)}": {{"input": USD, "output": USD}}}}}} per 1M tokens, '
+        f"or drop max_usd")
+
+
+def elision_marker(chars: int, newest: bool = False) -> str:
+    if newest:
+        return (f"[elided: {chars:,} characters of tool output, too long for the context window; "
+                f"print less (a summary, a head, a count) to see it]")
     return f"[elided: {chars:,} characters of old tool output to fit the context window]"
 
 
@@ -99,8 +150,9 @@ def fit_context(messages: list[Message], count: Callable[[list[Message]], int], 
     """Return the conversation fitted into `context_window - reserve` tokens.
 
     Old tool outputs are elided first, oldest first (their content replaced by a marker, the message
-    kept so the call/result pairing stays valid); the newest `keep_last` tool outputs are kept. Nothing is
-    ever dropped silently: if it still does not fit, ContextOverflow says by how much.
+    kept so the call/result pairing stays valid); the newest `keep_last` tool outputs go last, only
+    when nothing else makes it fit (one huge output must not fail every later turn). Nothing is ever
+    dropped silently: if it still does not fit, ContextOverflow says by how much.
     """
     limit = context_window - reserve
     total = count(messages)
@@ -108,11 +160,11 @@ def fit_context(messages: list[Message], count: Callable[[list[Message]], int], 
         return messages
     out = list(messages)
     tool_idx = [i for i, m in enumerate(out) if m.role == "tool"]
-    candidates = tool_idx[:-keep_last] if keep_last > 0 else tool_idx
-    for i in candidates:
+    newest = set(tool_idx[len(tool_idx) - keep_last:] if keep_last > 0 else [])
+    for i in [i for i in tool_idx if i not in newest] + [i for i in tool_idx if i in newest]:
         old = out[i]
         text = old.content or ""
-        new = old.model_copy(update={"content": elision_marker(len(text))})
+        new = old.model_copy(update={"content": elision_marker(len(text), newest=i in newest)})
         if len(text) <= len(new.content or ""):
             continue  # already short: eliding would not help
         # Per-message counts are additive, so the change of one message is its own difference.
@@ -121,6 +173,6 @@ def fit_context(messages: list[Message], count: Callable[[list[Message]], int], 
         if total <= limit:
             return out
     raise ContextOverflow(
-        f"the conversation needs about {total:,} tokens even with old tool outputs elided, but the context "
+        f"the conversation needs about {total:,} tokens even with every tool output elided, but the context "
         f"window leaves {limit:,} ({context_window:,} minus {reserve:,} reserved for the answer); "
         f"shorten the conversation or use a model with a larger context window")

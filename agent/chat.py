@@ -46,15 +46,16 @@ class Chat:
             raise ValueError(f"sync must be 'replay', 'keep' or 'reset', got {sync!r}")
         if max_steps < 1:
             raise ValueError(f"max_steps must be at least 1, got {max_steps}")
+        self.tracker = BudgetTracker()
         self.use_backend(backend if backend is not None else get_backend(model, base_url=base_url, api_key=api_key,
                                                                          progress=progress))
+        self.tracker.budget = budget or Budget()  # max_usd for a model without a price: ValueError
         if answer_from_output is not None:
             self.small_model_mode(answer_from_output)
         small = getattr(self.backend, "supports_tools", True) is False
         self.system = system if system is not None else (SMALL_MODEL_SYSTEM if small else DEFAULT_SYSTEM)
         self.tools: dict[str, Tool] = {t.name: t for t in map(as_tool, tools)}
         self.use_python = use_python
-        self.tracker = BudgetTracker(budget=budget or Budget())
         self.max_steps, self.timeout, self.sync, self.approve = max_steps, timeout, sync, approve
         self.temperature, self.progress = temperature, progress
         # Anything else goes to the Kernel: limits, env, gateway_url/gateway_token for remote kernels.
@@ -66,17 +67,17 @@ class Chat:
         self.tree = Tree()
         self.tree.add(Message(role="system", content=self.system))
         self.path = Path(path) if path else None
-        self.notices: list[str] = []
-        self._save()
+        self.notices: list[str] = []  # written from the first message on: no file for a run without a prompt
 
     # -- the model ------------------------------------------------------------------------------
 
     def use_backend(self, backend: Any) -> None:
         """Talk to another model from the next request on. What follows the kind of model follows it
-        (the small-model mode, tokens per step); the system prompt stays."""
-        self.backend = backend
-        self.model = getattr(backend, "model", "?")
-        self.price = pricing.lookup(self.model)
+        (the small-model mode, tokens per step); the system prompt stays. A money budget needs the
+        model's price: a model without one is refused (ValueError) and nothing changes."""
+        model = getattr(backend, "model", "?")
+        self.tracker.set_model(model, pricing.lookup(model))
+        self.backend, self.model = backend, model
         small = getattr(backend, "supports_tools", True) is False
         # A code block is short; a small model that runs on is rambling, and each token costs time.
         self.max_tokens_per_step = 384 if small else COMPLETION_ALLOWANCE
@@ -106,6 +107,7 @@ class Chat:
         yield from self._turn()
 
     def _turn(self) -> Iterator[Event]:
+        self.tree.repair_interrupted()  # a call whose cell failed or was cut off: servers want its result
         yield from self._drain_notices()
         yield from run_turn(self)
 
@@ -277,6 +279,11 @@ class Chat:
         return self.tree.messages()
 
     @property
+    def price(self) -> pricing.Price | None:
+        """The model's price per 1M tokens (zero for local models); None when unknown."""
+        return self.tracker.price
+
+    @property
     def usage(self) -> Usage:
         return self.tracker.spent
 
@@ -312,16 +319,16 @@ class Chat:
 
     @classmethod
     def load(cls, path: str | Path, **options: Any) -> "Chat":
-        """Resume a saved conversation; its active branch is replayed into a fresh kernel on first use."""
+        """Resume a saved conversation; its active branch is replayed into a fresh kernel on first use.
+        A file that is not a sound conversation raises store.ConversationError (a ValueError)."""
         conv = store.load(Path(path))
         options.setdefault("model", conv.model)
         options.setdefault("system", conv.system)
-        settings = conv.settings
-        options.setdefault("max_steps", settings.get("max_steps", 10))
-        options.setdefault("sync", settings.get("sync", "replay"))
+        options.setdefault("max_steps", conv.settings.max_steps)
+        options.setdefault("sync", conv.settings.sync)
         chat = cls(**options)
         chat.id, chat.tree, chat.path = conv.id, conv.tree, Path(path)
-        chat.tracker.usages = [Usage.model_validate(u) for u in settings.get("usages", [])]
+        chat.tracker.usages = list(conv.settings.usages)
         return chat
 
     def export(self, fmt: Literal["md", "html"], path: str | Path) -> Path:

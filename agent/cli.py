@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
+from pathlib import Path
 
 from rich.console import Console
 from rich.panel import Panel
-from rich.syntax import Syntax
+from rich.text import Text
+
+from .render import safe_line, safe_text
 
 
 def gateway_options(args: argparse.Namespace) -> dict:
@@ -39,17 +44,22 @@ def _sandbox_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workspace", default=None, help="the kernel's working folder (default: a temporary one)")
     g.add_argument("--timeout", type=float, default=120.0, help="seconds per cell (default 120)")
     g.add_argument("--memory-mb", type=int, default=-1, help="memory limit for the kernel")
+    g.add_argument("--disk-mb", type=int, default=-1,
+                   help="disk quota for the workspace (default: what it holds plus 25%% of the free space)")
 
 
 def _kernel_from(args: argparse.Namespace):
     from sandbox import Kernel
 
     return Kernel(**{**dict(workspace=args.workspace, isolation=args.isolation, network=args.network, gpu=args.gpu,
-                            timeout=args.timeout, memory_mb=args.memory_mb), **gateway_options(args)})
+                            timeout=args.timeout, memory_mb=args.memory_mb, disk_mb=args.disk_mb),
+                **gateway_options(args)})
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
-    """Run Python in the sandbox and show what it produced."""
+    """Run Python in the sandbox and show what it produced (the kernel's control codes made visible)."""
+    from .render import code_panel
+
     console = Console()
     code = sys.stdin.read() if args.code == "-" else args.code
     with _kernel_from(args) as kernel:
@@ -57,21 +67,19 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if args.json:
         print(res.model_dump_json(indent=2))
         return 0 if res.ok else 1
-    console.print(Panel(Syntax(code, "python", theme="ansi_dark"), title="cell", title_align="left"))
+    console.print(code_panel(code, title="cell", border_style="none"))
     body = res.stdout + (res.stderr if res.stderr else "")
     if res.result is not None:
         body += ("" if not body or body.endswith("\n") else "\n") + f"Out: {res.result}"
     if res.traceback:
         body += res.traceback
     for path in res.images:
-        body += f"\n[image saved: {path}]"
+        body += f"\n[image saved: {safe_line(str(path))}]"
     if res.message:
         body += f"\n{res.message}"
     style = "green" if res.ok else "red"
-    from rich.text import Text
-
-    console.print(Panel(Text(body.rstrip() or "(no output)"), border_style=style,
-                        title=f"{res.status} in {res.duration * 1000:.0f} ms", title_align="left"))
+    console.print(Panel(Text(safe_text(body.rstrip()) or "(no output)"), border_style=style,
+                        title=Text(f"{safe_line(res.status)} in {res.duration * 1000:.0f} ms"), title_align="left"))
     return 0 if res.ok else 1
 
 
@@ -96,9 +104,42 @@ def _chat_from(args: argparse.Namespace):
 
     budget = Budget(max_tokens=args.max_tokens, max_usd=args.max_usd, max_seconds=args.max_seconds)
     sandbox = {**dict(workspace=args.workspace, isolation=args.isolation, network=args.network, gpu=args.gpu,
-                      timeout=args.timeout, memory_mb=args.memory_mb), **gateway_options(args)}
+                      timeout=args.timeout, memory_mb=args.memory_mb, disk_mb=args.disk_mb),
+                **gateway_options(args)}
     return Chat(args.model, system=args.system, base_url=args.base_url, api_key=args.api_key, budget=budget,
                 max_steps=args.max_steps, progress=not getattr(args, "json", False), **sandbox)
+
+
+def check_save_path(path: str | Path, what: str = "--save") -> Path:
+    """Where a conversation is to be saved, checked before a model loads or anything runs: a file
+    (not a folder) whose folder exists or can be made, and can be written (probed for real: as root,
+    permission bits say nothing). Raises ValueError with one sentence."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise ValueError(f"{what} {path}: that is a folder; give a file name, e.g. {p / 'conversation.json'}")
+    if p.is_symlink() or (p.exists() and not p.is_file()):
+        raise ValueError(f"{what} {path}: that is not a regular file; give another file name")
+    folder = p.parent
+    while not folder.exists() and folder != folder.parent:  # the folders still to be made
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"{what} {path}: {folder} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".kernelchat-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"{what} {path}: cannot write in {folder} ({e.strerror or e})") from None
+    return p
+
+
+def conversation_path(chat, save: str | Path | None) -> Path:
+    """Point `chat` at its file without writing it: the file appears with the first prompt, so a
+    run that never got that far (a model that fails to load, a kernel or budget refusal) leaves none."""
+    from . import store
+
+    chat.path = Path(save).expanduser() if save else store.conversations_dir() / f"{chat.id}.json"
+    return chat.path
 
 
 def cmd_prompt(args: argparse.Namespace) -> int:
@@ -107,6 +148,8 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     from .events import AnswerEvent, ToolResultEvent
     from .render import EventPrinter
 
+    if args.save and not args.no_save:
+        check_save_path(args.save)  # before a model loads: a bad path is a one-line error at once
     if args.prompt is None:  # no prompt: the terminal chat, with the same flags
         if args.json:
             raise ValueError("--json needs a prompt")
@@ -122,8 +165,8 @@ def cmd_prompt(args: argparse.Namespace) -> int:
             from .repl import confirm_cell
 
             chat.approve = confirm_cell
-        if not args.no_save:
-            chat.save(args.save)
+        path = None if args.no_save else conversation_path(chat, args.save)
+        existed = path is not None and path.exists()
         try:
             for ev in chat.run(prompt):
                 if printer:
@@ -136,6 +179,10 @@ def cmd_prompt(args: argparse.Namespace) -> int:
         except BudgetExceeded as e:
             stopped = str(e)
             steps = chat.tracker.steps
+        finally:
+            if path is not None and not existed and chat.tracker.steps == 0:
+                path.unlink(missing_ok=True)  # nothing reached the model: no conversation to keep
+                chat.path = None
         u = chat.usage
         if args.json:
             print(json.dumps({"answer": answer, "steps": steps, "tool_calls": calls, "model": chat.model,
@@ -145,9 +192,9 @@ def cmd_prompt(args: argparse.Namespace) -> int:
                               "budget_exceeded": stopped, "conversation": str(chat.path) if chat.path else None},
                              indent=2))
         elif stopped:
-            Console(stderr=True).print(f"[red]kernelchat: stopped: {stopped}[/red]", highlight=False)
+            Console(stderr=True).print(Text(f"kernelchat: stopped: {safe_text(stopped)}", style="red"))
         elif chat.path:
-            Console(stderr=True).print(f"[dim]saved: {chat.path}[/dim]", highlight=False)
+            Console(stderr=True).print(Text(f"saved: {safe_line(str(chat.path))}", style="dim"))
     return 3 if stopped else 0
 
 
@@ -198,11 +245,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (ValueError, RuntimeError) as e:
-        Console(stderr=True).print(f"[red]kernelchat:[/red] {e}", markup=True, highlight=False)
+    except (ValueError, RuntimeError, OSError) as e:  # bad input, a failed setup: one line, exit 2
+        message = safe_text(str(e) or type(e).__name__)
+        Console(stderr=True).print(Text.assemble(("kernelchat:", "red"), " ", message))
         return 2
     except KeyboardInterrupt:
-        Console(stderr=True).print("[yellow]kernelchat: interrupted[/yellow]")
+        Console(stderr=True).print(Text("kernelchat: interrupted", style="yellow"))
         return 130
 
 

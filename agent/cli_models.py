@@ -16,18 +16,73 @@ from rich.table import Table
 EMBEDDED_MODEL = "hf:smollm2"
 
 
+def _request_problem(body: Any) -> str | None:
+    """What is wrong with a chat request body, in words (None: nothing): the shape count_request
+    relies on, checked here so that bad input is one sentence, not a traceback."""
+    from pydantic import ValidationError
+
+    from .messages import Message
+
+    if not isinstance(body, dict):
+        return f"must hold a JSON object, not {type(body).__name__}"
+    messages, tools = body.get("messages"), body.get("tools")
+    if not isinstance(messages, list):
+        return "must hold \"messages\": a list of message objects"
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            return (f"messages[{i}] must be an object like {{\"role\": \"user\", \"content\": \"...\"}}, "
+                    f"not {type(m).__name__}")
+        calls = m.get("tool_calls")
+        if calls is not None and not (isinstance(calls, list) and all(
+                isinstance(c, dict) and isinstance(c.get("function"), dict) and
+                isinstance(c["function"].get("name"), str) for c in calls)):
+            return f"messages[{i}].tool_calls must be a list of {{\"function\": {{\"name\": ..., \"arguments\": ...}}}}"
+        try:
+            Message.from_openai(m)
+        except (KeyError, TypeError, ValidationError) as e:
+            what = (f"{'.'.join(map(str, e.errors()[0]['loc']))}: {e.errors()[0]['msg']}"
+                    if isinstance(e, ValidationError) else f"{e.args[0]} is missing" if isinstance(e, KeyError)
+                    else "a content part's text is not a string")
+            return f"messages[{i}] is not a chat message ({what})"
+    if tools is not None and not isinstance(tools, list):
+        return "\"tools\" must be a list of tool definitions"
+    for i, t in enumerate(tools or []):
+        f = t.get("function", t) if isinstance(t, dict) else None
+        params = f.get("parameters") if isinstance(f, dict) else None
+        props = params.get("properties") if isinstance(params, dict) else None
+        if (not isinstance(f, dict) or not isinstance(f.get("name", ""), str) or
+                not isinstance(params, (dict, type(None))) or not isinstance(props, (dict, type(None))) or
+                not all(isinstance(p, dict) and isinstance(p.get("enum", []), list) for p in (props or {}).values())):
+            return (f"tools[{i}] is not a tool definition: {{\"type\": \"function\", \"function\": {{\"name\": ..., "
+                    f"\"parameters\": {{\"properties\": {{...}}}}}}}}")
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        return "\"model\" must be a string"
+    return None
+
+
 def cmd_tokens(args: argparse.Namespace) -> int:
     """Print the prompt-token count of a chat request body ({"messages": [...], "tools": [...]})."""
     from . import tokens
 
+    name = "stdin" if args.request == "-" else args.request
     try:
-        body = json.loads(Path(args.request).read_text() if args.request != "-" else sys.stdin.read())
+        raw = sys.stdin.buffer.read() if args.request == "-" else Path(args.request).read_bytes()
+        body = json.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise ValueError(f"no such request file: {args.request}") from None
+    except IsADirectoryError:
+        raise ValueError(f"{args.request} is a folder; give a JSON file") from None
+    except OSError as e:
+        raise ValueError(f"cannot read {args.request}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{name} is not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start})") from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"{args.request} is not valid JSON ({e.msg}, line {e.lineno})") from None
-    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
-        raise ValueError(f"{args.request} must hold a chat request: {{\"messages\": [...], \"tools\": [...]}}")
+        raise ValueError(f"{name} is not valid JSON ({e.msg}, line {e.lineno})") from None
+    except RecursionError:
+        raise ValueError(f"{name} is nested too deeply to read") from None
+    if problem := _request_problem(body):
+        raise ValueError(f"{name} {problem}; a chat request is {{\"messages\": [...], \"tools\": [...]}}")
     model = args.model or body.get("model") or "gpt-4o"
     print(tokens.count_request(body["messages"], body.get("tools"), model))
     return 0

@@ -17,6 +17,8 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree as RichTree
 
+from .render import safe_line, safe_text
+
 if TYPE_CHECKING:
     from .repl import Repl
 
@@ -208,16 +210,16 @@ def branch_tree(chat) -> RichTree:
             on = child.id in active
             if child.message.role == "user":
                 d = depth + 1
-                text = (child.message.content or "").strip().replace("\n", " ")
+                text = safe_line((child.message.content or "").strip().replace("\n", " "))
                 branch = parent.add(Text(f"In [{d}] ", style="green" if on else "dim") +
                                     Text(text[:70] + ("…" if len(text) > 70 else ""),
                                          style="bold" if on else ""))
             if child.id in leaves:
                 msg = child.message
                 last = (msg.content or (f"[{len(msg.tool_calls)} tool call(s)]" if msg.tool_calls else "")).strip()
-                last = last.replace("\n", " ")
+                last = safe_line(last.replace("\n", " "))
                 mark = "● " if child.id == tree.leaf else "○ "
-                branch.add(Text(mark + child.id, style="bold cyan" if child.id == tree.leaf else "cyan") +
+                branch.add(Text(mark + safe_line(child.id), style="bold cyan" if child.id == tree.leaf else "cyan") +
                            Text(f"  {last[:60]}", style="dim"))
             walk(child.id, branch, d)
 
@@ -288,14 +290,17 @@ def _do_system(repl: "Repl", cmd: Command) -> None:
     if cmd.arg is None:
         from rich.panel import Panel
 
-        repl.console.print(Panel(Text(chat.system), title="system prompt", title_align="left", border_style="dim"))
+        repl.console.print(Panel(Text(safe_text(chat.system)), title="system prompt", title_align="left",
+                                 border_style="dim"))
         return
     repl.set_system(cmd.arg)
     repl.notice("system prompt replaced (the root of the tree: every branch uses it from the next request on)")
 
 
 def _do_save(repl: "Repl", cmd: Command) -> None:
-    path = repl.chat.save(Path(cmd.arg).expanduser() if cmd.arg else None)
+    from .cli import check_save_path
+
+    path = repl.chat.save(check_save_path(cmd.arg, "/save") if cmd.arg else None)
     repl.notice(f"saved: {path}")
 
 
@@ -307,7 +312,9 @@ def _do_load(repl: "Repl", cmd: Command) -> None:
 
 
 def _do_export(repl: "Repl", cmd: Command) -> None:
-    path = repl.chat.export(cmd.fmt, Path(cmd.arg).expanduser())
+    from .cli import check_save_path
+
+    path = repl.chat.export(cmd.fmt, check_save_path(cmd.arg, "/export"))
     repl.notice(f"exported: {path}")
 
 
@@ -325,11 +332,11 @@ def _do_kernel(repl: "Repl", cmd: Command) -> None:
 def _do_files(repl: "Repl", cmd: Command) -> None:
     kernel = repl.chat.kernel()
     files = kernel.files()
-    repl.console.print(Text(f"{kernel.workspace}", style="bold"))
+    repl.console.print(Text(safe_line(str(kernel.workspace)), style="bold"))
     if not files:
         repl.console.print(Text("  (empty)", style="dim"))
-    for f in files:
-        repl.console.print(Text("  " + f))
+    for f in files:  # names the sandbox chose: one line each, controls shown
+        repl.console.print(Text("  " + safe_line(f)))
 
 
 def _do_upload(repl: "Repl", cmd: Command) -> None:

@@ -13,6 +13,7 @@ import warnings
 from typing import TYPE_CHECKING, Iterator
 
 from tools.python_tool import render
+from tools.text import clip
 
 from .budget import BudgetExceeded, fit_context
 from .events import (AnswerEvent, Event, NoticeEvent, TextEvent, ToolCallEvent, ToolOutputEvent,
@@ -20,13 +21,14 @@ from .events import (AnswerEvent, Event, NoticeEvent, TextEvent, ToolCallEvent, 
 from .messages import Done, Message, Reply, TextDelta, ToolCall, tool_result
 from .shots import CONSTANTS, numbers_in
 from .toolparse import parse_tool_calls
-from .tree import CellRecord
+from .tree import CellRecord, figures_of
 
 if TYPE_CHECKING:
     from .chat import Chat
 
 COMPLETION_ALLOWANCE = 1024  # tokens asked for per step by default, clipped by the budget
 SAMPLE_TEMPERATURE = 0.7  # for a small model's attempts after the first (greedy) one
+MIN_CELL_SECONDS = 0.5  # a cell the time budget leaves less for still starts, and stops at once
 
 
 def run_turn(chat: "Chat") -> Iterator[Event]:
@@ -151,7 +153,7 @@ def _request(chat: "Chat", schemas: list[dict], temperature: float | None) -> It
                            reserve=min(COMPLETION_ALLOWANCE, backend.context_window // 4))
     estimate = count(messages)
     try:
-        max_tokens = chat.tracker.check(estimate, chat.max_tokens_per_step, chat.price)
+        max_tokens = chat.tracker.check(estimate, chat.max_tokens_per_step)
     except BudgetExceeded as e:
         yield NoticeEvent(text=f"budget exceeded: {e}")
         raise
@@ -169,6 +171,9 @@ def _request(chat: "Chat", schemas: list[dict], temperature: float | None) -> It
     if not reply.usage.prompt_tokens:
         reply.usage.prompt_tokens = estimate  # servers that report no usage: our count stands in
     chat.tracker.record(reply.usage)
+    if reply.usage.completion_tokens > max_tokens:  # billed as reported; the next check stops if need be
+        yield NoticeEvent(text=f"the server reported {reply.usage.completion_tokens:,} completion tokens for a "
+                               f"request capped at {max_tokens:,}: counted as reported")
     return reply
 
 
@@ -203,6 +208,7 @@ def _run_call(chat: "Chat", call: ToolCall, follow_branch: bool = True) -> Itera
 def _answer_call(chat: "Chat", call: ToolCall, text: str, status: str, announce: bool = True) -> Iterator[Event]:
     if announce:
         yield ToolCallEvent(id=call.id, name=call.name, arguments=call.arguments)
+    text = clip(text)  # a tool's return value (or error) of any size becomes one bounded message
     chat._append(tool_result(call.id, text, name=call.name))
     ev = ToolResultEvent(id=call.id, name=call.name, status=status, output=text)
     yield ev
@@ -226,13 +232,14 @@ def _run_python(chat: "Chat", call: ToolCall, code: str, follow_branch: bool = T
     # would cost more than the attempt. chat._kernel_cells records them, so the branch's next cell
     # brings the kernel to the branch first.
     kernel = chat.kernel(follow_branch=follow_branch)
+    timeout, cut_by_budget = _cell_timeout(chat)
     # The kernel calls back on its own schedule; a thread plus a queue turns that into events.
     q: queue.Queue = queue.Queue()
     box: dict = {}
 
     def work() -> None:
         try:
-            box["res"] = kernel.execute(code, timeout=chat.timeout,
+            box["res"] = kernel.execute(code, timeout=timeout,
                                         on_output=lambda kind, data: q.put((kind, data)))
         except BaseException as e:  # noqa: BLE001 - re-raised below on the caller's thread
             box["err"] = e
@@ -253,20 +260,35 @@ def _run_python(chat: "Chat", call: ToolCall, code: str, follow_branch: bool = T
         # and say so, rather than spend a whole model step on it.
         code = f"import {module}\n{code}"
         yield ToolOutputEvent(id=call.id, stream="notice", text=f"added `import {module}` and ran it again")
-        res = kernel.execute(code, timeout=chat.timeout)
+        timeout, cut_by_budget = _cell_timeout(chat)
+        res = kernel.execute(code, timeout=timeout)
+    if res.status == "timeout" and cut_by_budget:
+        why = (f"The cell was given {timeout:.1f} s, all the time budget (max_seconds="
+               f"{chat.tracker.budget.max_seconds:g}) had left, and was stopped when it ran out.")
+        res = res.model_copy(update={"message": f"{res.message} {why}" if res.message else why})
+        yield ToolOutputEvent(id=call.id, stream="notice", text=why)
     if res.state_lost:
         chat._kernel_cells = []  # the kernel restarted: nothing before this cell is in it
     text = render(res)
     value = _printed_value(res) if chat.answer_from_output else None
     node = chat._append(tool_result(call.id, text, name="python"),
                         cell=CellRecord(code=code, status=res.status, output=text, images=res.images,
-                                        duration=res.duration, executed=res.status != "died"))
+                                        figures=figures_of(res), duration=res.duration,
+                                        executed=res.status != "died"))
     if res.status != "died":
         chat._kernel_cells.append(node.id)
     ev = ToolResultEvent(id=call.id, name="python", status=res.status, output=text, code=code,
                          images=res.images, duration=res.duration, value=value)
     yield ev
     return ev
+
+
+def _cell_timeout(chat: "Chat") -> tuple[float, bool]:
+    """The cell's timeout, and whether the time budget shortened it: a cell gets at most what is left."""
+    left = chat.tracker.seconds_left()
+    if left is None or left >= chat.timeout:
+        return chat.timeout, False
+    return max(left, MIN_CELL_SECONDS), True
 
 
 def _close_thread_loop() -> None:

@@ -78,13 +78,14 @@ def tool_result(call_id: str, text: str, name: str | None = None) -> Message:
 class Usage(BaseModel):
     """Tokens and money for one request (or summed over many)."""
 
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-    reasoning_tokens: int = 0
-    cost_usd: float = 0.0
-    seconds: float = 0.0
-    estimated_prompt_tokens: int | None = None  # our pre-flight count, to record drift
+    # Never negative, never NaN: sums of these decide budgets (backends sanitise what servers report).
+    prompt_tokens: int = Field(default=0, ge=0)
+    completion_tokens: int = Field(default=0, ge=0)
+    cached_tokens: int = Field(default=0, ge=0)
+    reasoning_tokens: int = Field(default=0, ge=0)
+    cost_usd: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    seconds: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    estimated_prompt_tokens: int | None = Field(default=None, ge=0)  # our pre-flight count, to record drift
 
     @property
     def total_tokens(self) -> int:

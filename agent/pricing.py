@@ -2,7 +2,8 @@
 
 The built-in table is agent/data/prices.json. A user file (KERNELCHAT_PRICES=path, else
 ~/.config/kernelchat/prices.json) is merged over it field by field, so a user can fix one price or add a
-model without copying the table. Dated names match their family by longest prefix.
+model without copying the table. Dated names match their family by longest prefix. A money budget
+(max_usd) needs a price: for a model without one it is refused, with these instructions.
 """
 
 from __future__ import annotations
@@ -80,12 +81,14 @@ def is_local(model: str) -> bool:
 
 
 def lookup(model: str) -> Price | None:
-    """The entry with the longest name that prefixes `model`; local models cost 0; unknown: None."""
+    """The entry with the longest name that prefixes `model`; unknown: None. Models on this machine
+    (hf:, local:, a .gguf file, a model folder) cost 0, so any money budget holds for them."""
     table, name = prices(), bare_model(model)
     best = max((k for k in table if name.startswith(k)), key=len, default=None)
     if best is not None:
         return table[best]
-    return Price() if is_local(name) else None
+    on_this_machine = is_local(name) or name.endswith(".gguf") or os.path.isdir(os.path.expanduser(name))
+    return Price() if on_this_machine else None
 
 
 def cost_usd(model: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:

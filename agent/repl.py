@@ -31,16 +31,14 @@ from prompt_toolkit.history import FileHistory
 from prompt_toolkit.key_binding import KeyBindings
 from rich.console import Console, Group
 from rich.live import Live
-from rich.panel import Panel
 from rich.spinner import Spinner
-from rich.syntax import Syntax
 from rich.text import Text
 
 from . import commands
 from .budget import BudgetExceeded
 from .events import Event, NoticeEvent, ToolCallEvent, ToolOutputEvent, ToolResultEvent
 from .prompts import DEFAULT_SYSTEM, SMALL_MODEL_SYSTEM
-from .render import EventPrinter
+from .render import EventPrinter, code_panel, live_line, safe_line, safe_text
 
 LIVE_LINES = 8  # lines of a running cell's output shown under its spinner
 
@@ -75,7 +73,8 @@ class _Running:
     def __rich__(self) -> Group:
         self.spinner.text = Text(f"{self.label} · {time.monotonic() - self.t0:.1f} s", style="cyan")
         tail = [*self.lines, self.partial] if self.partial else list(self.lines)
-        return Group(self.spinner, *(Text("  " + line[:200], style="dim") for line in tail))
+        # live_line: the text after a line's last \r (progress bars animate), controls made visible
+        return Group(self.spinner, *(Text("  " + live_line(line)[:200], style="dim") for line in tail))
 
 
 class ReplPrinter(EventPrinter):
@@ -279,7 +278,7 @@ class Repl:
         u, b = t.spent, t.budget
         tokens = f"{u.total_tokens:,} tok" + (f" ({max(b.max_tokens - u.total_tokens, 0):,} left)" if b.max_tokens else "")
         money = f"${u.cost_usd:.4f}" + (f" (${max(b.max_usd - u.cost_usd, 0):.4f} left)" if b.max_usd else "")
-        status = f" {chat.model} · step {t.steps} · {tokens} · {money} · {_clock(t.elapsed)} "
+        status = f" {safe_line(chat.model)} · step {t.steps} · {tokens} · {money} · {_clock(t.elapsed)} "
         keys = (f"Enter regenerates from In [{self.editing}] on a new branch · Ctrl-C cancels"
                 if self.editing is not None else "Enter send · Esc-Enter newline · /help · Ctrl-D quit")
         return HTML(f"<b>{_esc(status)}</b>│ {keys}")
@@ -357,8 +356,7 @@ class Repl:
             choice = "stop"
         if choice == "edit":
             edited = _edit_in_editor(code)
-            self.console.print(Panel(Syntax(edited, "python", theme="ansi_dark", word_wrap=True),
-                                     title="python (edited)", title_align="left", border_style="magenta"))
+            self.console.print(code_panel(edited, title="python (edited)", border_style="magenta"))
             self.printer.start_cell()
             return edited
         if choice == "run":
@@ -372,10 +370,11 @@ class Repl:
     # -- what the commands use -----------------------------------------------------------------
 
     def notice(self, text: str) -> None:
-        self.console.print(Text(text, style="yellow"))
+        self.console.print(Text(safe_text(text), style="yellow"))
 
     def error(self, text: str) -> None:
-        self.console.print(Text(text.splitlines()[0] if text else "error", style="red"))
+        lines = text.split("\n")  # not splitlines(): that also splits at \x1c-\x1e, \x85, \u2028
+        self.console.print(Text(safe_line(lines[0]) if text else "error", style="red"))
 
     def flush_notices(self) -> None:
         while self.chat.notices:
@@ -393,13 +392,15 @@ class Repl:
             return kernel.files()
         root = self.chat.workspace
         if root is not None and root.is_dir():
-            return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+            from sandbox.safefs import walk_files  # no link followed: lists nothing about the host
+
+            return walk_files(root)
         return []
 
     def switch_model(self, name: str) -> None:
         from .backends import get_backend
 
-        with self.console.status(f"loading {name}…"):
+        with self.console.status(Text(f"loading {safe_line(name)}…")):
             backend = get_backend(name, base_url=self.args.base_url, api_key=self.args.api_key)
         chat = self.chat
         chat.use_backend(backend)
@@ -418,14 +419,14 @@ class Repl:
         chat = self.chat
         chat.system = text
         chat.tree.nodes[chat.tree.root].message = Message(role="system", content=text)
-        if chat.path is not None:
+        if chat.path is not None and chat.tree.user_nodes():  # no file for a conversation not begun
             chat.save()
 
     def load(self, path: Path) -> None:
         from .chat import Chat
 
         options = {k: v for k, v in self.options.items() if k not in ("model", "system")}
-        with self.console.status(f"loading {path}…"):
+        with self.console.status(Text(f"loading {safe_line(str(path))}…")):
             chat = Chat.load(path, **options)
         if self.confirm:
             chat.approve = self._approve
@@ -449,7 +450,7 @@ def chat_options(args: argparse.Namespace) -> dict[str, Any]:
     return dict(model=args.model, system=args.system, base_url=args.base_url, api_key=args.api_key,
                 budget=Budget(max_tokens=args.max_tokens, max_usd=args.max_usd, max_seconds=args.max_seconds),
                 max_steps=args.max_steps, workspace=args.workspace, isolation=args.isolation, network=args.network,
-                gpu=args.gpu, timeout=args.timeout, memory_mb=args.memory_mb)
+                gpu=args.gpu, timeout=args.timeout, memory_mb=args.memory_mb, disk_mb=args.disk_mb)
 
 
 def main(args: argparse.Namespace, backend: Any = None, console: Console | None = None) -> int:
@@ -461,22 +462,29 @@ def main(args: argparse.Namespace, backend: Any = None, console: Console | None 
         console.print("[red]kernelchat:[/red] no prompt given and stdin is not a terminal; "
                       "give a prompt, or `kernelchat -` to read it from stdin", highlight=False)
         return 2
+    from .cli import check_save_path, conversation_path
+
+    if args.save and not args.no_save:
+        check_save_path(args.save)  # a bad path: one line now, not after the model has loaded
     options = chat_options(args)
     if backend is not None:
         options["backend"] = backend
-    with console.status(f"loading {args.model or 'the model'}…"):
+    with console.status(Text(f"loading {safe_line(args.model or 'the model')}…")):
         chat = Chat(**options)
     if not args.no_save:
-        chat.save(args.save)
+        conversation_path(chat, args.save)  # written from the first prompt on: no empty files
     repl = Repl(chat, console, options, args, confirm=getattr(args, "confirm", False))
-    console.print(Text.assemble(("kernelchat", "bold"), f" · {chat.model} · ",
+    console.print(Text.assemble(("kernelchat", "bold"), f" · {safe_line(chat.model)} · ",
                                 ("/help for commands · Enter sends · Esc-Enter new line · Ctrl-D leaves", "dim")))
     if chat.path:
-        console.print(Text(f"saving to {chat.path}", style="dim"))
+        console.print(Text(f"saving to {safe_line(str(chat.path))} (from the first prompt on)", style="dim"))
     try:
         repl.loop()
     finally:
         repl.chat.close()
-    if repl.chat.path:
-        console.print(Text(f"saved: {repl.chat.path}", style="dim"))
+    path = repl.chat.path
+    if path is not None and path.exists():
+        console.print(Text(f"saved: {safe_line(str(path))}", style="dim"))
+    elif path is not None:
+        console.print(Text("nothing to save: no prompt was sent", style="dim"))
     return 0

@@ -3,15 +3,20 @@
 Each task gets its own workspace (inside the report folder) and kernel. Per task the folder holds
 transcript.json, transcript.md, report.html (plots inline) and usage.json; beside them summary.json
 and summary.md. Exit code: 0 all passed, 1 some failed, 2 invalid input or setup error.
+
+The workspace (OUT/TASK/workspace) is the only part of the report folder the sandbox can write: bwrap
+binds just that folder (and its runtime folder) into the kernel, and `/` is read-only there, so the
+reports beside it are the host's alone. A rerun with the same --out empties the workspace first
+(the last run's code may have left links and FIFOs at the names of the task's files, and leftovers
+would pass `file_exists` checks); the task's files are then copied in through sandbox.safefs.
+With isolation="none" the kernel runs as this user and can write anywhere this user can.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import html
 import json
-import re
 import shutil
 import threading
 import time
@@ -22,23 +27,21 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, Field
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from . import store
 from .budget import BudgetExceeded
 from .cassette import Cassette, CassetteError, RecordingBackend, ReplayBackend
+from .checks import CheckResult, run_check
 from .events import AnswerEvent, Event, ToolCallEvent, UsageEvent
-from .tasks import Check, Task, TaskError, load_tasks
+from .render import safe_line, safe_text
+from .tasks import Task, TaskError, load_tasks
 
 Status = Literal["passed", "failed", "error"]
 BackendFactory = Callable[[Task, Path], Any]
-
-
-class CheckResult(BaseModel):
-    check: str
-    passed: bool
-    detail: str = ""
 
 
 class TaskResult(BaseModel):
@@ -65,74 +68,15 @@ class SetupError(RuntimeError):
     """A task could not be set up (model, cassette, kernel): exit code 2."""
 
 
-def has_gpu() -> bool:
-    return any(Path("/dev").glob("nvidia[0-9]*")) or shutil.which("nvidia-smi") is not None
-
-
-# -- checks --------------------------------------------------------------------------------------
-
-_NUMBER = re.compile(r"[-+]?(?:\d[\d,_]*\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
-
-
-def _numbers(text: str) -> list[float]:
-    out = []
-    for m in _NUMBER.findall(text):
-        try:
-            out.append(float(m.replace(",", "").replace("_", "")))
-        except ValueError:
-            pass
-    return out
-
-
-def _kernel_check(chat, expr: str) -> CheckResult:
-    names = sorted({n.id for n in ast.walk(ast.parse(expr, mode="eval")) if isinstance(n, ast.Name)})
-    probe = (f"(bool({expr}), {{__n: repr(__v)[:60] for __n, __v in globals().items() if __n in {names!r}}})")
-    res = chat.kernel().execute(probe, timeout=60)
-    label = f"kernel: {expr}"
-    if res.status != "ok":
-        why = f"{res.error_name}: {res.error_value}" if res.error_name else (res.message or res.status)
-        return CheckResult(check=label, passed=False, detail=why)
-    try:
-        ok, values = ast.literal_eval(res.result or "")
-    except (ValueError, SyntaxError):
-        return CheckResult(check=label, passed=False, detail=f"unexpected result {res.result!r}")
-    return CheckResult(check=label, passed=bool(ok), detail=", ".join(f"{k} = {v}" for k, v in values.items()))
-
-
-def run_check(check: Check, chat, answer: str, workspace: Path) -> CheckResult:
-    """Evaluate one check against the final answer, the workspace, the kernel or the usage."""
-    kind, value = check.kind, getattr(check, check.kind)
-    label = check.describe()
-    flags = re.IGNORECASE if check.ignore_case else 0
-    if kind == "answer_contains":
-        ok = value.lower() in answer.lower() if check.ignore_case else value in answer
-        return CheckResult(check=label, passed=ok, detail="" if ok else f"answer: {answer[:200]!r}")
-    if kind == "answer_matches":
-        ok = re.search(value, answer, flags) is not None
-        return CheckResult(check=label, passed=ok, detail="" if ok else f"answer: {answer[:200]!r}")
-    if kind == "answer_number":
-        nums = _numbers(answer)
-        close = [x for x in nums if abs(x - value) <= check.tolerance]
-        return CheckResult(check=label, passed=bool(close),
-                           detail=f"found {close[0]:g}" if close else f"numbers in the answer: {nums[:10]}")
-    if kind == "file_exists":
-        path = (workspace / value).resolve()
-        ok = path.is_relative_to(workspace.resolve()) and path.exists()
-        return CheckResult(check=label, passed=ok, detail="" if ok else "not in the workspace")
-    if kind == "kernel":
-        return _kernel_check(chat, value)
-    cost = chat.usage.cost_usd
-    return CheckResult(check=label, passed=cost <= value, detail=f"cost ${cost:.4f}")
-
-
 # -- one task ------------------------------------------------------------------------------------
 
 class _Bar:
     """A task's line in the live progress display (or nothing)."""
 
     def __init__(self, progress: Progress | None, task: Task):
-        self.progress, self.name, self.n = progress, task.name, len(task.prompts)
-        self.id = progress.add_task(task.name, total=self.n + 1, start=False) if progress else None
+        # The description is markup (the status colours): a name like "a[/b]" must be escaped.
+        self.progress, self.name, self.n = progress, escape(safe_line(task.name)), len(task.prompts)
+        self.id = progress.add_task(self.name, total=self.n + 1, start=False) if progress else None
 
     def update(self, text: str, advance: int = 0) -> None:
         if self.progress is not None:
@@ -140,13 +84,26 @@ class _Bar:
             self.progress.update(self.id, description=f"{self.name}: {text}", advance=advance)
 
 
+def _fresh_workspace(workspace: Path) -> None:
+    """An empty workspace for this run. A rerun with the same --out finds the last run's files there,
+    written by sandboxed code (links, FIFOs, anything): they would make `file_exists` checks pass,
+    so they go (rmtree works on folder descriptors here: it follows no link, `avoids_symlink_attacks`)."""
+    if workspace.is_symlink() or (workspace.exists() and not workspace.is_dir()):
+        workspace.unlink()
+    elif workspace.exists():
+        shutil.rmtree(workspace)
+    workspace.mkdir(parents=True)
+
+
 def _copy_files(task: Task, workspace: Path) -> None:
+    """The task's files into the workspace, each under its own name, through safefs: nothing on the
+    workspace side is followed."""
+    from sandbox import safefs
+
     for src in task.source_files():
-        dest = workspace / src.name
-        if src.is_dir():
-            shutil.copytree(src, dest, dirs_exist_ok=True)
-        else:
-            shutil.copy2(src, dest)
+        if workspace.resolve().is_relative_to(src):  # files = ["."] with --out inside that folder
+            raise ValueError(f"the task's files entry {str(src)!r} holds the report folder; copy a narrower folder")
+        safefs.copy_in(src, workspace, src.name)
 
 
 def run_task(task: Task, folder: Path, backend: Any, progress: Progress | None = None,
@@ -162,11 +119,12 @@ def run_task(task: Task, folder: Path, backend: Any, progress: Progress | None =
                         report=str(folder), model=getattr(backend, "model", None))
     bar.update("starting the kernel")
     try:
-        workspace.mkdir(parents=True, exist_ok=True)
+        _fresh_workspace(workspace)
         _copy_files(task, workspace)
         sandbox = dict(workspace=workspace, isolation=sb.isolation, network=sb.network,
-                       gpu=has_gpu() if sb.gpu == "auto" else sb.gpu, timeout=sb.timeout,
-                       memory_mb=sb.memory_mb if sb.memory_mb is not None else -1)
+                       gpu=sb.gpu, timeout=sb.timeout,  # "auto": the Kernel looks for a GPU
+                       memory_mb=sb.memory_mb if sb.memory_mb is not None else -1,
+                       disk_mb=sb.disk_mb if sb.disk_mb is not None else -1)
         sandbox.update(kernel_options or {})  # --gateway: every task's kernel on the gateway
         chat = Chat(backend=backend, system=task.system, budget=task.budget.budget(), max_steps=task.max_steps,
                     temperature=task.temperature, progress=False, **sandbox)
@@ -224,7 +182,7 @@ def _on_event(ev: Event, bar: _Bar, i: int, step: int) -> int:
         step += 1
         bar.update(f"prompt {i}/{bar.n}, step {step}")
     elif isinstance(ev, ToolCallEvent):
-        bar.update(f"prompt {i}/{bar.n}, step {step}: running {ev.name}")
+        bar.update(f"prompt {i}/{bar.n}, step {step}: running {escape(safe_line(ev.name))}")
     return step
 
 
@@ -337,7 +295,8 @@ def summary_table(results: list[TaskResult]) -> Table:
         t.add_column(col, justify=just)
     for r in results:
         style = {"passed": "green", "failed": "red", "error": "bold red"}[r.status]
-        t.add_row(r.task, f"[{style}]{r.status}[/]", f"{sum(c.passed for c in r.checks)}/{len(r.checks)}",
+        t.add_row(Text(safe_line(r.task)), Text(r.status, style=style),
+                  f"{sum(c.passed for c in r.checks)}/{len(r.checks)}",
                   str(r.steps), f"{r.tokens:,}", f"${r.cost_usd:.4f}", f"{r.seconds:.1f} s")
     return t
 
@@ -356,7 +315,7 @@ def write_summary(results: list[TaskResult], out: Path, extra: dict | None = Non
         if r.error or failed:
             lines.append(f"\n**{r.task}**: " + "; ".join(([r.error] if r.error else [])
                                                         + [f"{c.check} failed ({c.detail})" for c in failed]))
-    store.atomic_write(out / "summary.md", "\n".join(lines) + "\n")
+    store.atomic_write(out / "summary.md", safe_text("\n".join(lines)) + "\n")  # often cat in a terminal
 
 
 # -- the command ---------------------------------------------------------------------------------
@@ -373,14 +332,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         tasks = load_tasks(args.tasks)
     except TaskError as e:
-        err.print(f"[red]kernelchat run: invalid task file[/red]\n{e}", highlight=False, markup=True)
+        err.print(Text.assemble(("kernelchat run: invalid task file", "red"), "\n", safe_text(str(e))))
         return 2
     out = Path(args.out) if args.out else default_out()
     try:
         backends = make_backends(tasks, out, model=args.model, base_url=args.base_url, record=args.record,
                                  replay=args.replay)
     except SetupError as e:
-        err.print(f"[red]kernelchat run: setup failed:[/red] {e}", highlight=False)
+        err.print(Text.assemble(("kernelchat run: setup failed:", "red"), " ", safe_text(str(e))))
         return 2
     started = datetime.now().isoformat(timespec="seconds")
     from .cli import gateway_options
@@ -392,16 +351,18 @@ def cmd_run(args: argparse.Namespace) -> int:
                                  "record": str(args.record) if args.record else None})
     console = Console()
     console.print(summary_table(results))
-    say = lambda text: console.print(text, highlight=False, soft_wrap=True)  # noqa: E731
+    def say(red: str, text: str) -> None:  # model, kernel and task text: no markup, controls shown
+        console.print(Text.assemble((safe_line(red), "red"), safe_text(text)), highlight=False, soft_wrap=True)
+
     for r in results:
         if r.error:
-            say(f"[red]{r.task}:[/red] {r.error}")
+            say(f"{r.task}: ", r.error)
         for c in r.checks:
             if not c.passed:
-                say(f"[red]{r.task}: check failed:[/red] {c.check} ({c.detail})")
-    say(f"report: {out}")
+                say(f"{r.task}: check failed: ", f"{c.check} ({c.detail})")
+    say("", f"report: {out}")
     if args.record:
-        say(f"cassette: {args.record}")
+        say("", f"cassette: {args.record}")
     return exit_code(results)
 
 

@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
-import base64
 import html
 import json
-import mimetypes
 import os
 import tempfile
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePath
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .messages import Usage
-from .tree import Tree
+from .tree import CellRecord, Figure, Tree
 
 FORMAT = "kernelchat.conversation/1"
+
+
+class ConversationError(ValueError):
+    """A conversation file that cannot be loaded; the message names the file and what is wrong."""
+
+
+class Settings(BaseModel):
+    """What a conversation file records beside its tree (other keys are kept as they are)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    max_steps: int = Field(default=10, ge=1)
+    sync: Literal["replay", "keep", "reset"] = "replay"
+    usages: list[Usage] = Field(default_factory=list)  # one per model request
 
 
 class ConversationFile(BaseModel):
@@ -24,7 +36,7 @@ class ConversationFile(BaseModel):
     id: str
     model: str
     system: str | None = None
-    settings: dict[str, Any] = Field(default_factory=dict)
+    settings: Settings = Field(default_factory=Settings)
     usage: Usage = Field(default_factory=Usage)
     tree: Tree
 
@@ -67,17 +79,40 @@ def read_document(path: str | Path, fmt: str, noun: str, error: type[Exception] 
     path = Path(path)
     if not path.is_file():
         raise error(f"no {noun} at {str(path)!r}")
+    what = f"{path}: not a kernelchat {noun}"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_bytes().decode("utf-8")
+        data = json.loads(text)
+    except OSError as e:
+        raise error(f"{path}: cannot read the {noun} ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise error(f"{what} (not UTF-8 text: byte {e.object[e.start]:#04x} at offset {e.start})") from None
     except json.JSONDecodeError as e:
-        raise error(f"{path}: not a kernelchat {noun} (invalid JSON at line {e.lineno}: {e.msg})") from None
+        raise error(f"{what} (invalid JSON at line {e.lineno}: {e.msg})") from None
+    except RecursionError:
+        raise error(f"{what} (its JSON is nested too deeply)") from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        raise error(f"{what} (invalid JSON: {e})") from None
     if not isinstance(data, dict) or data.get("format") != fmt:
-        raise error(f"{path}: not a kernelchat {noun} (expected format {fmt!r})")
+        raise error(f"{what} (expected format {fmt!r})")
     return data
 
 
 def load(path: Path) -> ConversationFile:
-    return ConversationFile.model_validate(read_document(path, FORMAT, "conversation"))
+    """A conversation file, checked (ConversationError names the file and the fault), with tool calls
+    left without a result (kernelchat was killed mid-cell) answered by an 'interrupted' result."""
+    data = read_document(path, FORMAT, "conversation", ConversationError)
+    try:
+        conv = ConversationFile.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(map(str, err["loc"]))[:120] or "the document"
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ConversationError(f"{path}: not a valid kernelchat conversation ({where}: {msg})") from None
+    except RecursionError:
+        raise ConversationError(f"{path}: not a valid kernelchat conversation (nested too deeply)") from None
+    conv.tree.repair_interrupted()
+    return conv
 
 
 def _path_items(conv: ConversationFile):
@@ -103,7 +138,9 @@ def to_markdown(conv: ConversationFile) -> str:
             out += ["## Assistant", "", text, ""]
         elif cell is not None:
             out += ["```python", cell.code.rstrip(), "```", "", "```text", cell.output.rstrip(), "```", ""]
-            out += [f"![figure]({p})" for p in cell.images] + ([""] if cell.images else [])
+            out += [f"![{_alt(f)}]({_data_uri(f)})" for f in cell.figures]
+            out += [f"[image: {p}]" for p in _unstored(cell)]
+            out += [""] if cell.figures or cell.images else []
         else:
             out += ["```text", text.rstrip(), "```", ""]
     u = conv.usage
@@ -112,13 +149,23 @@ def to_markdown(conv: ConversationFile) -> str:
     return "\n".join(out) + "\n"
 
 
-def _img(path: str) -> str:
-    p = Path(path)
-    if not p.exists():
-        return f'<p class="missing">[image missing: {html.escape(path)}]</p>'
-    mime = mimetypes.guess_type(p.name)[0] or "image/png"
-    data = base64.b64encode(p.read_bytes()).decode()
-    return f'<img alt="{html.escape(p.name)}" src="data:{mime};base64,{data}">'
+def _data_uri(f: Figure) -> str:
+    return f"data:{f.mime};base64,{f.data}"  # both checked by Figure's patterns: nothing to escape
+
+
+def _alt(f: Figure) -> str:
+    return html.escape(f.name or "figure").replace("[", "(").replace("]", ")")
+
+
+def _unstored(cell: CellRecord) -> list[str]:
+    """Images of an older file, which kept only their paths. They are not read back: the sandboxed
+    code could have made any of them a link to a host file, which the export would then inline."""
+    stored = {f.name for f in cell.figures}
+    return [p for p in cell.images if PurePath(p).name not in stored]
+
+
+def _img(f: Figure) -> str:
+    return f'<img alt="{_alt(f)}" src="{_data_uri(f)}">'
 
 
 CSS = """body{font:15px/1.5 system-ui,sans-serif;max-width:52rem;margin:2rem auto;padding:0 1rem;color:#222}
@@ -140,7 +187,9 @@ def to_html(conv: ConversationFile) -> str:
         elif cell is not None:
             body.append(f'<pre class="code">{html.escape(cell.code)}</pre>')
             body.append(f'<pre class="out">{html.escape(cell.output)}</pre>')
-            body += [_img(p) for p in cell.images]
+            body += [_img(f) for f in cell.figures]
+            body += [f'<p class="missing">[image: {html.escape(p)} (not stored in this conversation)]</p>'
+                     for p in _unstored(cell)]
         else:
             body.append(f'<pre class="out">{html.escape(text)}</pre>')
     u = conv.usage

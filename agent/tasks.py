@@ -43,8 +43,37 @@ class SandboxSpec(_Strict):
     network: bool = False
     gpu: bool | Literal["auto"] = "auto"  # auto: the GPU when this machine has one
     memory_mb: int | None = Field(default=None, gt=0)
+    disk_mb: int | None = Field(default=None, gt=0, description="workspace disk quota (default: a share of the free space)")
     timeout: float = Field(default=120.0, gt=0, description="seconds per cell")
     isolation: Literal["bwrap", "none", "gateway"] | None = None  # gateway: see the README
+
+
+NAME_MAX = 100  # characters of a task name: it names a folder, with room for a "-2" suffix
+RESERVED_NAMES = {"summary.json", "summary.md"}  # files beside the task folders in the report folder
+_UNSAFE_NAME = re.compile(r"[/\\\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot name a task's report folder (None: it can). A plain name: no path."""
+    if not name.strip():
+        return "must not be empty"
+    if len(name) > NAME_MAX or len(name.encode("utf-8", "surrogatepass")) > 2 * NAME_MAX:
+        return f"is too long ({len(name)} characters); at most {NAME_MAX}"
+    if _UNSAFE_NAME.search(name):
+        return "must be a plain name: no '/', '\\' or control characters (it names the task's report folder)"
+    if name.startswith(".") or name != name.strip():
+        return "must not start with '.' or begin or end with a space (it names the task's report folder)"
+    if name.lower() in RESERVED_NAMES:
+        return f"{name!r} is the name of a file of the report folder; choose another"
+    return None
+
+
+def workspace_path_problem(value: str) -> str | None:
+    """Why `value` is not a path inside the workspace (None: it is)."""
+    parts = value.replace("\\", "/").split("/")
+    if not value or "\x00" in value or value.startswith("/") or ".." in parts:
+        return "must be a path relative to the workspace, without '..' (e.g. \"outputs/model.pt\")"
+    return None
 
 
 CHECK_KINDS = ("answer_contains", "answer_matches", "answer_number", "file_exists", "kernel", "max_cost_usd")
@@ -78,6 +107,13 @@ class Check(_Strict):
                 re.compile(v)
             except re.error as e:
                 raise ValueError(f"not a valid regular expression: {e}") from None
+        return v
+
+    @field_validator("file_exists")
+    @classmethod
+    def _inside(cls, v: str | None) -> str | None:
+        if v is not None and (problem := workspace_path_problem(v)):
+            raise ValueError(problem)
         return v
 
     @field_validator("kernel")
@@ -116,6 +152,13 @@ class Task(_Strict):
     prompts: list[str] = Field(min_length=1)
     checks: list[Check] = Field(default_factory=list)
     path: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str | None) -> str | None:
+        if v is not None and (problem := name_problem(v)):
+            raise ValueError(problem)
+        return v
 
     @field_validator("prompts")
     @classmethod
@@ -192,7 +235,11 @@ def parse_task(text: str, path: Path | str = "<task>") -> Task:
             problems.append((line or 1, f"{path}:{line or 1}: {_field(loc)}: {msg}"))
         raise TaskError("\n".join(p for _, p in sorted(problems, key=lambda p: p[0]))) from None
     task.path = path.resolve() if path.exists() else path
-    task.name = task.name or path.stem
+    if task.name is None:
+        if problem := name_problem(path.stem):
+            raise TaskError(f"{path}:1: name: the task is named after its file, {path.stem!r}, which {problem}; "
+                            f"set name = \"...\" in the file")
+        task.name = path.stem
     return task
 
 
@@ -200,10 +247,19 @@ def load_task(path: str | Path) -> Task:
     """Read and validate a task file, and check that its files exist."""
     path = Path(path)
     if not path.is_file():
-        raise TaskError(f"{path}: no such task file")
-    text = path.read_text(encoding="utf-8")
+        raise TaskError(f"{path}: " + ("a folder, not a task file" if path.is_dir() else "no such task file"))
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:  # the line of the first bad byte, for the editor
+        line = data.count(b"\n", 0, e.start) + 1
+        raise TaskError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}); "
+                        f"save the file as UTF-8") from None
     task = parse_task(text, path)
     for rel, src in zip(task.files, task.source_files()):
+        if not src.name:  # "/": the whole file system, copied under no name
+            line = next((i + 1 for i, ln in enumerate(text.splitlines()) if rel in ln), 1)
+            raise TaskError(f"{path}:{line}: files: {rel!r} names no file or folder")
         if not src.exists():
             line = next((i + 1 for i, ln in enumerate(text.splitlines()) if rel in ln), 1)
             raise TaskError(f"{path}:{line}: files: {rel!r} not found (looked for {src})")
@@ -220,11 +276,14 @@ def load_tasks(paths: list[str | Path]) -> list[Task]:
             problems.append(str(e))
     if problems:
         raise TaskError("\n".join(problems))
-    seen: dict[str, int] = {}
-    for t in tasks:  # unique names: they name the report folders
-        n = seen[t.name] = seen.get(t.name, 0) + 1
-        if n > 1:
-            t.name = f"{t.name}-{n}"
+    taken: set[str] = set()
+    for t in tasks:  # unique names: they name the report folders (case-insensitive file systems too)
+        name, n = t.name, 1
+        while name.lower() in taken:
+            n += 1
+            name = f"{t.name}-{n}"
+        t.name = name
+        taken.add(name.lower())
     return tasks
 
 

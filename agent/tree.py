@@ -5,10 +5,31 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timezone
+from pathlib import PurePath
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
-from .messages import Message, Usage
+from sandbox import ExecResult
+
+from .messages import Message, Usage, tool_result
+
+INTERRUPTED = ("[interrupted: this call did not finish (kernelchat stopped or failed while it ran), so its "
+               "result is lost; anything it changed in the kernel may be missing]")
+
+
+class Figure(BaseModel):
+    """An image a cell displayed, kept in the conversation itself: exports inline these bytes and
+    never read a workspace path back (the sandboxed code could have swapped the file for a link)."""
+
+    mime: str = Field(pattern=r"^image/[a-z0-9.+-]+$")
+    data: str = Field(pattern=r"^[A-Za-z0-9+/]*={0,2}$", description="base64 of the image (SVG: of its UTF-8)")
+    name: str = ""  # the file it was saved under in the workspace's outputs folder, for display
+
+
+def figures_of(res: ExecResult) -> list[Figure]:
+    """The images of an execution, with their bytes."""
+    return [Figure(mime=o.mime, data=o.data, name=PurePath(o.path).name if o.path else "")
+            for o in res.outputs if o.data is not None and o.mime.startswith("image/")]
 
 
 class CellRecord(BaseModel):
@@ -17,7 +38,8 @@ class CellRecord(BaseModel):
     code: str
     status: str
     output: str  # the rendering the model saw
-    images: list[str] = Field(default_factory=list)
+    images: list[str] = Field(default_factory=list)  # where they were saved: shown, never read back
+    figures: list[Figure] = Field(default_factory=list)  # the images themselves (older files: none)
     duration: float = 0.0
     executed: bool = True  # False when rejected by the approval hook
 
@@ -60,14 +82,79 @@ class Tree(BaseModel):
         self.leaf = node.id
         return node
 
+    @model_validator(mode="after")
+    def _sound(self) -> "Tree":
+        """One root, every parent present, no cycle, an existing leaf: else ValueError saying where."""
+        for key, node in self.nodes.items():
+            if node.id != key:
+                raise ValueError(f"message {_short(node.id)} is stored under the id {_short(key)}")
+            if node.parent is not None and node.parent not in self.nodes:
+                raise ValueError(f"message {_short(key)} has the parent {_short(node.parent)}, which is not there")
+        roots = [k for k, n in self.nodes.items() if n.parent is None]
+        if self.nodes and roots != [self.root]:
+            raise ValueError(f"the root is {_short(self.root)} but the messages without a parent are "
+                             f"{', '.join(map(_short, roots[:3])) or 'none'}")
+        if not self.nodes and (self.root or self.leaf):
+            raise ValueError("root or leaf set on a tree without messages")
+        if self.nodes and self.leaf not in self.nodes:
+            raise ValueError(f"the active message {_short(self.leaf)} is not there")
+        reaches_root: set[str] = set()
+        for key in self.nodes:  # each walk stops at a node already known to reach the root: O(n) in all
+            seen: list[str] = []
+            cur: str | None = key
+            while cur is not None and cur not in reaches_root:
+                if len(seen) > len(self.nodes):
+                    raise ValueError(f"the parents of message {_short(key)} form a cycle")
+                seen.append(cur)
+                cur = self.nodes[cur].parent
+            reaches_root.update(seen)
+        return self
+
     def path(self, leaf: str | None = None) -> list[Node]:
         """Root to `leaf` (default: the active leaf)."""
         out, cur = [], self.leaf if leaf is None else leaf
         while cur is not None:
             node = self.nodes[cur]
             out.append(node)
+            if len(out) > len(self.nodes):
+                raise ValueError(f"the parents of message {_short(node.id)} form a cycle")
             cur = node.parent
         return out[::-1]
+
+    def repair_interrupted(self) -> int:
+        """Answer every tool call that has no result (kernelchat was killed, or failed, while it ran)
+        with one that says so, so that a server accepts the conversation; return how many were added.
+
+        The results go right after the call (or after the results it did get), before whatever
+        followed it, so every branch through the call is mended."""
+        kids: dict[str | None, list[Node]] = {}
+        for n in self.nodes.values():
+            kids.setdefault(n.parent, []).append(n)
+        added = 0
+        for node in list(self.nodes.values()):
+            pending = list(node.message.tool_calls) if node.message.role == "assistant" else []
+            cur = node
+            while pending:
+                ids = {p.id for p in pending}
+                answer = next((c for c in kids.get(cur.id, []) if c.message.role == "tool"
+                               and c.message.tool_call_id in ids), None)
+                if answer is None:
+                    break
+                pending = [p for p in pending if p.id != answer.message.tool_call_id]
+                cur = answer
+            if not pending:
+                continue
+            after = kids.pop(cur.id, [])
+            for call in pending:
+                new = Node(parent=cur.id, message=tool_result(call.id, INTERRUPTED, name=call.name))
+                self.nodes[new.id], kids[cur.id] = new, [new]
+                if self.leaf == cur.id:
+                    self.leaf = new.id
+                cur, added = new, added + 1
+            for child in after:
+                child.parent = cur.id
+            kids[cur.id] = after
+        return added
 
     def messages(self, leaf: str | None = None) -> list[Message]:
         return [n.message for n in self.path(leaf)]
@@ -117,3 +204,9 @@ class Tree(BaseModel):
     def cells(self, leaf: str | None = None) -> list[Node]:
         """The executed python cells on a path, in order: what the kernel's state is made of."""
         return [n for n in self.path(leaf) if n.cell is not None and n.cell.executed]
+
+
+def _short(node_id: object) -> str:
+    """An id as an error message shows it: quoted, and cut if a hostile file made it long."""
+    text = repr(node_id)
+    return text if len(text) <= 40 else text[:37] + "..."

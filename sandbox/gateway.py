@@ -16,6 +16,7 @@ import logging
 import os
 import queue
 import socket
+import stat
 import threading
 import time
 import urllib.error
@@ -28,9 +29,10 @@ from typing import Any
 
 import websocket  # websocket-client: a synchronous client with a reader thread fits the blocking Kernel
 
-from .capture import CappedStream
+from . import safefs
 from .kernel import (BOOT, Kernel, KernelError, OutputCallback, _live, check_timeout, limits_from,
                      resolve_workspace)
+from .options import check_bool, check_env, check_fraction, check_gpu
 from .result import ExecResult
 
 log = logging.getLogger("kernelchat.sandbox.gateway")
@@ -196,7 +198,8 @@ class GatewayKernel(Kernel):
                  network: bool = False, gpu: bool = False, env: dict[str, str] | None = None, *,
                  timeout: float = 120.0, memory_mb: int | None = -1, max_procs: int | None = -1,
                  max_file_mb: int | None = -1, cpu_seconds: int | None = None, tmp_mb: int | None = None,
-                 output_chars: int | None = None, start: bool = True, gateway_url: str | None = None,
+                 output_chars: int | None = None, disk_mb: int | None = -1,
+                 idle_cpu_limit: float | None = None, start: bool = True, gateway_url: str | None = None,
                  gateway_token: str | None = None, kernel_name: str | None = None,
                  remote_workspace: str | None = None, remote_output_chars: int = REMOTE_OUTPUT_CHARS,
                  request_timeout: float = 30.0, quickack: bool = True):
@@ -206,18 +209,21 @@ class GatewayKernel(Kernel):
         parsed = urllib.parse.urlparse(url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ValueError(f"gateway_url must be http(s)://HOST:PORT[/BASE], got {url!r}")
-        check_timeout(timeout)
+        check_bool("start", start)
+        check_fraction("idle_cpu_limit", idle_cpu_limit)  # accepted for the same surface; the deployment's business
         self.isolation = "gateway"
         self.gateway_url = url.rstrip("/")
         self._ws_base = ("wss" if parsed.scheme == "https" else "ws") + self.gateway_url[len(parsed.scheme):]
         self._rest = _Rest(self.gateway_url, gateway_token or os.environ.get(ENV_TOKEN) or None, request_timeout)
         self.kernel_name = kernel_name or os.environ.get(ENV_KERNEL) or None
-        self.network, self.gpu, self.env, self.timeout = network, gpu, dict(env or {}), float(timeout)
+        self.network, self.gpu = check_bool("network", network), check_gpu(gpu)
+        self.env, self.timeout = check_env(env), check_timeout(timeout)
         if gpu and not self.kernel_name:
             log.info("gpu=True on a gateway: the kernelspec decides; pass kernel_name= (see docs/gateway.md)")
-        # Only output_chars applies here; the other limits are the deployment's (docs/gateway.md).
+        # Only output_chars applies here; the other limits (disk_mb too) are the deployment's (docs/gateway.md).
         self.limits = limits_from(memory_mb=memory_mb, max_procs=max_procs, max_file_mb=max_file_mb,
-                                  cpu_seconds=cpu_seconds, tmp_mb=tmp_mb, output_chars=output_chars)
+                                  cpu_seconds=cpu_seconds, tmp_mb=tmp_mb, output_chars=output_chars,
+                                  disk_mb=disk_mb)
         self.remote_output_chars = max(int(remote_output_chars), self.limits.output_chars)
         self.workspace, self._own_workspace = resolve_workspace(workspace)
         self.outputs_dir = self.workspace / "outputs"
@@ -394,7 +400,7 @@ class GatewayKernel(Kernel):
         assert ch is not None
         t0 = time.monotonic()
         # The kernel-side cap (REMOTE_OUTPUT_CHARS) bounds the network; this one bounds what we show.
-        streams = {n: CappedStream(n, self.limits.output_chars, self.outputs_dir) for n in ("stdout", "stderr")}
+        streams = self._streams(self.limits.output_chars, f"{self.remote_workspace}/outputs")
         res = ExecResult(status="ok")
         msg_id = ch.execute(code)
         deadline = t0 + timeout
@@ -461,16 +467,26 @@ class GatewayKernel(Kernel):
             return json.loads(self._call(expr))
 
     def upload(self, src: str | os.PathLike, dest: str | os.PathLike | None = None) -> PurePosixPath:
-        """Copy a local file or folder into the remote workspace; returns its path there."""
+        """Copy a local file or folder into the remote workspace; returns its path there. In a
+        folder, only regular files are sent: links and special files are skipped, not followed."""
         src = Path(src).expanduser()
         if not src.exists():
             raise ValueError(f"cannot upload {str(src)!r}: no such file or folder")
-        dest = PurePosixPath(dest if dest is not None else src.name)
-        pairs = ([(f, dest / f.relative_to(src).as_posix()) for f in sorted(src.rglob("*")) if f.is_file()]
-                 if src.is_dir() else [(src, dest)])
+        dest = PurePosixPath(dest if dest is not None else src.name)  # the remote side refuses escapes
+        if src.is_dir():
+            pairs = [(rel, dest / rel) for rel in sorted(safefs.walk_files(src))]
+        else:
+            pairs = [("", dest)]
         path = ""
-        for local, remote in pairs:
-            with open(local, "rb") as f:
+        for rel, remote in pairs:
+            if rel:
+                fd, _ = safefs.open_regular(src, rel)
+            else:  # the user named this file (a link there is theirs); O_NONBLOCK + fstat: a FIFO never blocks
+                fd = os.open(src, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    os.close(fd)
+                    raise ValueError(f"cannot upload {str(src)!r}: it is not a regular file or folder")
+            with os.fdopen(fd, "rb") as f:
                 first = True
                 while True:
                     chunk = f.read(CHUNK)
@@ -485,22 +501,43 @@ class GatewayKernel(Kernel):
         return PurePosixPath(path)
 
     def download(self, relpath: str | os.PathLike, dest: str | os.PathLike) -> Path:
-        """Copy a file or folder out of the remote workspace to `dest` here."""
+        """Copy a file or folder out of the remote workspace to `dest` here. The names in the
+        remote listing come from the kernel: each must be a plain relative path (no `..`, not
+        absolute), and files are written with safefs (no local link followed)."""
         rel = str(PurePosixPath(relpath))
         tree = self._remote(f"walk({rel!r})")
         dest = Path(dest).expanduser()
-        if tree["kind"] == "file" and dest.is_dir():
-            dest = dest / PurePosixPath(rel).name
-        for sub, size in tree["files"]:
-            target = dest / sub if sub else dest
-            target.parent.mkdir(parents=True, exist_ok=True)
-            remote = f"{rel}/{sub}" if sub else rel
-            with open(target, "wb") as f:
-                for offset in range(0, max(size, 1), CHUNK):
-                    f.write(base64.b64decode(self._remote(f"read_chunk({remote!r}, {offset}, {CHUNK})")))
-        if tree["kind"] == "dir":
-            dest.mkdir(parents=True, exist_ok=True)
+        listed = tree.get("files") if isinstance(tree, dict) else None
+        if not isinstance(listed, list) or tree.get("kind") not in ("file", "dir"):
+            raise KernelError(f"the remote kernel answered the listing of {rel!r} with something unexpected")
+        if tree["kind"] == "file":
+            if dest.is_dir():
+                dest = dest / PurePosixPath(rel).name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            self._fetch(rel, dest.parent, dest.name)
+            return dest
+        dest.mkdir(parents=True, exist_ok=True)
+        for item in listed:
+            sub = item[0] if isinstance(item, list) and item and isinstance(item[0], str) else None
+            if not sub:
+                raise KernelError(f"the remote kernel listed {item!r} in {rel!r}: not a file name")
+            safefs.parts(sub)  # '..', absolute, NUL: UnsafePath, nothing written outside dest
+            self._fetch(f"{rel}/{sub}", dest, sub)
         return dest
+
+    def _fetch(self, remote: str, root: Path, local: str) -> None:
+        """Copy the remote file `remote` to `local` (relative) under the local folder `root`."""
+
+        def chunks():
+            offset = 0
+            while True:
+                data = base64.b64decode(self._remote(f"read_chunk({remote!r}, {offset}, {CHUNK})"))
+                yield data
+                offset += len(data)
+                if len(data) < CHUNK:
+                    return
+
+        safefs.replace_file(root, local, chunks())
 
     def files(self) -> list[str]:
         """Remote workspace files, relative paths."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from .limits import Cgroup, Limits, rlimits, systemd_scope_prefix
+from .options import check_env
 
 Isolation = Literal["bwrap", "none"]
 
@@ -33,13 +34,16 @@ ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "ssl", "c
              "alternatives", "fonts", "mime.types", "nsswitch.conf", "os-release", "protocols",
              "services", "host.conf", "gai.conf", "matplotlibrc", "debian_version")
 NET_ETC_FILES = ("resolv.conf", "hosts")
+# The host's variables that a launcher in front of bwrap may need (systemd-run --user): passed
+# to the launcher, unset inside the sandbox.
+HOST_ONLY_ENV = ("XDG_RUNTIME_DIR", "DBUS_SESSION_BUS_ADDRESS")
 SANDBOX_UID_BASE = 2_100_000_000  # far above any real account or subuid range
 
 
 @dataclass
 class LaunchSpec:
     argv: list[str]
-    env: dict[str, str]
+    env: dict[str, str]  # the kernel's whole environment: given to the launched process, never in argv
     rlimits: dict[int, tuple[int, int]] = field(default_factory=dict)  # set in the child before exec
     cgroup: Cgroup | None = None  # the child joins it before exec
 
@@ -92,10 +96,7 @@ def base_env(extra: dict[str, str] | None, *, gpu: bool, home: str) -> dict[str,
     for name in ENV_ALLOW + (GPU_ENV_ALLOW if gpu else ()):
         if name in os.environ:
             env[name] = os.environ[name]
-    for key, value in (extra or {}).items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise ValueError(f"env must map str to str; got {key!r}: {value!r}")
-        env[key] = value
+    env.update(check_env(extra))
     return env
 
 
@@ -125,6 +126,8 @@ def build_launch(kernel_argv: list[str], *, isolation: Isolation, workspace: Pat
         home = str(workspace)
         spec = LaunchSpec(argv=kernel_argv, env=base_env(env, gpu=gpu, home=home))
         spec.rlimits = rlimits(limits, gpu=gpu, run_uid=os.getuid())
+        if os.getuid() == 0:  # RLIMIT_NPROC does not bind root: the pids cgroup does
+            spec.cgroup = Cgroup.create_v1(limits)
         return spec
     if isolation != "bwrap":
         raise ValueError(f"isolation must be 'bwrap' or 'none', got {isolation!r}")
@@ -153,7 +156,12 @@ def build_launch(kernel_argv: list[str], *, isolation: Isolation, workspace: Pat
         a = [exe, "--unshare-all", "--unshare-user", "--disable-userns", "--cap-drop", "ALL"]
         if network:
             a.append("--share-net")
-    a += ["--die-with-parent", "--new-session", "--clearenv", "--hostname", "kernelchat"]
+    # No --clearenv/--setenv: values in argv are readable by every local user (ps). bwrap passes
+    # on its own environment, which is exactly the kernel's (spec.env) plus HOST_ONLY_ENV.
+    a += ["--die-with-parent", "--new-session", "--hostname", "kernelchat"]
+    for name in HOST_ONLY_ENV:
+        if name not in kenv:
+            a += ["--unsetenv", name]
     for name in ("usr", "bin", "lib", "lib32", "lib64", "sbin"):
         p = Path("/") / name
         if p.is_symlink():
@@ -192,8 +200,7 @@ def build_launch(kernel_argv: list[str], *, isolation: Isolation, workspace: Pat
     # The mount points above live in bwrap's own root tmpfs, which the inner user owns when bwrap
     # runs unprivileged: without this, / and /etc would be writable inside the sandbox.
     a += ["--remount-ro", "/"]
-    for key, value in kenv.items():
-        a += ["--setenv", key, value]
+    spec.env = kenv
     spec.argv = systemd_scope_prefix_cached(limits) + a + kernel_argv
     spec.rlimits = rlimits(limits, gpu=gpu, run_uid=run_uid)
     if as_root:

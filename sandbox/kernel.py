@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import atexit
-import base64
-import concurrent.futures
-import json
 import logging
 import os
 import queue
-import resource
 import secrets
 import shutil
 import signal
@@ -26,17 +22,23 @@ import zmq
 from jupyter_client import BlockingKernelClient
 from jupyter_client.connect import write_connection_file
 
+from . import safefs
 from .capture import CappedStream, strip_ansi
 from .isolation import (Isolation, LaunchSpec, build_launch, default_isolation,
                         pick_sandbox_uid, write_identity_files)
-from .limits import Limits
+from .launch import start_process
+from .leases import RUNTIME_PREFIX, Lease
+from .leases import sweep as sweep_leases
+from .options import check_bool, check_env, check_fraction, check_gpu, check_timeout, limits_from
+from .procs import death_reason, kill_descendants
+from .trim import CellBudget, as_text, clip, sentence, take_notices
+from .hostfiles import WorkspaceFiles
+from .quota import DiskQuota, default_disk_mb
 from .result import ExecResult, RichOutput
 
 log = logging.getLogger("kernelchat.sandbox")
 
 OutputCallback = Callable[[str, "str | RichOutput"], None]
-IMAGE_TYPES = {"image/png": "png", "image/jpeg": "jpg", "image/svg+xml": "svg", "image/gif": "gif"}
-TEXT_TYPES = ("text/html", "text/markdown", "text/latex", "application/json")
 BOOT = Path(__file__).with_name("boot.py")
 POLL_S = 0.2  # how often a waiting client checks that the kernel is still alive
 MAX_MSG_BYTES = 256 * 2**20  # a larger iopub message is refused, not buffered
@@ -46,39 +48,7 @@ class KernelError(RuntimeError):
     """The kernel could not be started or reached."""
 
 
-class _Launcher:
-    """Starts processes from one long-lived thread: bwrap's --die-with-parent fires when
-    the *thread* that forked it exits, so kernels must not be forked from short-lived ones."""
-
-    def __init__(self) -> None:
-        self._jobs: queue.Queue = queue.Queue()
-        threading.Thread(target=self._run, name="kernelchat-launcher", daemon=True).start()
-
-    def _run(self) -> None:
-        while True:
-            fn, fut = self._jobs.get()
-            try:
-                fut.set_result(fn())
-            except BaseException as e:  # noqa: BLE001 - handed to the caller
-                fut.set_exception(e)
-
-    def call(self, fn):
-        fut: concurrent.futures.Future = concurrent.futures.Future()
-        self._jobs.put((fn, fut))
-        return fut.result()
-
-
-_launcher: _Launcher | None = None
-_launcher_lock = threading.Lock()
 _live: "weakref.WeakSet[Kernel]" = weakref.WeakSet()
-
-
-def _launch(fn):
-    global _launcher
-    with _launcher_lock:
-        if _launcher is None:
-            _launcher = _Launcher()
-    return _launcher.call(fn)
 
 
 @atexit.register
@@ -90,44 +60,14 @@ def _close_all() -> None:
             pass
 
 
-def _child_setup(spec: LaunchSpec) -> Callable[[], None]:
-    """Runs in the forked child before exec: join the cgroups and set the rlimits, so
-    everything the kernel starts inherits both."""
-    procs_files = spec.cgroup.procs_files() if spec.cgroup else []
-    limits = list(spec.rlimits.items())
-
-    def setup() -> None:
-        pid = str(os.getpid()).encode()
-        for path in procs_files:
-            fd = os.open(path, os.O_WRONLY)
-            os.write(fd, pid)
-            os.close(fd)
-        for res, value in limits:
-            resource.setrlimit(res, value)
-
-    return setup
+# Race-safe, never follows a link; pass from_uid= to change only the entries that uid owns.
+_chown_tree = safefs.chown_tree
 
 
-def _chown_tree(root: Path, uid: int, gid: int) -> None:
-    os.chown(root, uid, gid)
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            try:
-                os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
-            except OSError:
-                pass
-
-
-def check_timeout(timeout: object) -> float:
-    if not (isinstance(timeout, (int, float)) and timeout > 0):
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    return float(timeout)
-
-
-def limits_from(**given: int | None) -> Limits:
-    """Limits from Kernel's keyword arguments: -1 means 'the default', None 'unlimited'."""
-    return Limits(**{k: v for k, v in given.items()
-                     if v != -1 and not (v is None and k in ("tmp_mb", "output_chars"))})
+def repair_dead_hosts() -> int:
+    """Undo what hosts killed before close() left: processes, workspace owners, runtime dirs,
+    cgroups (see leases.py). Runs at each kernel start and close; returns how many were repaired."""
+    return sweep_leases(lambda path, uid, gid, from_uid: _chown_tree(path, uid, gid, from_uid=from_uid))
 
 
 def resolve_workspace(workspace: str | os.PathLike | None) -> tuple[Path, bool]:
@@ -141,7 +81,7 @@ def resolve_workspace(workspace: str | os.PathLike | None) -> tuple[Path, bool]:
     return path, False
 
 
-class Kernel:
+class Kernel(WorkspaceFiles):
     """A persistent IPython kernel in a sandbox.
 
     >>> with Kernel() as k:
@@ -163,7 +103,8 @@ class Kernel:
                  network: bool = False, gpu: bool = False, env: dict[str, str] | None = None, *,
                  timeout: float = 120.0, memory_mb: int | None = -1, max_procs: int | None = -1,
                  max_file_mb: int | None = -1, cpu_seconds: int | None = None, tmp_mb: int | None = None,
-                 output_chars: int | None = None, start: bool = True):
+                 output_chars: int | None = None, disk_mb: int | None = -1,
+                 idle_cpu_limit: float | None = None, start: bool = True):
         if isolation is None:
             isolation = default_isolation()
             if isolation == "none":
@@ -174,20 +115,31 @@ class Kernel:
             from .isolation import bwrap_path
 
             bwrap_path()  # raises IsolationError with the reason
-        check_timeout(timeout)
         self.isolation: Isolation = isolation
-        self.network, self.gpu, self.env, self.timeout = network, gpu, dict(env or {}), float(timeout)
+        self.network, self.gpu = check_bool("network", network), check_gpu(gpu)
+        self.env, self.timeout = check_env(env), check_timeout(timeout)
+        # A share of one core that leftovers of a cell may use while the kernel is idle; more is stopped.
+        self.idle_cpu_limit = check_fraction("idle_cpu_limit", idle_cpu_limit)
+        check_bool("start", start)
         self.limits = limits_from(memory_mb=memory_mb, max_procs=max_procs, max_file_mb=max_file_mb,
-                                  cpu_seconds=cpu_seconds, tmp_mb=tmp_mb, output_chars=output_chars)
+                                  cpu_seconds=cpu_seconds, tmp_mb=tmp_mb, output_chars=output_chars,
+                                  disk_mb=disk_mb)
         self.workspace, self._own_workspace = resolve_workspace(workspace)
+        if disk_mb == -1:
+            self.limits.disk_mb = default_disk_mb(self.workspace)
         self.outputs_dir = self.workspace / "outputs"
         self._uid = pick_sandbox_uid() if (os.getuid() == 0 and isolation == "bwrap") else None
+        repair_dead_hosts()  # first: a killed host may have left this very workspace to its sandbox uid
         self._ws_owner = (self.workspace.stat().st_uid, self.workspace.stat().st_gid)
         self._proc: subprocess.Popen | None = None
         self._client: BlockingKernelClient | None = None
         self._runtime: Path | None = None
         self._spec: LaunchSpec | None = None
+        self._kernel_log = None
         self._init_bookkeeping()
+        self._lease = Lease(self.workspace, self._ws_owner, self._uid)
+        if self.limits.disk_mb:
+            self._quota = DiskQuota(self.workspace, self.limits.disk_mb)
         if start:
             self.start()
 
@@ -198,6 +150,9 @@ class Kernel:
         self._closed = False
         self.restarts = 0
         self.execution_count = 0
+        self._quota: DiskQuota | None = None
+        self._cell_notes: list[str] = []  # said in the result's message (figures not saved, quota)
+        self._over_quota = False
         _live.add(self)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -213,8 +168,9 @@ class Kernel:
         return self
 
     def _spawn(self) -> None:
-        rt = Path(tempfile.mkdtemp(prefix="kc-", dir="/tmp" if os.path.isdir("/tmp") else None))
+        rt = Path(tempfile.mkdtemp(prefix=RUNTIME_PREFIX, dir="/tmp" if os.path.isdir("/tmp") else None))
         self._runtime = rt
+        self._lease.update(rt, None)  # before anything changes owner
         conn = rt / "kernel.json"
         transport = "ipc" if os.name == "posix" else "tcp"
         write_connection_file(str(conn), transport=transport, ip=str(rt / "k") if transport == "ipc" else "127.0.0.1",
@@ -222,29 +178,21 @@ class Kernel:
         shutil.copy(BOOT, rt / "boot.py")
         run_uid = self._uid if self._uid is not None else os.getuid()
         write_identity_files(rt, run_uid)
-        self.outputs_dir.mkdir(exist_ok=True)
+        self._make_outputs()
         if self._uid is not None:
             _chown_tree(rt, self._uid, self._uid)
-            _chown_tree(self.workspace, self._uid, self._uid)
+            _chown_tree(self.workspace, self._uid, self._uid, from_uid=self._ws_owner[0])
         # The venv's interpreter: its site-packages hold ipykernel and the data stack.
-        argv = [sys.executable, str(rt / "boot.py"), str(conn), str(self.outputs_dir), str(self.limits.output_chars)]
+        argv = [sys.executable, str(rt / "boot.py"), str(conn), str(self.outputs_dir), str(self.limits.output_chars),
+                str(self.limits.max_procs or 0), str(self.idle_cpu_limit or 0)]
         spec = build_launch(argv, isolation=self.isolation, workspace=self.workspace, runtime_dir=rt,
                             network=self.network, gpu=self.gpu, env=self.env, limits=self.limits,
                             sandbox_uid=self._uid)
-        if self.isolation == "none":
-            spec.env["JPY_PARENT_PID"] = str(os.getpid())  # the kernel exits if we die
-        host_env = {k: os.environ[k] for k in ("XDG_RUNTIME_DIR", "DBUS_SESSION_BUS_ADDRESS", "PATH")
-                    if k in os.environ}
-        self._log_path = rt / "kernel.log"
-        logf = open(self._log_path, "wb")
-        try:
-            self._proc = _launch(lambda: subprocess.Popen(
-                spec.argv, env=spec.env if self.isolation == "none" else host_env, cwd=self.workspace,
-                stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, close_fds=True,
-                start_new_session=True, preexec_fn=_child_setup(spec)))
-        finally:
-            logf.close()
         self._spec = spec
+        self._lease.update(rt, spec.cgroup)
+        # The kernel's own log: an unnamed file (one in rt could be swapped for a link by the sandbox).
+        self._kernel_log = tempfile.TemporaryFile()
+        self._proc = start_process(spec, reaper=self.isolation == "none", cwd=self.workspace, log=self._kernel_log)
         client = BlockingKernelClient(connection_file=str(conn))
         client.load_connection_file()
         client.start_channels()
@@ -252,9 +200,13 @@ class Kernel:
         self._client = client
 
     def _log_tail(self, n: int = 2000) -> str:
+        if self._kernel_log is None:
+            return ""
         try:
-            return self._log_path.read_text(errors="replace")[-n:]
-        except OSError:
+            fd = self._kernel_log.fileno()
+            size = os.fstat(fd).st_size
+            return os.pread(fd, 4 * n, max(size - 4 * n, 0)).decode(errors="replace")[-n:]
+        except (OSError, ValueError):
             return ""
 
     def _wait_ready(self, timeout: float) -> None:
@@ -306,6 +258,8 @@ class Kernel:
             self._client = None
         proc = self._proc
         if proc is not None and proc.poll() is None:
+            if self.isolation == "none":  # the reaper: kill below it first (setsid daemons included)
+                kill_descendants(proc.pid)
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except OSError:
@@ -319,6 +273,9 @@ class Kernel:
         if self._runtime is not None:
             shutil.rmtree(self._runtime, ignore_errors=True)
             self._runtime = None
+        if self._kernel_log is not None:
+            self._kernel_log.close()
+            self._kernel_log = None
 
     def restart(self) -> None:
         """Start a fresh kernel process: all state (variables, imports) is lost."""
@@ -334,11 +291,13 @@ class Kernel:
                 return
             self._closed = True
             self._teardown()
-            if self._uid is not None and self.workspace.exists():
-                _chown_tree(self.workspace, *self._ws_owner)  # hand the files back
+            if self._uid is not None and self.workspace.exists():  # hand the kernel's files back
+                _chown_tree(self.workspace, *self._ws_owner, from_uid=self._uid)
             if self._own_workspace and getattr(self, "_remove_workspace", False):
                 shutil.rmtree(self.workspace, ignore_errors=True)
+            self._lease.release()
             _live.discard(self)
+        repair_dead_hosts()
 
     def __enter__(self) -> "Kernel":
         return self
@@ -392,13 +351,14 @@ class Kernel:
         client = self._client
         assert client is not None and self._proc is not None
         t0 = time.monotonic()
-        streams = {n: CappedStream(n, self.limits.output_chars * 2, self.outputs_dir) for n in ("stdout", "stderr")}
+        streams = self._streams(self.limits.output_chars * 2, str(self.outputs_dir))
         res = ExecResult(status="ok")
         msg_id = client.execute(code, store_history=True, allow_stdin=False, stop_on_error=False)
         deadline = t0 + timeout
         idle = interrupted = False
         reply_seen_at: float | None = None
         while not idle:
+            self._poll_quota()
             now = time.monotonic()
             if now >= deadline and not interrupted:
                 interrupted = True
@@ -448,12 +408,16 @@ class Kernel:
                 on_output(name, content["text"])
         elif kind in ("execute_result", "display_data"):
             data = content.get("data", {})
+            data = data if isinstance(data, dict) else {}
+            budget = self._budget_for(res)
+            if kind == "display_data" and set(data) - {"text/plain"} and not budget.admit():
+                return False  # past the cell's number of displays: counted, said in the message
             outs = self._save_rich(data)
-            res.outputs.extend(outs)
+            res.outputs.extend(budget.take(outs))
             if kind == "execute_result":
                 res.execution_count = content.get("execution_count")
                 if "text/plain" in data:
-                    res.result = strip_ansi(data["text/plain"])
+                    res.result = strip_ansi(clip(as_text(data["text/plain"]), self.limits.output_chars, "result"))
                     if on_output:
                         on_output("result", res.result)
             elif not outs and "text/plain" in data:
@@ -463,34 +427,24 @@ class Kernel:
                     on_output("display", o)
         elif kind == "error":
             res.status = "error" if res.status == "ok" else res.status
-            res.error_name, res.error_value = content.get("ename"), strip_ansi(content.get("evalue", ""))
-            res.traceback = strip_ansi("\n".join(content.get("traceback", [])))
+            limit = self.limits.output_chars
+            res.error_name = clip(as_text(content.get("ename", "")), 200, "error name")
+            res.error_value = strip_ansi(clip(as_text(content.get("evalue", "")), limit // 2, "error message"))
+            tb = content.get("traceback", [])
+            tb = "\n".join(map(as_text, tb)) if isinstance(tb, list) else as_text(tb)
+            res.traceback = strip_ansi(clip(tb, limit, "traceback"))
             if on_output:
                 on_output("error", res.traceback)
         elif kind == "execute_input":
             res.execution_count = content.get("execution_count")
         return False
 
-    def _save_rich(self, data: dict) -> list[RichOutput]:
-        outs = []
-        for mime, ext in IMAGE_TYPES.items():
-            if mime in data:
-                self.outputs_dir.mkdir(exist_ok=True)
-                n = sum(1 for _ in self.outputs_dir.glob("figure-*"))
-                path = self.outputs_dir / f"figure-{n + 1:04d}.{ext}"
-                payload = data[mime]
-                if ext == "svg":
-                    path.write_text(payload if isinstance(payload, str) else "".join(payload))
-                else:
-                    path.write_bytes(base64.b64decode(payload))
-                outs.append(RichOutput(mime=mime, path=str(path)))
-                break  # one file per figure: the richest format
-        for mime in TEXT_TYPES:
-            if mime in data and not (mime == "text/html" and outs):
-                value = data[mime]
-                text = value if isinstance(value, str) else json.dumps(value)
-                outs.append(RichOutput(mime=mime, text=text[: self.limits.output_chars]))
-        return outs
+    def _budget_for(self, res: ExecResult) -> CellBudget:
+        """The rich-output budget of the cell that `res` belongs to."""
+        budget = getattr(self, "_budget", None)
+        if budget is None or budget[0] is not res:
+            budget = self._budget = (res, CellBudget(2 * self.limits.output_chars))
+        return budget[1]
 
     def _finish(self, res: ExecResult, streams: dict[str, CappedStream], t0: float,
                 timed_out_after: float | None) -> ExecResult:
@@ -503,6 +457,11 @@ class Kernel:
             res.status = "timeout"
             res.message = (f"The cell ran past its {timed_out_after:g} s timeout and was interrupted; "
                            "the kernel's state is kept.")
+        res.stderr, notices = take_notices(res.stderr)  # what boot.py's Guard saw
+        budget = self._budget_for(res)
+        self._budget = None
+        self._cell_notes += [sentence(n) for n in notices] + ([budget.note()] if budget.note() else [])
+        self._fold_notes(res)
         return res
 
     def _after_hang(self, res: ExecResult, streams, t0: float, timeout: float) -> ExecResult:
@@ -515,19 +474,7 @@ class Kernel:
 
     def _after_death(self, res: ExecResult, streams, t0: float) -> ExecResult:
         code = self._proc.returncode if self._proc else None
-        signum = -code if code is not None and code < 0 else None
-        if self.isolation == "bwrap" and code is not None and code > 128:
-            signum = code - 128  # bwrap reports the kernel's fatal signal as 128 + N
-        why = f"exit code {code}" if code is not None else ""
-        if signum:
-            try:
-                sig = signal.Signals(signum).name
-            except ValueError:
-                sig = str(signum)
-            hint = {signal.SIGKILL: ": likely out of memory", signal.SIGSEGV: ": a crash in native code",
-                    signal.SIGXCPU: f": it used up its CPU-time limit ({self.limits.cpu_seconds} s)"}.get(signum, "")
-            why = f"killed by {sig}{hint}"
-        return self._report_death(res, streams, t0, why)
+        return self._report_death(res, streams, t0, death_reason(code, self.isolation, self.limits.cpu_seconds))
 
     def _report_death(self, res: ExecResult, streams, t0: float, why: str) -> ExecResult:
         """Restart, and say plainly that the state is gone (`why`: what killed it, if known)."""
@@ -537,44 +484,3 @@ class Kernel:
         res.message = (f"The kernel died while running this cell{f' ({why})' if why else ''}. It was restarted: "
                        "its state (variables, imports) was lost; re-run the earlier cells that are needed.")
         return res
-
-    # -- files -------------------------------------------------------------------------------
-
-    def _inside(self, relpath: str | os.PathLike) -> Path:
-        p = (self.workspace / relpath).resolve()
-        if p != self.workspace and self.workspace not in p.parents:
-            raise ValueError(f"{str(relpath)!r} is outside the workspace {str(self.workspace)!r}")
-        return p
-
-    def upload(self, src: str | os.PathLike, dest: str | os.PathLike | None = None) -> Path:
-        """Copy a host file or folder into the workspace; returns its path there."""
-        src = Path(src).expanduser()
-        if not src.exists():
-            raise ValueError(f"cannot upload {str(src)!r}: no such file or folder")
-        target = self._inside(dest if dest is not None else src.name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, target, dirs_exist_ok=True)
-        else:
-            shutil.copy2(src, target)
-        if self._uid is not None:
-            _chown_tree(target, self._uid, self._uid) if target.is_dir() else os.chown(target, self._uid, self._uid)
-        return target
-
-    def download(self, relpath: str | os.PathLike, dest: str | os.PathLike) -> Path:
-        """Copy a file or folder out of the workspace to `dest` on the host."""
-        src = self._inside(relpath)
-        if not src.exists():
-            raise ValueError(f"{str(relpath)!r} does not exist in the workspace")
-        dest = Path(dest).expanduser()
-        if src.is_dir():
-            shutil.copytree(src, dest, dirs_exist_ok=True, symlinks=True)
-        else:
-            if dest.is_dir():
-                dest = dest / src.name
-            shutil.copyfile(src, dest, follow_symlinks=False)
-        return dest
-
-    def files(self) -> list[str]:
-        """Workspace files, relative paths."""
-        return sorted(str(p.relative_to(self.workspace)) for p in self.workspace.rglob("*") if p.is_file())

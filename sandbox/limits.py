@@ -29,6 +29,9 @@ class Limits(BaseModel):
     cpu_seconds: int | None = Field(default=None, gt=0)
     tmp_mb: int = Field(default=1024, gt=0, description="size of the private /tmp")
     output_chars: int = Field(default=20_000, gt=200, description="per stream, head and tail kept")
+    # Kernel(disk_mb=-1), the default, sets it to what the workspace holds + a quarter of the free
+    # space (at most 50 GiB more): see sandbox/quota.py. None: no quota.
+    disk_mb: int | None = Field(default=None, gt=0, description="most the workspace folder may hold")
 
 
 def user_task_count(uid: int) -> int:

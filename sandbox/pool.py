@@ -17,8 +17,8 @@ class KernelPool:
     """
 
     def __init__(self, size: int = 1, **kernel_options: Any):
-        if size < 0:
-            raise ValueError(f"size must be >= 0, got {size}")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ValueError(f"size must be a whole number >= 0, got {size!r}")
         kernel_options.pop("workspace", None)  # each pooled kernel gets its own
         self.size, self.options = size, kernel_options
         self._ready: list[Kernel] = []

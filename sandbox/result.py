@@ -13,7 +13,10 @@ class RichOutput(BaseModel):
     """A display or result other than plain text: images as files, HTML/Markdown as text."""
 
     mime: str
-    path: str | None = None  # images: the file in the workspace's outputs folder
+    path: str | None = None  # images: the file the host wrote in the workspace's outputs folder
+    # images: base64 of the image's bytes (SVG: of its UTF-8 text). Use this, not `path`, to show
+    # or export an image: the sandbox can replace the file at `path` (with a link to a host file).
+    data: str | None = None
     text: str | None = None  # HTML, Markdown, LaTeX, JSON
 
 

@@ -36,13 +36,72 @@ def test_budget_is_never_overshot_by_more_than_the_drift():
 
 def test_money_budget_clips_by_price():
     price = pricing.lookup("gpt-4o")  # $2.50 in, $10 out per 1M
-    t = BudgetTracker(budget=Budget(max_usd=0.01))
+    t = BudgetTracker(budget=Budget(max_usd=0.01), price=price, model="gpt-4o")
     # 2,000 prompt tokens cost $0.005; $0.005 left buys 500 output tokens
-    assert t.check(2000, 4096, price) == 500
+    assert t.check(2000, 4096) == 500
     t.record(Usage(prompt_tokens=2000, completion_tokens=500, cost_usd=0.01))
     with pytest.raises(BudgetExceeded, match=r"money budget.*only \$0.0000 of \$0.01 remain"):
-        t.check(10, 100, price)
-    assert BudgetTracker(budget=Budget(max_usd=0.01)).check(10**6, 100, pricing.lookup("hf:smollm2")) == 100
+        t.check(10, 100)
+    # a local model costs nothing: any max_usd holds
+    free = BudgetTracker(budget=Budget(max_usd=0.01), price=pricing.lookup("hf:smollm2"), model="hf:smollm2")
+    assert free.check(10**6, 100) == 100
+
+
+def test_money_budget_needs_a_price(tmp_path, monkeypatch):
+    """max_usd for a model without a price was silently unenforced: now it is refused at once,
+    with the way to give a price, whether set at the start, by a switch of model, or later."""
+    monkeypatch.setenv("KERNELCHAT_PRICES", str(tmp_path / "prices.json"))
+    with pytest.raises(ValueError, match=r"max_usd needs the price of 'my-llama'.*prices.json.*"
+                                         r'"my-llama": \{"input": USD, "output": USD\}.*or drop max_usd'):
+        BudgetTracker(budget=Budget(max_usd=1), price=None, model="my-llama")
+    t = BudgetTracker(budget=Budget(max_usd=1), price=pricing.lookup("gpt-4o"), model="gpt-4o")
+    with pytest.raises(ValueError, match="max_usd needs the price of 'my-llama'"):
+        t.set_model("my-llama", pricing.lookup("my-llama"))
+    assert t.price == pricing.lookup("gpt-4o")  # refused: nothing changed
+    t.budget = Budget(max_tokens=100)  # no money limit: any model will do
+    t.set_model("my-llama", None)
+    with pytest.raises(ValueError, match="max_usd needs the price"):
+        t.budget = Budget(max_usd=0.5)
+    assert t.budget.max_usd is None
+    # the user's price file is the way out; a model file on this machine costs nothing
+    (tmp_path / "prices.json").write_text(json.dumps({"models": {"my-llama": {"input": 0.1, "output": 0.2}}}))
+    BudgetTracker(budget=Budget(max_usd=1), price=pricing.lookup("my-llama"), model="my-llama")
+    assert pricing.lookup(str(tmp_path)) == pricing.lookup("x.gguf") == pricing.Price()
+
+
+def test_chat_refuses_max_usd_for_a_model_without_a_price(tmp_path, monkeypatch, capsys):
+    from agent import Chat
+    from agent.backends.openai_backend import OpenAIBackend
+    from agent.backends.scripted import ScriptedBackend
+
+    monkeypatch.setenv("KERNELCHAT_PRICES", str(tmp_path / "prices.json"))
+    unpriced = OpenAIBackend("my-llama", base_url="http://127.0.0.1:9/v1")  # never contacted
+    with pytest.raises(ValueError, match="max_usd needs the price of 'my-llama'"):
+        Chat(backend=unpriced, budget=Budget(max_usd=0.5), workspace=tmp_path)
+    with Chat(backend=ScriptedBackend([], model="gpt-4o-mini"), budget=Budget(max_usd=0.5),
+              workspace=tmp_path) as chat:
+        with pytest.raises(ValueError, match="max_usd needs the price of 'my-llama'"):
+            chat.use_backend(unpriced)
+        assert chat.model == "gpt-4o-mini" and chat.price == pricing.lookup("gpt-4o-mini")  # unchanged
+        with Chat(backend=unpriced, workspace=tmp_path) as free_run:  # no money limit: fine
+            assert free_run.price is None
+    assert main(["--model", "my-llama", "--base-url", "http://127.0.0.1:9/v1", "--max-usd", "1", "--no-save",
+                 "hi"]) == 2  # one line, before anything is sent
+    assert "max_usd needs the price of 'my-llama'" in capsys.readouterr().err
+
+
+def test_usage_over_what_was_asked_is_counted_and_then_stops():
+    """A server billed 5,000 completion tokens for a request capped at 100: counted as billed, and the
+    next check refuses cleanly (no negative clip, no crash)."""
+    t = BudgetTracker(budget=Budget(max_tokens=1000))
+    assert t.check(100, 100) == 100
+    t.record(Usage(prompt_tokens=100, completion_tokens=5000))
+    with pytest.raises(BudgetExceeded, match=r"only 0 of 1,000 remain \(5,100 spent\)"):
+        t.check(10, 100)
+    with pytest.raises(ValidationError):
+        Usage(prompt_tokens=-1)
+    with pytest.raises(ValidationError):
+        Usage(cost_usd=float("nan"))
 
 
 def test_steps_and_seconds(monkeypatch):
@@ -84,10 +143,25 @@ def test_fit_context_elides_oldest_tool_outputs_first():
     assert [m.content.startswith("[elided") for m in tight if m.role == "tool"] == [True, True, True, False]
 
 
+def test_fit_context_elides_the_newest_output_when_nothing_else_fits():
+    """One huge output (a 2 MB last expression) must not fail this turn and every later one."""
+    count = lambda ms: tokens.count_messages(ms, "gpt-4o")  # noqa: E731
+    msgs = [system("You run Python."), user("Show it.")]
+    call = ToolCall(id="c0", name="python", arguments='{"code": "s"}')
+    msgs += [assistant(None, [call]), tool_result("c0", "word " * 20_000)]
+    fitted = fit_context(msgs, count, 2000, reserve=500)
+    assert fitted[-1].content == elision_marker(100_000, newest=True) and "print less" in fitted[-1].content
+    assert fitted[-1].tool_call_id == "c0" and count(fitted) <= 1500
+    older = msgs[:2] + [assistant(None, [ToolCall(id="o", name="python", arguments="{}")]),
+                        tool_result("o", "old " * 600)] + msgs[2:4] + [tool_result("c0", "small output")]
+    kept = fit_context(older, count, count(older) - 100)
+    assert kept[3].content.startswith("[elided: 2,400 characters of old") and kept[-1].content == "small output"
+
+
 def test_fit_context_refuses_clearly():
     count = lambda ms: tokens.count_messages(ms, "gpt-4o")  # noqa: E731
-    msgs = _convo(2, 500)
-    with pytest.raises(ContextOverflow, match=r"even with old tool outputs elided.*context window leaves 1,500"):
+    msgs = _convo(2, 500) + [user("and now this: " + "long prompt " * 1000)]  # no tool output to elide
+    with pytest.raises(ContextOverflow, match=r"even with every tool output elided.*context window leaves 1,500"):
         fit_context(msgs, count, 2000, reserve=500)
 
 

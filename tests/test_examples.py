@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from agent.messages import Usage
-from agent.runner import has_gpu, run_check
+from agent.runner import run_check
 from agent.tasks import load_task, load_tasks
 from sandbox import Kernel
 
@@ -34,7 +34,7 @@ def run_solution(name: str, tmp_path: Path) -> tuple[list, float, object]:
     task = load_task(EXAMPLES / f"{name}.toml")
     ws = tmp_path / "ws"
     ws.mkdir()
-    with Kernel(workspace=ws, timeout=task.sandbox.timeout, gpu=has_gpu(),
+    with Kernel(workspace=ws, timeout=task.sandbox.timeout, gpu="auto",
                 memory_mb=task.sandbox.memory_mb or -1) as k:
         for src in task.source_files():
             k.upload(src)

@@ -209,7 +209,7 @@ def test_gpu_flag_binds_devices_and_passes_visible_devices(tmp_path, monkeypatch
     spec = iso.build_launch(["python"], isolation="bwrap", workspace=tmp_path, runtime_dir=rt, network=False,
                             gpu=True, env=None, limits=iso.Limits(), sandbox_uid=iso.pick_sandbox_uid())
     argv = " ".join(spec.argv)
-    assert "--setenv CUDA_VISIBLE_DEVICES 0" in argv
+    assert spec.env["CUDA_VISIBLE_DEVICES"] == "0"  # passed in the environment, never in argv
     for dev in iso.gpu_devices():
         assert f"--dev-bind {dev} {dev}" in argv
     if spec.cgroup:

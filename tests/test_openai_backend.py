@@ -101,6 +101,13 @@ def test_retry_after_parsing():
     in_5s = formatdate(time.time() + 5, usegmt=True)
     assert 3.5 < retry_after_seconds({"retry-after": in_5s}) <= 5.0
     assert retry_after_seconds({}) is None
+    # nonsense gives way to the usual backoff (None), never an exception out of the retry loop
+    for bad in ("-5", "nan", "inf", "-inf", "soon", "", formatdate(time.time() - 60, usegmt=True),
+                "Mon, 99 Foo 2024 99:99:99 GMT", "1e999"):
+        assert retry_after_seconds({"retry-after": bad}) is None, bad
+    assert retry_after_seconds({"retry-after-ms": "-200", "retry-after": "2"}) == 2.0
+    assert retry_after_seconds({"retry-after-ms": "nan"}) is None
+    assert retry_after_seconds({"retry-after": "1e9"}) == 1e9  # honoured only up to RETRY_AFTER_CAP
 
 
 # -- fault injection: a scripted HTTP server ------------------------------------------------------
@@ -215,6 +222,61 @@ def test_429_honours_retry_after_then_succeeds(fault_server):
     assert (u.prompt_tokens, u.completion_tokens, u.cached_tokens, u.reasoning_tokens) == (1000, 200, 400, 50)
     assert u.cost_usd == pytest.approx(cost_usd("gpt-4o", 1000, 200, 400))
     assert u.cost_usd == pytest.approx((600 * 2.5 + 400 * 1.25 + 200 * 10) / 1e6)
+
+
+def test_nonsense_retry_after_falls_back_to_the_backoff(fault_server):
+    past = formatdate(time.time() - 3600, usegmt=True)
+    srv = fault_server(*[error(429, "slow down", "rate_limit_exceeded", {"Retry-After": v})
+                         for v in ("-5", "nan", "soon", past)],
+                       completion({"role": "assistant", "content": "hi"}))
+    start = time.monotonic()
+    r = backend(srv.url).complete(CONVO)
+    assert r.message.content == "hi" and len(srv.requests) == 5
+    assert time.monotonic() - start < 3  # the 0.01 to 0.05 s backoff, not a wait the header made up
+
+
+def test_a_huge_retry_after_is_capped(fault_server, monkeypatch):
+    from agent.backends import openai_backend
+
+    monkeypatch.setattr(openai_backend, "RETRY_AFTER_CAP", 0.5)
+    srv = fault_server(error(429, "come back next year", "rate_limit_exceeded", {"Retry-After": "1e9"}),
+                       completion({"role": "assistant", "content": "hi"}))
+    start = time.monotonic()
+    assert backend(srv.url).complete(CONVO).message.content == "hi"
+    assert 0.5 <= time.monotonic() - start < 3
+
+
+@pytest.mark.parametrize("reported,expected", [
+    ({"prompt_tokens": -5, "completion_tokens": -1}, (0, 0)),
+    ({"prompt_tokens": "many", "completion_tokens": 2.5}, ("estimate", "own")),
+    ({"prompt_tokens": 10**30, "completion_tokens": True}, ("estimate", "own")),
+    ({"prompt_tokens": 12.0, "completion_tokens": 5000}, (12, 5000)),  # billed above max_tokens: as billed
+], ids=["negative", "not numbers", "absurd", "more than asked"])
+def test_usage_the_server_reports_is_sanitised(fault_server, caplog, reported, expected):
+    srv = fault_server(completion({"role": "assistant", "content": "Hello there"}, reported))
+    b = backend(srv.url)
+    u = b.complete(CONVO, max_tokens=10).usage
+    own = {"estimate": b.count_prompt_tokens(CONVO), "own": 2}  # our counts: the prompt, "Hello there"
+    assert (u.prompt_tokens, u.completion_tokens) == tuple(own.get(e, e) for e in expected)
+    assert u.cost_usd == pytest.approx(cost_usd("gpt-4o", u.prompt_tokens, u.completion_tokens))
+    if expected != (12, 5000):
+        assert "the server reported usage" in caplog.text
+
+
+def test_a_server_that_bills_more_than_asked_stops_the_token_budget_cleanly(fault_server, tmp_path):
+    from agent import Budget, BudgetExceeded, Chat
+    from agent.events import NoticeEvent
+
+    srv = fault_server(sse([chunk({"role": "assistant", "content": "hi"}, finish="stop",
+                                  usage={"prompt_tokens": 30, "completion_tokens": 5000, "total_tokens": 5030})]))
+    with Chat(backend=backend(srv.url), budget=Budget(max_tokens=1000), workspace=tmp_path) as chat:
+        events = list(chat.run("hello"))
+        assert events[-1].text == "hi"
+        assert any(isinstance(e, NoticeEvent) and "reported 5,000 completion tokens" in e.text for e in events)
+        assert srv.requests[0]["max_tokens"] < 1000
+        with pytest.raises(BudgetExceeded, match=r"token budget.*only 0 of 1,000 remain \(5,030 spent\)"):
+            chat("again")
+    assert len(srv.requests) == 1  # nothing more was sent
 
 
 def test_repeated_500s_give_up(fault_server):

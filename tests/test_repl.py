@@ -36,12 +36,14 @@ class Term:
                                                     "--workspace", str(ws), *flags],
                                    env=full_env, cwd=str(REPO), dimensions=(40, 120), encoding="utf-8")
         self.screen, self.pos = "", 0
+        self.raw = ""  # every character the chat wrote to the terminal, escapes and all
 
     def _pump(self, timeout: float) -> None:
         try:
             chunk = self.child.read_nonblocking(1 << 20, timeout=timeout)
         except pexpect.TIMEOUT:
             return
+        self.raw += chunk
         for _ in range(chunk.count("\x1b[6n")):
             self.child.send("\x1b[20;1R")
         self.screen += ANSI.sub("", chunk)
@@ -222,3 +224,37 @@ def test_session_commands(term, tmp_path):
     assert "use x" in md and "retried answer" in md
     saved = json.loads((tmp_path / "c.json").read_text())
     assert saved["system"] == "Answer in French."
+
+
+def test_no_control_sequence_of_the_model_or_kernel_reaches_the_terminal(term, tmp_path):
+    """Every family of escape, in the streamed answer, the cell's code, its live output, stdout,
+    stderr, result, traceback and file names, /files and /branches: shown, never obeyed."""
+    from test_terminal_safety import HOSTILE, raw_hits
+
+    cell = (f"# {HOSTILE}\nimport sys, time\nprint({HOSTILE!r}, flush=True)\ntime.sleep(1.5)\n"
+            f"print({HOSTILE!r}, file=sys.stderr)\nopen({('f-' + HOSTILE[:12])!r}, 'w').write('x')\n"
+            f"class R:\n    def __repr__(self):\n        return {HOSTILE!r}\nR()")
+    t = term([{"python": cell}, f"answer {HOSTILE} [docs](http://evil.example/)",
+              {"python": f"raise ValueError({HOSTILE!r})"}, f"second {HOSTILE}"])
+    t.line("go")
+    t.expect("answer ")
+    t.expect("In [2]: ")
+    t.line("again")
+    t.expect("ValueError")
+    t.expect("In [3]: ")
+    t.line("/files")
+    t.expect("f-␛]0;PWNED-TI")
+    t.line("/branches")
+    t.expect("second ␛]0;PWNED-TITLE")
+    assert t.close() == 0
+    assert "␛]0;PWNED-TITLE" in t.screen and "\\x9b?1049h" in t.screen  # shown...
+    assert not raw_hits(t.raw), raw_hits(t.raw)  # ...and not one sequence obeyed
+
+
+def test_a_chat_left_before_any_prompt_leaves_no_file(term, tmp_path):
+    t = term(["unused"])
+    t.expect("In [1]: ")
+    t.send(CTRL_D)
+    t.expect("nothing to save: no prompt was sent")
+    t.child.expect(pexpect.EOF, timeout=20)
+    assert not list((tmp_path / "data").rglob("*.json"))

@@ -4,6 +4,7 @@ Runner tests use the ScriptedBackend (deterministic, no model) with real sandbox
 replay test serves a cassette recorded with the embedded model, offline, with no model loaded."""
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -292,3 +293,123 @@ def test_model_that_cannot_load_is_setup_error_and_nothing_runs(tmp_path, capsys
 def test_record_and_replay_exclude_each_other(tmp_path):
     task = write(tmp_path, 'prompts = ["a"]\n')
     assert cli.main(["run", str(task), "--record", "a.json", "--replay", "b.json"]) == 2
+
+
+# -- hostile task files and hostile workspaces -----------------------------------------------------
+
+@pytest.mark.parametrize("name", ["../x", "/abs/x", "a/b", "a\\\\b", ".", "..", "", " ", ".hidden", "a\\u0000b",
+                                  "a\\u001b]0;t\\u0007", "x" * 101, "summary.json", "SUMMARY.md"])
+def test_a_task_name_is_a_plain_name(tmp_path, name):
+    p = write(tmp_path, f'name = "{name}"\nprompts = ["a"]\n')
+    with pytest.raises(TaskError) as e:
+        load_task(p)
+    assert str(e.value).startswith(f"{p}:1: name: "), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_a_name_from_the_file_name_is_checked_too(tmp_path):
+    p = write(tmp_path, 'prompts = ["a"]\n', ".hidden.toml")
+    with pytest.raises(TaskError, match=r"named after its file, '\.hidden'.*set name ="):
+        load_task(p)
+
+
+def test_a_bad_name_writes_nothing_outside_out(tmp_path, capsys):
+    p = write(tmp_path, 'name = "../escaped"\nprompts = ["a"]\n')
+    out = tmp_path / "runs" / "out"
+    assert cli.main(["run", str(p), "--out", str(out)]) == 2
+    assert "name: must be a plain name" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "escaped").exists()
+
+
+def test_suffixed_names_never_collide(tmp_path):
+    files = [write(tmp_path, f'name = "{n}"\nprompts = ["a"]\n', f"{i}.toml") for i, n in enumerate(["x", "x-2", "X"])]
+    assert [t.name for t in load_tasks(files)] == ["x", "x-2", "X-3"]
+
+
+@pytest.mark.parametrize("value", ["../outside", "/etc/passwd", "a/../../b"])
+def test_file_exists_must_stay_in_the_workspace(tmp_path, value):
+    p = write(tmp_path, f'prompts = ["a"]\n[[checks]]\nfile_exists = "{value}"\n')
+    with pytest.raises(TaskError, match=r":3: checks\[0\]\.file_exists: must be a path relative to the workspace"):
+        load_task(p)
+
+
+def test_invalid_utf8_names_the_file_and_line(tmp_path, capsys):
+    p = tmp_path / "latin1.toml"
+    p.write_bytes(b'prompts = ["a"]\nsystem = "caf\xe9"\n')
+    with pytest.raises(TaskError, match=rf"^{p}:2: not UTF-8 text \(byte 0xe9 at offset 29\)"):
+        load_task(p)
+    assert cli.main(["run", str(p), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{p}:2: not UTF-8" in err and "Traceback" not in err
+
+
+@pytest.mark.timeout(60)
+def test_a_catastrophic_pattern_fails_in_bounded_time(tmp_path):
+    text = ('prompts = ["a"]\n[[checks]]\nanswer_matches = "(a+)+$"\n'
+            '[[checks]]\nanswer_matches = "a{40}b"\n')
+    t0 = time.monotonic()
+    r, _ = run_scripted(tmp_path, text, ["a" * 40 + "b"])
+    assert time.monotonic() - t0 < 30
+    slow, fine = r.checks
+    assert not slow.passed and slow.detail == "the pattern took longer than 2 s"
+    assert fine.passed  # an ordinary pattern still works, in the same child-process way
+
+
+def test_ordinary_patterns_are_cheap_and_exact():
+    from agent.checks import regex_search
+
+    t0 = time.monotonic()
+    assert regex_search(r"\d+ is", "x 42 is it") and not regex_search("^is", "x is")
+    assert regex_search("CAFÉ", "café ✓", re.IGNORECASE) and regex_search("\u2603", "snow \u2603 \udcff")
+    assert time.monotonic() - t0 < 2  # four child processes: about 15-30 ms each here
+
+
+PLANT = """
+import os
+victim, victim_dir = {victim!r}, {victim_dir!r}
+os.remove('data.csv'); os.symlink(victim, 'data.csv')          # the next copy would write the host file
+os.remove('notes.txt'); os.mkfifo('notes.txt')                  # a copy onto a FIFO would block forever
+import shutil; shutil.rmtree('folder'); os.symlink(victim_dir, 'folder')  # a folder copy into a host folder
+os.symlink(victim, 'result.txt')                                # a link must not make file_exists pass
+os.symlink(victim_dir, 'linked')
+open('real.txt', 'w').write('x'); os.symlink(os.path.abspath('real.txt'), 'inner.txt')  # a link, even inside
+"""
+
+
+@pytest.mark.timeout(240)
+def test_rerun_into_a_planted_workspace_touches_no_host_file(tmp_path):
+    """Run 1's sandboxed code plants links and a FIFO at the names of the task's files; run 2 with the
+    same --out copies the files again: no host file changes, nothing blocks, no check passes by a link."""
+    victim, victim_dir = tmp_path / "victim.txt", tmp_path / "victim_dir"
+    victim.write_text("host secret\n")
+    victim_dir.mkdir()
+    (victim_dir / "keep.txt").write_text("host file\n")
+    (tmp_path / "notes.txt").write_text("notes\n")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "keep.txt").write_text("task file\n")
+    text = ('prompts = ["a"]\nfiles = ["data.csv", "notes.txt", "folder"]\n'
+            '[[checks]]\nfile_exists = "result.txt"\n[[checks]]\nfile_exists = "linked/keep.txt"\n'
+            '[[checks]]\nfile_exists = "folder/keep.txt"\n[[checks]]\nfile_exists = "inner.txt"\n')
+    code = PLANT.format(victim=str(victim), victim_dir=str(victim_dir))
+    r1, out = run_scripted(tmp_path, text, [python_call(code), "planted"], files=["data.csv"])
+    ws = out / "t" / "workspace"
+    assert (ws / "data.csv").is_symlink() and (ws / "linked").is_symlink(), r1  # the plant took
+    assert [c.passed for c in r1.checks] == [False, False, False, False], r1.checks  # links do not count
+    before = {p: p.read_bytes() for p in (victim, victim_dir / "keep.txt")}
+    t0 = time.monotonic()
+    r2, _ = run_scripted(tmp_path, text, [python_call("print(open('data.csv').read())"), "rerun"],
+                         files=["data.csv"])
+    assert time.monotonic() - t0 < 120
+    assert r2.error is None, r2
+    assert {p: p.read_bytes() for p in before} == before  # no host file written through a link
+    assert sorted(p.name for p in victim_dir.iterdir()) == ["keep.txt"]
+    assert (ws / "data.csv").read_text() == "a,b\n1,2\n" and not (ws / "data.csv").is_symlink()
+    assert (ws / "notes.txt").read_text() == "notes\n" and (ws / "folder" / "keep.txt").read_text() == "task file\n"
+    assert [c.passed for c in r2.checks] == [False, False, True, False]  # nor leftovers of run 1
+
+
+def test_a_files_entry_holding_the_report_folder_is_a_setup_error(tmp_path):
+    text = 'prompts = ["a"]\nfiles = ["."]\n'
+    task = parse_task(text, write(tmp_path, text))
+    r = run_tasks([task], tmp_path / "out", {task.name: ScriptedBackend(["hi"])}, show_progress=False)[0]
+    assert r.status == "error" and "holds the report folder" in r.error

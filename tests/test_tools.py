@@ -6,6 +6,7 @@ import pytest
 
 from tools.python_tool import SCHEMA, render, run_python
 from tools.schema import Tool
+from tools.text import MAX_MESSAGE_CHARS, clip
 
 
 def add(a: int, b: int = 2, note: str | None = None) -> int:
@@ -59,3 +60,27 @@ def test_python_tool_schema_and_rendering(shared_kernel):
     text, _ = run_python(shared_kernel, "x = 1")
     assert text == "[done, no output]"
     assert render(res).startswith("hello")
+
+
+def test_the_rendered_message_is_bounded_as_a_whole(shared_kernel):
+    """Each field is capped in the sandbox, but every field at its cap at once adds up."""
+    code = ("import sys\nfrom IPython.display import Markdown, display\n"
+            "for i in range(5): display(Markdown(str(i) * 19_000))\n"
+            "print('o' * 100_000); print('e' * 100_000, file=sys.stderr)\n'v' * 100_000 + 'END'")
+    text, res = run_python(shared_kernel, code)
+    fields = [res.stdout, res.stderr, res.result] + [o.text or "" for o in res.outputs]
+    assert sum(map(len, fields)) > 2 * MAX_MESSAGE_CHARS
+    assert len(text) <= MAX_MESSAGE_CHARS and "characters cut from the middle" in text
+    whole = render(res, max_chars=10**9)
+    assert text[:1000] == whole[:1000] and text[-1000:] == whole[-1000:]  # the head and the tail are kept
+    assert len(render(res, max_chars=1000)) <= 1000
+
+
+@pytest.mark.parametrize("size", [0, 10, 999, 1000, 1001, 5_000_000])
+def test_clip_keeps_head_and_tail_within_the_limit(size):
+    text = "h" + "z" * max(size - 2, 0) + "t" if size > 1 else "x" * size
+    out = clip(text, 1000)
+    assert len(out) <= 1000 and (out == text if size <= 1000 else out[0] == "h" and out[-1] == "t")
+    if size > 1000:
+        kept = out.count("z") + 2
+        assert f"[... {size - kept:,} characters cut" in out  # says exactly how much is gone

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from sandbox import ExecResult, Kernel
 
+from .text import MAX_MESSAGE_CHARS, clip
+
 DESCRIPTION = ("Run Python code in a persistent Jupyter kernel and get its output. State persists between "
                "calls: variables, imports and files are kept. The working directory is your workspace; "
                "print() what you need to see, and the value of the last expression is shown.")
@@ -24,8 +26,9 @@ def trim_traceback(tb: str) -> str:
     return "\n".join(["[... earlier traceback lines omitted ...]", *lines[-MAX_TRACEBACK_LINES:]])
 
 
-def render(res: ExecResult) -> str:
-    """An ExecResult as the tool message the model reads."""
+def render(res: ExecResult, max_chars: int = MAX_MESSAGE_CHARS) -> str:
+    """An ExecResult as the tool message the model reads, at most `max_chars` characters long
+    (the sandbox caps each field; their sum, with many displays, still needs a bound)."""
     parts: list[str] = []
     if res.stdout:
         parts.append(res.stdout.rstrip("\n"))
@@ -47,7 +50,7 @@ def render(res: ExecResult) -> str:
         parts.append(f"[{res.message}]")
     if not parts:
         parts.append("[done, no output]" if res.ok else f"[{res.status}]")
-    return "\n".join(parts)
+    return clip("\n".join(parts), max_chars)
 
 
 def run_python(kernel: Kernel, code: str, timeout: float | None = None, on_output=None) -> tuple[str, ExecResult]:

@@ -8,7 +8,10 @@ the caller as a BackendError carrying one sentence the user can act on.
 
 from __future__ import annotations
 
+import datetime
 import email.utils
+import logging
+import math
 import os
 import time
 from typing import Any, Iterator
@@ -25,6 +28,8 @@ OPENAI_URL = "https://api.openai.com/v1"
 NO_KEY_PLACEHOLDER = "not-needed"  # custom servers often take no key, but the SDK insists on one
 RETRY_AFTER_CAP = 60.0  # seconds: never sleep longer than this on a server's say-so
 DEFAULT_CONTEXT = 128_000
+MAX_REPORTED_TOKENS = 10**12  # a token count above this is a broken server, not a bill
+log = logging.getLogger("kernelchat.backend")
 
 
 def _is_openai(url: str) -> bool:
@@ -45,24 +50,37 @@ def _code(exc: openai.APIError) -> str | None:
     return getattr(exc, "code", None) or err.get("code")
 
 
+def _seconds(text: str, scale: float = 1.0) -> float | None:
+    """A finite, non-negative number of seconds, or None (`-5`, `nan`, `inf`, `soon`)."""
+    try:
+        value = float(text) * scale
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
 def retry_after_seconds(headers: Any) -> float | None:
-    """The server's requested delay: retry-after-ms, or Retry-After in seconds or as an HTTP date."""
+    """The server's requested delay: retry-after-ms, or Retry-After in seconds or as an HTTP date.
+    None when it gave none that makes sense (negative, not a number, a date in the past): the
+    caller's own backoff applies then."""
     if headers is None:
         return None
     ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return float(ms) / 1000
-        except ValueError:
-            pass
+    if ms and (delay := _seconds(ms, 1 / 1000)) is not None:
+        return delay
     value = headers.get("retry-after")
     if not value:
         return None
+    if (delay := _seconds(value)) is not None:
+        return delay
     try:
-        return float(value)
-    except ValueError:
-        when = email.utils.parsedate_to_datetime(value) if value else None
-        return max(0.0, when.timestamp() - time.time()) if when else None
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):  # not a date either: "soon"
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT; "-0000" parses naive
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    delay = when.timestamp() - time.time()
+    return delay if delay > 0 else None
 
 
 class _WaitRetryAfter:
@@ -208,15 +226,16 @@ class OpenAIBackend:
         return self._call(request)
 
     def _usage(self, raw: Any, estimate: int, message: Message, seconds: float) -> Usage:
-        if raw is None:  # server reported nothing: our own counts, so budgets still see the request
-            prompt = estimate
-            completion = tokens.count_text((message.content or "") + "".join(
-                c.name + c.arguments for c in message.tool_calls), self.api_model)
-            cached = reasoning = 0
-        else:
-            prompt, completion = raw.prompt_tokens or 0, raw.completion_tokens or 0
-            cached = getattr(getattr(raw, "prompt_tokens_details", None), "cached_tokens", None) or 0
-            reasoning = getattr(getattr(raw, "completion_tokens_details", None), "reasoning_tokens", None) or 0
+        """The server's usage, sanitised; our own counts where it reported none (so budgets still see
+        the request) or nonsense."""
+        own = tokens.count_text((message.content or "") + "".join(c.name + c.arguments for c in message.tool_calls),
+                                self.api_model)
+        prompt = _reported(getattr(raw, "prompt_tokens", None), "prompt_tokens", estimate)
+        completion = _reported(getattr(raw, "completion_tokens", None), "completion_tokens", own)
+        cached = _reported(getattr(getattr(raw, "prompt_tokens_details", None), "cached_tokens", None),
+                           "cached_tokens", 0)
+        reasoning = _reported(getattr(getattr(raw, "completion_tokens_details", None), "reasoning_tokens", None),
+                              "reasoning_tokens", 0)
         cost = pricing.cost_usd(self.model, prompt, completion, cached)  # 0 for unknown / local models
         return Usage(prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached,
                      reasoning_tokens=reasoning, cost_usd=cost, seconds=seconds, estimated_prompt_tokens=estimate)
@@ -249,6 +268,24 @@ class OpenAIBackend:
                 return BackendError(f"the server at {url} failed with HTTP {e.status_code}{tries}: {detail}")
             return BackendError(f"the server at {url} rejected the request (HTTP {e.status_code}): {detail}")
         return BackendError(f"the request to {url} failed: {detail}")
+
+
+def _reported(value: Any, field: str, fallback: int) -> int:
+    """A token count from the server's usage, made safe to add up: a whole number is taken as billed
+    (even above the max_tokens asked for: the budget's next check stops the run); a negative one is
+    0; anything else (a string, NaN, a fraction, an absurd size) gives way to `fallback`, our count."""
+    if value is None:
+        return fallback
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value > MAX_REPORTED_TOKENS:
+        log.warning("the server reported usage %s=%.40r, which is not a token count: using %d", field, value,
+                    fallback)
+        return fallback
+    if value < 0:
+        log.warning("the server reported usage %s=%d, a negative count: using 0", field, value)
+        return 0
+    return value
 
 
 def _detail(e: openai.APIError) -> str:

@@ -23,7 +23,7 @@ class ScriptedBackend:
 
     context_window = 128_000
 
-    def __init__(self, replies: list[Script], model: str = "scripted"):
+    def __init__(self, replies: list[Script], model: str = "local:scripted"):  # local: it costs nothing
         self.model = model
         self.replies = list(replies)
         self.requests: list[list[Message]] = []  # what the loop sent, for assertions

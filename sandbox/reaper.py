@@ -1,0 +1,101 @@
+"""The parent of an isolation="none" kernel (stdlib only, run by the host's interpreter):
+
+    python reaper.py HOST_PID KERNEL_ARGV...
+
+Without a PID namespace, a process that calls setsid() (or double-forks) leaves the kernel's
+process group and would outlive it. This launcher is a child subreaper: orphans of the kernel
+re-parent to it instead of to init, so when the kernel exits, or the host dies or asks us to
+stop (SIGTERM), everything below us is killed. Our exit status mirrors the kernel's.
+"""
+
+import ctypes
+import os
+import signal
+import sys
+import time
+
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
+
+
+class Stop(Exception):
+    pass
+
+
+def _stop(*_):
+    raise Stop
+
+
+def below_me():
+    """Every process below this one (each thread lists the children it forked)."""
+    out, todo = [], [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                    kids = [int(c) for c in f.read().split()]
+            except OSError:
+                continue
+            out += kids
+            todo += kids
+    return out
+
+
+def kill_all():
+    for _ in range(200):
+        pids = below_me()
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        while True:  # reap what died (orphans are ours to reap)
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                pid = 0
+            if not pid:
+                break
+        if not pids:
+            return
+        time.sleep(0.01)
+
+
+def main():
+    host_pid, argv = int(sys.argv[1]), sys.argv[2:]
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != host_pid:  # the host died before the line above
+        return 1
+    os.environ["JPY_PARENT_PID"] = str(os.getpid())  # the kernel exits if we die
+    code = None
+    try:
+        kernel = os.posix_spawn(argv[0], argv, os.environ)
+        while True:
+            pid, status = os.wait()
+            if pid == kernel:
+                code = status
+                break
+    except (Stop, ChildProcessError):
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        kill_all()
+    if code is None:
+        return 1
+    if os.WIFSIGNALED(code):  # die the same way, so the host can say why
+        sig = os.WTERMSIG(code)
+        signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+    return os.waitstatus_to_exitcode(code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
