@@ -12,14 +12,18 @@ from sandbox import Kernel
 from tools.python_tool import SCHEMA as PYTHON_SCHEMA
 from tools.schema import Tool, as_tool
 
-from . import pricing, shots, store
-from .backends import get_backend
-from .budget import Budget, BudgetTracker
-from .events import AnswerEvent, Event, NoticeEvent
-from .loop import COMPLETION_ALLOWANCE, run_turn, user_message
-from .messages import Message, Usage
-from .prompts import DEFAULT_SYSTEM, SMALL_MODEL_SYSTEM
-from .tree import Branch, Node, Tree
+from agent.models import pricing
+
+from agent.smallmodel import shots
+
+from agent.core import store
+from agent.models import get_backend
+from agent.core.budget import Budget, BudgetTracker
+from agent.core.events import AnswerEvent, Event, NoticeEvent
+from agent.core.loop import COMPLETION_ALLOWANCE, run_turn, user_message
+from agent.core.messages import Message, Usage
+from agent.core.prompts import DEFAULT_SYSTEM, SMALL_MODEL_SYSTEM
+from agent.core.tree import Branch, Node, Tree
 
 Sync = Literal["replay", "keep", "reset"]
 EXAMPLE_BONUS = 2.0  # best of 0 to 5 on bench/small_model_accuracy.py: see the README's performance section

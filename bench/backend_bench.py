@@ -4,7 +4,7 @@
 
 Prints: load times (cold GGUF conversion into a temp cache, cached load), prompt and generated
 tokens/s for each path, a growing multi-turn conversation with and without KV-cache reuse, and
-tiktoken counting throughput (when agent.tokens exists).
+tiktoken counting throughput (when agent.models.tokens exists).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from agent import embedded  # noqa: E402
-from agent.backends.local import LocalBackend  # noqa: E402
-from agent.messages import Message, user  # noqa: E402
+from agent.models.local import LocalBackend  # noqa: E402
+from agent.core.messages import Message, user  # noqa: E402
 
 console = Console()
 PROMPT = ("You are reviewing a small data-analysis project. The project loads a CSV of passengers, cleans "
@@ -253,7 +253,7 @@ def main() -> None:
     console.print(f"speedup from KV reuse in the loop: [bold]{a_fresh / a_reuse:.2f}x[/]")
 
     try:
-        tokens = importlib.import_module("agent.tokens")
+        tokens = importlib.import_module("agent.models.tokens")
         tps = tokens.counting_throughput("gpt-4o")
         console.print(f"tiktoken (o200k) counting: {tps / 1e6:.2f} M tokens/s")
     except (ImportError, AttributeError) as e:

@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent import Chat  # noqa: E402
-from agent.backends import get_backend  # noqa: E402
+from agent.models import get_backend  # noqa: E402
 
 QUESTIONS: list[tuple[str, str]] = [
     ("What is 2**100?", "1267650600228229401496703205376"),

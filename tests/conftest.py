@@ -55,7 +55,7 @@ def _wait_until_ready(proc, request, log: _Path, name: str, seconds: float) -> N
 @pytest.fixture(scope="session")
 def openai_server(tmp_path_factory):
     """Base URL (…/v1) of `transformers serve` running the converted embedded model, once per session."""
-    from agent.embedded import embedded_model_dir
+    from agent.models.embedded import embedded_model_dir
 
     folder = embedded_model_dir(progress=False)
     exe = _shutil.which("transformers", path=str(_Path(_sys.executable).parent)) or _shutil.which("transformers")
@@ -83,7 +83,7 @@ def openai_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def local_backend():
     """The embedded SmolLM2 loaded once per test session (converted on first use, ~30 s, then cached)."""
-    from agent.backends.local import LocalBackend
+    from agent.models.local import LocalBackend
 
     return LocalBackend("hf:smollm2", progress=False)
 

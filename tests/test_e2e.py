@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent import Chat
-from agent.prompts import SMALL_MODEL_SYSTEM
+from agent.core.prompts import SMALL_MODEL_SYSTEM
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent / "kernelchat"

@@ -10,9 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from agent.messages import Usage
-from agent.runner import run_check
-from agent.tasks import load_task, load_tasks
+from agent.core.messages import Usage
+from agent.frontends.runner import run_check
+from agent.frontends.tasks import load_task, load_tasks
 from sandbox import Kernel
 
 ROOT = Path(__file__).parent.parent

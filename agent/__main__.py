@@ -1,0 +1,5 @@
+"""`python -m agent`: the same as the `kernelchat` command."""
+
+from agent.frontends.cli import main
+
+raise SystemExit(main())

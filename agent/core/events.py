@@ -1,0 +1,61 @@
+"""One event stream for every front end (CLI, terminal chat, task runner, Python API)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from agent.core.messages import Usage
+
+
+class TextEvent(BaseModel):
+    kind: Literal["text"] = "text"
+    text: str  # a delta of the assistant's text as it streams
+
+
+class ToolCallEvent(BaseModel):
+    kind: Literal["tool_call"] = "tool_call"
+    id: str
+    name: str
+    code: str | None = None  # the python tool's cell, before it runs
+    arguments: str = ""
+
+
+class ToolOutputEvent(BaseModel):
+    kind: Literal["tool_output"] = "tool_output"
+    id: str
+    stream: str  # stdout | stderr | result | display | error
+    text: str
+
+
+class ToolResultEvent(BaseModel):
+    kind: Literal["tool_result"] = "tool_result"
+    id: str
+    name: str
+    status: str  # ok | error | timeout | died | rejected | invalid
+    output: str  # what the model is shown
+    code: str | None = None
+    images: list[str] = Field(default_factory=list)
+    duration: float = 0.0
+    value: str | None = None  # small-model mode: the short value the code printed, taken as the answer
+
+
+class UsageEvent(BaseModel):
+    kind: Literal["usage"] = "usage"
+    usage: Usage  # this request
+    total: Usage  # the conversation so far
+
+
+class NoticeEvent(BaseModel):
+    kind: Literal["notice"] = "notice"
+    text: str  # budget stops, kernel replays, state kept or reset
+
+
+class AnswerEvent(BaseModel):
+    kind: Literal["answer"] = "answer"
+    text: str
+    steps: int
+
+
+Event = TextEvent | ToolCallEvent | ToolOutputEvent | ToolResultEvent | UsageEvent | NoticeEvent | AnswerEvent

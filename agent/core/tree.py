@@ -1,0 +1,212 @@
+"""A conversation as a tree of messages. Editing a prompt opens a sibling branch instead of
+piling on turns; every branch stays reachable."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from pathlib import PurePath
+
+from pydantic import BaseModel, Field, model_validator
+
+from sandbox import ExecResult
+
+from agent.core.messages import Message, Usage, tool_result
+
+INTERRUPTED = ("[interrupted: this call did not finish (kernelchat stopped or failed while it ran), so its "
+               "result is lost; anything it changed in the kernel may be missing]")
+
+
+class Figure(BaseModel):
+    """An image a cell displayed, kept in the conversation itself: exports inline these bytes and
+    never read a workspace path back (the sandboxed code could have swapped the file for a link)."""
+
+    mime: str = Field(pattern=r"^image/[a-z0-9.+-]+$")
+    data: str = Field(pattern=r"^[A-Za-z0-9+/]*={0,2}$", description="base64 of the image (SVG: of its UTF-8)")
+    name: str = ""  # the file it was saved under in the workspace's outputs folder, for display
+
+
+def figures_of(res: ExecResult) -> list[Figure]:
+    """The images of an execution, with their bytes."""
+    return [Figure(mime=o.mime, data=o.data, name=PurePath(o.path).name if o.path else "")
+            for o in res.outputs if o.data is not None and o.mime.startswith("image/")]
+
+
+class CellRecord(BaseModel):
+    """A python tool call as it ran: enough to replay it and to show it."""
+
+    code: str
+    status: str
+    output: str  # the rendering the model saw
+    images: list[str] = Field(default_factory=list)  # where they were saved: shown, never read back
+    figures: list[Figure] = Field(default_factory=list)  # the images themselves (older files: none)
+    duration: float = 0.0
+    executed: bool = True  # False when rejected by the approval hook
+
+
+class Node(BaseModel):
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex[:10])
+    parent: str | None = None
+    message: Message
+    usage: Usage | None = None  # for assistant messages: the request that produced it
+    cell: CellRecord | None = None  # for tool messages of the python tool
+    created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+class Branch(BaseModel):
+    """A leaf and how to recognise it."""
+
+    id: str
+    active: bool
+    depth: int
+    prompts: list[str]  # the user prompts on its path
+    last: str  # a preview of its last message
+
+
+class Tree(BaseModel):
+    nodes: dict[str, Node] = Field(default_factory=dict)
+    root: str | None = None
+    leaf: str | None = None  # the active branch ends here
+
+    def add(self, message: Message, parent: str | None = "leaf", **meta) -> Node:
+        """Append under `parent` (default: the active leaf) and make it the active leaf."""
+        parent_id = self.leaf if parent == "leaf" else parent
+        node = Node(parent=parent_id, message=message, **meta)
+        if parent_id is None:
+            if self.root is not None:
+                raise ValueError("the tree already has a root")
+            self.root = node.id
+        elif parent_id not in self.nodes:
+            raise ValueError(f"no message with id {parent_id!r}")
+        self.nodes[node.id] = node
+        self.leaf = node.id
+        return node
+
+    @model_validator(mode="after")
+    def _sound(self) -> "Tree":
+        """One root, every parent present, no cycle, an existing leaf: else ValueError saying where."""
+        for key, node in self.nodes.items():
+            if node.id != key:
+                raise ValueError(f"message {_short(node.id)} is stored under the id {_short(key)}")
+            if node.parent is not None and node.parent not in self.nodes:
+                raise ValueError(f"message {_short(key)} has the parent {_short(node.parent)}, which is not there")
+        roots = [k for k, n in self.nodes.items() if n.parent is None]
+        if self.nodes and roots != [self.root]:
+            raise ValueError(f"the root is {_short(self.root)} but the messages without a parent are "
+                             f"{', '.join(map(_short, roots[:3])) or 'none'}")
+        if not self.nodes and (self.root or self.leaf):
+            raise ValueError("root or leaf set on a tree without messages")
+        if self.nodes and self.leaf not in self.nodes:
+            raise ValueError(f"the active message {_short(self.leaf)} is not there")
+        reaches_root: set[str] = set()
+        for key in self.nodes:  # each walk stops at a node already known to reach the root: O(n) in all
+            seen: list[str] = []
+            cur: str | None = key
+            while cur is not None and cur not in reaches_root:
+                if len(seen) > len(self.nodes):
+                    raise ValueError(f"the parents of message {_short(key)} form a cycle")
+                seen.append(cur)
+                cur = self.nodes[cur].parent
+            reaches_root.update(seen)
+        return self
+
+    def path(self, leaf: str | None = None) -> list[Node]:
+        """Root to `leaf` (default: the active leaf)."""
+        out, cur = [], self.leaf if leaf is None else leaf
+        while cur is not None:
+            node = self.nodes[cur]
+            out.append(node)
+            if len(out) > len(self.nodes):
+                raise ValueError(f"the parents of message {_short(node.id)} form a cycle")
+            cur = node.parent
+        return out[::-1]
+
+    def repair_interrupted(self) -> int:
+        """Answer every tool call that has no result (kernelchat was killed, or failed, while it ran)
+        with one that says so, so that a server accepts the conversation; return how many were added.
+
+        The results go right after the call (or after the results it did get), before whatever
+        followed it, so every branch through the call is mended."""
+        kids: dict[str | None, list[Node]] = {}
+        for n in self.nodes.values():
+            kids.setdefault(n.parent, []).append(n)
+        added = 0
+        for node in list(self.nodes.values()):
+            pending = list(node.message.tool_calls) if node.message.role == "assistant" else []
+            cur = node
+            while pending:
+                ids = {p.id for p in pending}
+                answer = next((c for c in kids.get(cur.id, []) if c.message.role == "tool"
+                               and c.message.tool_call_id in ids), None)
+                if answer is None:
+                    break
+                pending = [p for p in pending if p.id != answer.message.tool_call_id]
+                cur = answer
+            if not pending:
+                continue
+            after = kids.pop(cur.id, [])
+            for call in pending:
+                new = Node(parent=cur.id, message=tool_result(call.id, INTERRUPTED, name=call.name))
+                self.nodes[new.id], kids[cur.id] = new, [new]
+                if self.leaf == cur.id:
+                    self.leaf = new.id
+                cur, added = new, added + 1
+            for child in after:
+                child.parent = cur.id
+            kids[cur.id] = after
+        return added
+
+    def messages(self, leaf: str | None = None) -> list[Message]:
+        return [n.message for n in self.path(leaf)]
+
+    def children(self, node_id: str | None) -> list[Node]:
+        return [n for n in self.nodes.values() if n.parent == node_id]
+
+    def user_nodes(self, leaf: str | None = None) -> list[Node]:
+        return [n for n in self.path(leaf) if n.message.role == "user"]
+
+    def user_node(self, i: int) -> Node:
+        users = self.user_nodes()
+        if not users:
+            raise ValueError("there is no prompt to edit yet")
+        if not -len(users) <= i < len(users):
+            raise ValueError(f"prompt {i} does not exist: this branch has prompts 0 to {len(users) - 1}")
+        return users[i]
+
+    def leaves(self) -> list[Node]:
+        parents = {n.parent for n in self.nodes.values()}
+        return [n for n in self.nodes.values() if n.id not in parents]
+
+    def branches(self) -> list[Branch]:
+        """Every leaf, oldest first; after an undo the active point is listed too."""
+        ends = sorted(self.leaves(), key=lambda n: n.created)
+        if self.leaf is not None and all(n.id != self.leaf for n in ends):
+            ends.append(self.nodes[self.leaf])
+        out = []
+        for end in ends:
+            path = self.path(end.id)
+            last = end.message.content or (f"[{len(end.message.tool_calls)} tool call(s)]"
+                                           if end.message.tool_calls else "")
+            out.append(Branch(id=end.id, active=end.id == self.leaf, depth=len(path),
+                              prompts=[n.message.content or "" for n in path if n.message.role == "user"],
+                              last=last[:80]))
+        return out
+
+    def switch(self, node_id: str) -> None:
+        """Make `node_id` (a leaf or any message) the end of the active branch."""
+        if node_id not in self.nodes:
+            matches = [i for i in self.nodes if i.startswith(node_id)]
+            if len(matches) != 1:
+                raise ValueError(f"no single branch matches {node_id!r}; see branches()")
+            node_id = matches[0]
+        self.leaf = node_id
+
+    def cells(self, leaf: str | None = None) -> list[Node]:
+        """The executed python cells on a path, in order: what the kernel's state is made of."""
+        return [n for n in self.path(leaf) if n.cell is not None and n.cell.executed]
+
+
+def _short(node_id: object) -> str:
+    """An id as an error message shows it: quoted, and cut if a hostile file made it long."""
+    text = repr(node_id)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -1,0 +1,390 @@
+"""`kernelchat run TASK.toml ...`: run task files, check the outcomes, write a report folder.
+
+Each task gets its own workspace (inside the report folder) and kernel. Per task the folder holds
+transcript.json, transcript.md, report.html (plots inline) and usage.json; beside them summary.json
+and summary.md. Exit code: 0 all passed, 1 some failed, 2 invalid input or setup error.
+
+The workspace (OUT/TASK/workspace) is the only part of the report folder the sandbox can write: bwrap
+binds just that folder (and its runtime folder) into the kernel, and `/` is read-only there, so the
+reports beside it are the host's alone. A rerun with the same --out empties the workspace first
+(the last run's code may have left links and FIFOs at the names of the task's files, and leftovers
+would pass `file_exists` checks); the task's files are then copied in through sandbox.safefs.
+With isolation="none" the kernel runs as this user and can write anywhere this user can.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from pydantic import BaseModel, Field
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from agent.core import store
+from agent.core.budget import BudgetExceeded
+from agent.models.cassette import Cassette, CassetteError, RecordingBackend, ReplayBackend
+from agent.frontends.checks import CheckResult, run_check
+from agent.core.events import AnswerEvent, Event, ToolCallEvent, UsageEvent
+from agent.frontends.render import safe_line, safe_text
+from agent.frontends.tasks import Task, TaskError, load_tasks
+
+Status = Literal["passed", "failed", "error"]
+BackendFactory = Callable[[Task, Path], Any]
+
+
+class TaskResult(BaseModel):
+    task: str
+    file: str | None = None
+    status: Status
+    answers: list[str] = Field(default_factory=list)
+    checks: list[CheckResult] = Field(default_factory=list)
+    steps: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    seconds: float = 0.0
+    model: str | None = None
+    error: str | None = None
+    report: str | None = None
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class SetupError(RuntimeError):
+    """A task could not be set up (model, cassette, kernel): exit code 2."""
+
+
+# -- one task ------------------------------------------------------------------------------------
+
+class _Bar:
+    """A task's line in the live progress display (or nothing)."""
+
+    def __init__(self, progress: Progress | None, task: Task):
+        # The description is markup (the status colours): a name like "a[/b]" must be escaped.
+        self.progress, self.name, self.n = progress, escape(safe_line(task.name)), len(task.prompts)
+        self.id = progress.add_task(self.name, total=self.n + 1, start=False) if progress else None
+
+    def update(self, text: str, advance: int = 0) -> None:
+        if self.progress is not None:
+            self.progress.start_task(self.id)
+            self.progress.update(self.id, description=f"{self.name}: {text}", advance=advance)
+
+
+def _fresh_workspace(workspace: Path) -> None:
+    """An empty workspace for this run. A rerun with the same --out finds the last run's files there,
+    written by sandboxed code (links, FIFOs, anything): they would make `file_exists` checks pass,
+    so they go (rmtree works on folder descriptors here: it follows no link, `avoids_symlink_attacks`)."""
+    if workspace.is_symlink() or (workspace.exists() and not workspace.is_dir()):
+        workspace.unlink()
+    elif workspace.exists():
+        shutil.rmtree(workspace)
+    workspace.mkdir(parents=True)
+
+
+def _copy_files(task: Task, workspace: Path) -> None:
+    """The task's files into the workspace, each under its own name, through safefs: nothing on the
+    workspace side is followed."""
+    from sandbox import safefs
+
+    for src in task.source_files():
+        if workspace.resolve().is_relative_to(src):  # files = ["."] with --out inside that folder
+            raise ValueError(f"the task's files entry {str(src)!r} holds the report folder; copy a narrower folder")
+        safefs.copy_in(src, workspace, src.name)
+
+
+def run_task(task: Task, folder: Path, backend: Any, progress: Progress | None = None,
+             kernel_options: dict[str, Any] | None = None) -> TaskResult:
+    """Run one task with its own workspace and kernel; write its transcript and report to `folder`."""
+    from agent.chat import Chat
+
+    t0 = time.monotonic()
+    bar = _Bar(progress, task)
+    workspace = folder / "workspace"
+    sb = task.sandbox
+    result = TaskResult(task=task.name, file=str(task.path) if task.path else None, status="failed",
+                        report=str(folder), model=getattr(backend, "model", None))
+    bar.update("starting the kernel")
+    try:
+        _fresh_workspace(workspace)
+        _copy_files(task, workspace)
+        sandbox = dict(workspace=workspace, isolation=sb.isolation, network=sb.network,
+                       gpu=sb.gpu, timeout=sb.timeout,  # "auto": the Kernel looks for a GPU
+                       memory_mb=sb.memory_mb if sb.memory_mb is not None else -1,
+                       disk_mb=sb.disk_mb if sb.disk_mb is not None else -1)
+        sandbox.update(kernel_options or {})  # --gateway: every task's kernel on the gateway
+        chat = Chat(backend=backend, system=task.system, budget=task.budget.budget(), max_steps=task.max_steps,
+                    temperature=task.temperature, progress=False, **sandbox)
+    except Exception as e:  # noqa: BLE001 - reported per task
+        result.status, result.error = "error", f"setup: {type(e).__name__}: {e}"
+        result.seconds = time.monotonic() - t0
+        bar.update("[red]setup error[/]", advance=bar.n + 1)
+        return result
+    try:
+        chat.kernel()  # started now: a sandbox that cannot start is a setup error, not a failed task
+    except Exception as e:  # noqa: BLE001
+        chat.close()
+        result.status, result.error = "error", f"setup: the kernel did not start: {type(e).__name__}: {e}"
+        result.seconds = time.monotonic() - t0
+        bar.update("[red]setup error[/]", advance=bar.n + 1)
+        return result
+    with chat:
+        chat.save(folder / "transcript.json")
+        answer = ""
+        try:
+            for i, prompt in enumerate(task.prompts, 1):
+                step = 0
+                bar.update(f"prompt {i}/{bar.n}")
+                for ev in chat.run(prompt):
+                    step = _on_event(ev, bar, i, step)
+                    if isinstance(ev, AnswerEvent):
+                        answer = ev.text
+                result.answers.append(answer)
+                bar.update(f"prompt {i}/{bar.n} answered", advance=1)
+        except BudgetExceeded as e:
+            result.error = f"budget exceeded: {e}"
+        except CassetteError as e:
+            result.status, result.error = "error", str(e)
+        except Exception as e:  # noqa: BLE001 - a failure of this task, not of the run
+            result.error = f"{type(e).__name__}: {e}"
+        if result.status != "error":
+            bar.update("checks")
+            try:
+                result.checks = [run_check(c, chat, answer, workspace) for c in task.checks]
+            except Exception as e:  # noqa: BLE001
+                result.error = (result.error + "; " if result.error else "") + f"checks: {type(e).__name__}: {e}"
+            ok = result.error is None and all(c.passed for c in result.checks)
+            result.status = "passed" if ok else "failed"
+        u = chat.usage
+        result.steps, result.cost_usd = chat.tracker.steps, u.cost_usd
+        result.prompt_tokens, result.completion_tokens = u.prompt_tokens, u.completion_tokens
+        result.seconds = time.monotonic() - t0
+        _write_task_report(chat, task, result, folder)
+    bar.update(f"[{'green' if result.status == 'passed' else 'red'}]{result.status}[/]", advance=1)
+    return result
+
+
+def _on_event(ev: Event, bar: _Bar, i: int, step: int) -> int:
+    if isinstance(ev, UsageEvent):
+        step += 1
+        bar.update(f"prompt {i}/{bar.n}, step {step}")
+    elif isinstance(ev, ToolCallEvent):
+        bar.update(f"prompt {i}/{bar.n}, step {step}: running {escape(safe_line(ev.name))}")
+    return step
+
+
+def _write_task_report(chat, task: Task, result: TaskResult, folder: Path) -> None:
+    conv = chat.conversation()
+    store.atomic_write(folder / "transcript.md", _results_md(result) + "\n" + store.to_markdown(conv))
+    page = store.to_html(conv).replace("<body>", "<body>" + _results_html(result), 1)
+    store.atomic_write(folder / "report.html", page)
+    usage = {"task": task.name, "model": chat.model, "steps": chat.tracker.steps, "seconds": round(result.seconds, 3),
+             "total": chat.usage.model_dump(), "requests": [u.model_dump() for u in chat.tracker.usages]}
+    store.atomic_write(folder / "usage.json", json.dumps(usage, indent=1))
+
+
+def _results_md(r: TaskResult) -> str:
+    lines = [f"# Task {r.task}: {r.status.upper()}", ""]
+    lines += [f"- [{'x' if c.passed else ' '}] {c.check}" + (f" ({c.detail})" if c.detail else "") for c in r.checks]
+    if r.error:
+        lines.append(f"\nError: {r.error}")
+    return "\n".join(lines) + "\n"
+
+
+def _results_html(r: TaskResult) -> str:
+    colour = "#2a7" if r.status == "passed" else "#c33"
+    rows = "".join(f"<tr><td>{'✔' if c.passed else '✘'}</td><td><code>{html.escape(c.check)}</code></td>"
+                   f"<td>{html.escape(c.detail)}</td></tr>" for c in r.checks)
+    err = f"<p><b>Error:</b> {html.escape(r.error)}</p>" if r.error else ""
+    return (f"<section><h1>Task {html.escape(r.task)}: <span style='color:{colour}'>{r.status}</span></h1>"
+            f"<table>{rows}</table>{err}<p>{r.steps} steps, {r.tokens:,} tokens, ${r.cost_usd:.4f}, "
+            f"{r.seconds:.1f} s</p></section><hr>")
+
+
+# -- many tasks ----------------------------------------------------------------------------------
+
+def default_out() -> Path:
+    base = Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    out, n = base, 1
+    while out.exists():
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
+
+
+def make_backends(tasks: list[Task], out: Path, *, model: str | None = None, base_url: str | None = None,
+                  record: str | Path | None = None, replay: str | Path | None = None) -> dict[str, Any]:
+    """One backend per task, built before anything runs: a setup problem stops the run (exit 2)."""
+    from agent.models import get_backend
+
+    backends: dict[str, Any] = {}
+    try:
+        if replay:
+            cassette = Cassette.load(replay)
+            for t in tasks:
+                backends[t.name] = ReplayBackend(cassette, task=t.name, workspace=_workspace(out, t))
+            return backends
+        cassette = None
+        if record:
+            cassette = Cassette.load(record) if Path(record).is_file() else Cassette(record)
+        for t in tasks:
+            inner = get_backend(model or t.model, base_url=base_url or t.base_url, progress=False)
+            backends[t.name] = (RecordingBackend(inner, cassette, task=t.name, workspace=_workspace(out, t))
+                                if cassette else inner)
+        if cassette:
+            cassette.save()
+    except (CassetteError, ValueError, RuntimeError, ImportError, OSError) as e:
+        raise SetupError(str(e)) from None
+    return backends
+
+
+def _workspace(out: Path, task: Task) -> Path:
+    return (out / task.name / "workspace").resolve()
+
+
+def run_tasks(tasks: list[Task], out: Path, backends: dict[str, Any], parallel: int = 1,
+              console: Console | None = None, show_progress: bool = True,
+              kernel_options: dict[str, Any] | None = None) -> list[TaskResult]:
+    """Run the tasks (`parallel` at a time), with a live progress bar per task."""
+    console = console or Console(stderr=True)
+    out.mkdir(parents=True, exist_ok=True)
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=console, disable=not show_progress)
+    lock = threading.Lock()
+    results: dict[str, TaskResult] = {}
+
+    def one(task: Task) -> None:
+        r = run_task(task, out / task.name, backends[task.name], progress, kernel_options)
+        with lock:
+            results[task.name] = r
+
+    with progress:
+        if parallel <= 1:
+            for t in tasks:
+                one(t)
+        else:
+            with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="kernelchat-task") as pool:
+                for f in [pool.submit(one, t) for t in tasks]:
+                    f.result()
+    return [results[t.name] for t in tasks]
+
+
+def exit_code(results: list[TaskResult]) -> int:
+    if any(r.status == "error" for r in results):
+        return 2
+    return 0 if all(r.status == "passed" for r in results) else 1
+
+
+def summary_table(results: list[TaskResult]) -> Table:
+    t = Table(title="kernelchat run")
+    for col, just in (("task", "left"), ("result", "left"), ("checks", "right"), ("steps", "right"),
+                      ("tokens", "right"), ("cost", "right"), ("time", "right")):
+        t.add_column(col, justify=just)
+    for r in results:
+        style = {"passed": "green", "failed": "red", "error": "bold red"}[r.status]
+        t.add_row(Text(safe_line(r.task)), Text(r.status, style=style),
+                  f"{sum(c.passed for c in r.checks)}/{len(r.checks)}",
+                  str(r.steps), f"{r.tokens:,}", f"${r.cost_usd:.4f}", f"{r.seconds:.1f} s")
+    return t
+
+
+def write_summary(results: list[TaskResult], out: Path, extra: dict | None = None) -> None:
+    data = {"format": "kernelchat.run/1", **(extra or {}), "exit_code": exit_code(results),
+            "passed": sum(r.status == "passed" for r in results), "total": len(results),
+            "tasks": [{**r.model_dump(), "tokens": r.tokens} for r in results]}
+    store.atomic_write(out / "summary.json", json.dumps(data, indent=1))
+    lines = ["| task | result | checks | steps | tokens | cost | time |", "|---|---|---:|---:|---:|---:|---:|"]
+    for r in results:
+        lines.append(f"| {r.task} | {r.status} | {sum(c.passed for c in r.checks)}/{len(r.checks)} | {r.steps} | "
+                     f"{r.tokens:,} | ${r.cost_usd:.4f} | {r.seconds:.1f} s |")
+    for r in results:
+        failed = [c for c in r.checks if not c.passed]
+        if r.error or failed:
+            lines.append(f"\n**{r.task}**: " + "; ".join(([r.error] if r.error else [])
+                                                        + [f"{c.check} failed ({c.detail})" for c in failed]))
+    store.atomic_write(out / "summary.md", safe_text("\n".join(lines)) + "\n")  # often cat in a terminal
+
+
+# -- the command ---------------------------------------------------------------------------------
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run task files; print the summary; exit 0 / 1 / 2."""
+    err = Console(stderr=True, soft_wrap=True)
+    if args.record and args.replay:
+        err.print("[red]kernelchat run:[/red] --record and --replay exclude each other", highlight=False)
+        return 2
+    if args.parallel < 1:
+        err.print("[red]kernelchat run:[/red] --parallel must be at least 1", highlight=False)
+        return 2
+    try:
+        tasks = load_tasks(args.tasks)
+    except TaskError as e:
+        err.print(Text.assemble(("kernelchat run: invalid task file", "red"), "\n", safe_text(str(e))))
+        return 2
+    out = Path(args.out) if args.out else default_out()
+    try:
+        backends = make_backends(tasks, out, model=args.model, base_url=args.base_url, record=args.record,
+                                 replay=args.replay)
+    except SetupError as e:
+        err.print(Text.assemble(("kernelchat run: setup failed:", "red"), " ", safe_text(str(e))))
+        return 2
+    started = datetime.now().isoformat(timespec="seconds")
+    from agent.frontends.cli import gateway_options
+
+    results = run_tasks(tasks, out, backends, parallel=args.parallel, console=err,
+                        kernel_options=gateway_options(args),
+                        show_progress=not args.no_progress)
+    write_summary(results, out, {"started": started, "replay": str(args.replay) if args.replay else None,
+                                 "record": str(args.record) if args.record else None})
+    console = Console()
+    console.print(summary_table(results))
+    def say(red: str, text: str) -> None:  # model, kernel and task text: no markup, controls shown
+        console.print(Text.assemble((safe_line(red), "red"), safe_text(text)), highlight=False, soft_wrap=True)
+
+    for r in results:
+        if r.error:
+            say(f"{r.task}: ", r.error)
+        for c in r.checks:
+            if not c.passed:
+                say(f"{r.task}: check failed: ", f"{c.check} ({c.detail})")
+    say("", f"report: {out}")
+    if args.record:
+        say("", f"cassette: {args.record}")
+    return exit_code(results)
+
+
+def register(sub: Any) -> None:
+    """Add the `run` subcommand to the CLI's subparsers."""
+    p = sub.add_parser("run", help="run task files (TOML) and check their outcomes",
+                       description="Run task files: prompts, checks, a report folder. Exit code 0 all passed, "
+                                   "1 some failed, 2 invalid input or setup error.")
+    p.add_argument("tasks", nargs="+", help="task files (TOML)")
+    p.add_argument("--out", default=None, help="report folder (default runs/<timestamp>/)")
+    p.add_argument("--parallel", type=int, default=1, help="tasks run at once, each with its own kernel")
+    p.add_argument("--record", default=None, metavar="CASSETTE", help="save every model request and reply")
+    p.add_argument("--replay", default=None, metavar="CASSETTE", help="serve the replies from a cassette: "
+                   "offline, free, no model loaded")
+    p.add_argument("--model", "-m", default=None, help="override the tasks' model")
+    p.add_argument("--base-url", default=None, help="an OpenAI-compatible server")
+    p.add_argument("--no-progress", action="store_true", help="no live progress bars")
+    p.add_argument("--gateway", metavar="URL", default=None,
+                   help="run every task's kernel on this Jupyter Kernel Gateway / Enterprise Gateway")
+    p.add_argument("--gateway-token", metavar="TOKEN", default=None, help="the gateway's auth token")
+    p.set_defaults(func=cmd_run)
+
+
+__all__ = ["run_task", "run_tasks", "run_check", "make_backends", "TaskResult", "CheckResult", "register",
+           "cmd_run", "exit_code"]

@@ -1,0 +1,231 @@
+"""Record model requests and replies to a cassette, and serve them back: a run repeated exactly,
+offline and free.
+
+    backend = RecordingBackend(get_backend("hf:smollm2"), cassette, task="quickstart")
+    backend = ReplayBackend("run.cassette.json", task="quickstart")   # no model is loaded
+
+Both implement the Backend protocol. Requests are keyed by a hash of the messages and tools, after
+two normalisations that make a replayed run produce the same keys: tool-call ids (random for models
+that answer with fenced code) are renumbered in order of appearance, and the task's workspace path
+becomes `<workspace>`. The cassette is one human-readable JSON file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+from pydantic import BaseModel, Field
+
+from agent.models.base import stream_reply
+from agent.core.messages import Done, Message, Reply
+from agent.core.store import atomic_write, read_document
+
+FORMAT = "kernelchat.cassette/1"
+
+
+class CassetteError(RuntimeError):
+    """A replayed run asked for something the cassette does not hold."""
+
+
+class Interaction(BaseModel):
+    task: str
+    n: int  # request number within the task, from 1
+    key: str
+    messages: list[dict[str, Any]]  # normalised, as hashed
+    tools: list[dict[str, Any]] | None = None
+    reply: Reply
+
+
+class TaskInfo(BaseModel):
+    model: str
+    context_window: int
+    supports_tools: bool = True
+    token_counts: dict[str, int] = Field(default_factory=dict)  # request hash -> prompt tokens
+
+
+class CassetteFile(BaseModel):
+    format: str = FORMAT
+    tasks: dict[str, TaskInfo] = Field(default_factory=dict)
+    interactions: list[Interaction] = Field(default_factory=list)
+
+
+def _normalise(messages: list[Message], tools: list[dict] | None, workspace: str | None) -> tuple[list[dict], Any]:
+    ids: dict[str, str] = {}
+
+    def renumber(i: str | None) -> str | None:
+        if i is None:
+            return None
+        return ids.setdefault(i, f"call_{len(ids) + 1}")
+
+    out = []
+    for m in messages:
+        d = m.to_openai()
+        for c in d.get("tool_calls", []):
+            c["id"] = renumber(c["id"])
+        if d.get("tool_call_id"):
+            d["tool_call_id"] = renumber(d["tool_call_id"])
+        if workspace and isinstance(d.get("content"), str):
+            d["content"] = d["content"].replace(workspace, "<workspace>")
+        out.append(d)
+    return out, tools
+
+
+def request_key(messages: list[Message], tools: list[dict] | None, workspace: str | None = None) -> str:
+    """sha256 of the normalised request (messages + tools)."""
+    msgs, tools = _normalise(messages, tools, workspace)
+    blob = json.dumps({"messages": msgs, "tools": tools}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class Cassette:
+    """The file and a lock: several tasks (threads) may record into one cassette."""
+
+    def __init__(self, path: str | Path, data: CassetteFile | None = None):
+        self.path = Path(path)
+        self.data = data or CassetteFile()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Cassette":
+        raw = read_document(path, FORMAT, "cassette", CassetteError)
+        return cls(Path(path), CassetteFile.model_validate(raw))
+
+    def save(self) -> None:
+        with self._lock:
+            atomic_write(self.path, self.data.model_dump_json(indent=1, exclude_none=True))
+
+    def add(self, item: Interaction) -> None:
+        with self._lock:
+            self.data.interactions.append(item)
+        self.save()
+
+    def task(self, name: str) -> list[Interaction]:
+        return [i for i in self.data.interactions if i.task == name]
+
+
+class RecordingBackend:
+    """Passes every request to `inner` and writes request and reply to the cassette."""
+
+    def __init__(self, inner: Any, cassette: Cassette, task: str = "default", workspace: str | Path | None = None):
+        self.inner, self.cassette, self.task = inner, cassette, task
+        self.workspace = str(workspace) if workspace else None
+        self.model: str = inner.model
+        self.context_window: int = inner.context_window
+        self.n = 0
+        with cassette._lock:
+            cassette.data.tasks[task] = TaskInfo(model=self.model, context_window=self.context_window,
+                                                 supports_tools=self.supports_tools)
+            cassette.data.interactions = [i for i in cassette.data.interactions if i.task != task]
+
+    @property
+    def supports_tools(self) -> bool:
+        return getattr(self.inner, "supports_tools", True)
+
+    @property
+    def grounds_numbers(self) -> bool:  # the inner backend's decoding guides are recorded as they ran
+        return getattr(self.inner, "grounds_numbers", False)
+
+    @property
+    def favours_tokens(self) -> bool:
+        return getattr(self.inner, "favours_tokens", False)
+
+    def count_prompt_tokens(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> int:
+        n = self.inner.count_prompt_tokens(messages, tools)
+        with self.cassette._lock:
+            self.cassette.data.tasks[self.task].token_counts[request_key(messages, tools, self.workspace)] = n
+        return n
+
+    def _record(self, messages: list[Message], tools: list[dict] | None, reply: Reply) -> None:
+        self.n += 1
+        msgs, tools_ = _normalise(messages, tools, self.workspace)
+        self.cassette.add(Interaction(task=self.task, n=self.n, key=request_key(messages, tools, self.workspace),
+                                      messages=msgs, tools=tools_, reply=reply))
+
+    def complete(self, messages, tools=None, *, max_tokens=None, temperature=None, **guides) -> Reply:
+        reply = self.inner.complete(messages, tools, max_tokens=max_tokens, temperature=temperature, **guides)
+        self._record(messages, tools, reply)
+        return reply
+
+    def stream(self, messages, tools=None, *, max_tokens=None, temperature=None, **guides) -> Iterator[Any]:
+        for ev in self.inner.stream(messages, tools, max_tokens=max_tokens, temperature=temperature, **guides):
+            if isinstance(ev, Done):
+                self._record(messages, tools, ev.reply)
+            yield ev
+
+
+class ReplayBackend:
+    """Serves the recorded replies of one task; never loads a model or opens a connection."""
+
+    def __init__(self, path: str | Path | Cassette, task: str | None = None, workspace: str | Path | None = None):
+        self.cassette = path if isinstance(path, Cassette) else Cassette.load(path)
+        data = self.cassette.data
+        if task is None:
+            if len(data.tasks) != 1:
+                raise CassetteError(f"{self.cassette.path}: holds tasks {sorted(data.tasks)}; name one")
+            task = next(iter(data.tasks))
+        if task not in data.tasks:
+            raise CassetteError(f"{self.cassette.path}: no recording for task {task!r} "
+                                f"(recorded: {', '.join(sorted(data.tasks)) or 'none'})")
+        self.task, self.info = task, data.tasks[task]
+        self.workspace = str(workspace) if workspace else None
+        self.model, self.context_window, self.supports_tools = self.info.model, self.info.context_window, \
+            self.info.supports_tools
+        self.recorded = self.cassette.task(task)
+        # The same request may recur (a small model's attempts start afresh from the same prompt):
+        # its replies are served in the order they were recorded.
+        self.by_key: dict[str, list[Interaction]] = {}
+        for i in self.recorded:
+            self.by_key.setdefault(i.key, []).append(i)
+        self.served: dict[str, int] = {}
+        self.n = 0
+
+    def count_prompt_tokens(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> int:
+        n = self.info.token_counts.get(request_key(messages, tools, self.workspace))
+        if n is not None:
+            return n
+        text = "".join((m.content or "") + "".join(c.arguments for c in m.tool_calls) for m in messages)
+        return len(text) // 4 + 4 * len(messages)  # not recorded: a rough count, for budgets only
+
+    def _lookup(self, messages: list[Message], tools: list[dict] | None) -> Reply:
+        self.n += 1
+        key = request_key(messages, tools, self.workspace)
+        hits = self.by_key.get(key)
+        if hits:
+            k = self.served.get(key, 0)
+            self.served[key] = k + 1
+            return hits[min(k, len(hits) - 1)].reply.model_copy(deep=True)
+        raise CassetteError(f"replay: task {self.task!r}, request {self.n}: not in the cassette "
+                            f"{self.cassette.path}; {self._difference(messages, tools)}")
+
+    def _difference(self, messages: list[Message], tools: list[dict] | None) -> str:
+        if self.n > len(self.recorded):
+            return f"the recording has only {len(self.recorded)} request(s) for this task"
+        rec = self.recorded[self.n - 1]
+        msgs, tools_ = _normalise(messages, tools, self.workspace)
+        if tools_ != rec.tools:
+            return "the tools offered differ from the recording"
+        for i, (a, b) in enumerate(zip(msgs, rec.messages)):
+            if a != b:
+                field = next((k for k in ("role", "content", "tool_calls", "tool_call_id", "name")
+                              if a.get(k) != b.get(k)), "?")
+                return (f"message {i} ({a.get('role')}) differs in {field}: now {_short(a.get(field))}, "
+                        f"recorded {_short(b.get(field))}")
+        return f"the request has {len(msgs)} messages, the recording {len(rec.messages)}"
+
+    def complete(self, messages, tools=None, *, max_tokens=None, temperature=None) -> Reply:
+        return self._lookup(messages, tools)
+
+    def stream(self, messages, tools=None, *, max_tokens=None, temperature=None) -> Iterator[Any]:
+        yield from stream_reply(self._lookup(messages, tools), chunk=16)
+
+
+def _short(value: Any, n: int = 80) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return repr(text if len(text) <= n else text[:n] + "...")
+
+
+__all__ = ["Cassette", "CassetteError", "RecordingBackend", "ReplayBackend", "request_key"]

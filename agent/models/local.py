@@ -1,0 +1,334 @@
+"""A local Hugging Face model in process: the embedded SmolLM2, a cached Hub id, a folder or a .gguf.
+
+Model strings: `hf:smollm2` (embedded), `hf:NAME` (a Hub id already in the local HF cache: offline),
+a local folder, or a `.gguf` file (converted once and cached like the embedded model).
+
+Speed: the agent loop re-sends a growing conversation every step, so the KV cache of the previous
+call is kept and only the new suffix of the prompt is run through the model (the cache is cropped to
+the longest common token prefix, which also serves edited branches of a conversation tree).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from transformers import (AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList, StoppingCriteria,
+                          StoppingCriteriaList, TextIteratorStreamer)
+
+from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+from agent.models.embedded import converted_dir, embedded_model_dir, gguf_cache_dir
+from agent.core.messages import Done, Message, Reply, StreamEvent, TextDelta, ToolCall, ToolCallDelta, Usage
+from agent.models.toolparse import parse_tool_calls
+from agent.models.base import BackendError
+from agent.models.grounding import GroundedCode
+
+EMBEDDED_ALIASES = {"hf:smollm2", "smollm2", "hf:embedded", "embedded"}
+# Tokens that end an assistant turn, or start a new one (a model that runs on into the next turn).
+TURN_TOKENS = ("<|im_end|>", "<|im_start|>", "<|endoftext|>", "<|eot_id|>", "<|eom_id|>", "<|end|>",
+               "<end_of_turn>", "<|end_of_text|>")
+DEFAULT_MAX_TOKENS = 1024
+# transformers 5.x renamed generate's `past_key_values` to `cache`; support both.
+CACHE_KW = "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclass_fields__ else "past_key_values"
+
+
+def resolve_model_path(model: str, progress: bool = True) -> str:
+    """Model string -> something from_pretrained can load without the network."""
+    if model.lower() in EMBEDDED_ALIASES:
+        return str(embedded_model_dir(progress=progress))
+    name = model[3:] if model.startswith("hf:") else model
+    path = Path(name).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise BackendError(f"GGUF file not found: {path}")
+        return str(converted_dir(path, gguf_cache_dir(path), progress=progress))
+    if path.is_dir():
+        return str(path)
+    return name  # a Hub id: only the local HF cache is consulted (local_files_only)
+
+
+def pick_device(device: str | None = None, dtype: torch.dtype | str | None = None) -> tuple[str, torch.dtype]:
+    """cuda + bf16 when available, else cpu + fp32 (fp16/bf16 matmuls are slow or lossy on CPU)."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    if dtype is None:
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return device, dtype
+
+
+class _Cancel(StoppingCriteria):
+    """Stops generation when a stream's consumer goes away."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class _FenceStop(StoppingCriteria):
+    """For models that write code as ```python blocks (no tool training): stop once the first block
+    is closed. What they write after it is imagined output, and it costs seconds to generate."""
+
+    FENCE = re.compile(r"```[ \t]*(?:python3?|py)[ \t]*\n.*?\n[ \t]*```", re.DOTALL | re.IGNORECASE)
+
+    def __init__(self, tokenizer, n_prompt: int) -> None:
+        self.tokenizer, self.n_prompt = tokenizer, n_prompt
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
+        text = self.tokenizer.decode(input_ids[0, self.n_prompt:], skip_special_tokens=True)
+        done = "```" in text[-8:] and bool(self.FENCE.search(text))
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+
+class LocalBackend:
+    """The Backend protocol over a transformers causal LM in this process."""
+
+    def __init__(self, model: str = "hf:smollm2", *, device: str | None = None,
+                 dtype: torch.dtype | str | None = None, cpu_fp16: bool = False, reuse_cache: bool = True,
+                 progress: bool = True) -> None:
+        self.model = model
+        self.reuse_cache = reuse_cache
+        path = resolve_model_path(model, progress=progress)
+        self.device, self.dtype = pick_device(device, dtype)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            self.hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype, local_files_only=True)
+        except OSError as e:
+            raise BackendError(f"cannot load local model {model!r}: it is not a folder, a .gguf file, or a "
+                               f"Hub id in the local Hugging Face cache (this machine may be offline): {e}") from None
+        self.hf_model.to(self.device).eval()
+        if cpu_fp16 and self.device == "cpu":
+            # fp16 weights halve the bytes read per token; same greedy output as fp32 on SmolLM2 (checked).
+            self.hf_model = torch.ao.quantization.quantize_dynamic(self.hf_model, {torch.nn.Linear},
+                                                                   dtype=torch.float16)
+        cfg = self.hf_model.config
+        self.context_window: int = int(getattr(cfg, "max_position_embeddings", None)
+                                       or min(self.tokenizer.model_max_length, 1 << 20))
+        template = self.tokenizer.chat_template or ""
+        self.supports_tools = "tools" in template  # the template renders a `tools` list itself
+        # `numbers=` on complete/stream: number literals in code limited to those (see grounding.py).
+        self.grounds_numbers = GroundedCode.usable(self.tokenizer)
+        self.favours_tokens = True  # `favour=`, `bonus=`: a logit bonus for the tokens of a text, in code
+        self.stop_ids = self._stop_ids()
+        self._lock = threading.Lock()  # one model, one KV cache: one generation at a time
+        # Every generation runs on this one thread. Running model.generate on varying threads (the
+        # caller's for complete, a new one per stream) left several OpenMP thread teams fighting for
+        # the cores: streaming measured ~1.5x slower than complete before this.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernelchat-generate")
+        self._cache: Any = None        # DynamicCache of the last call
+        self._cache_ids: list[int] = []  # the tokens whose keys/values `_cache` holds
+
+    # --- prompt ----------------------------------------------------------------------------------
+
+    def _stop_ids(self) -> list[int]:
+        vocab = self.tokenizer.get_vocab()
+        ids = {vocab[t] for t in TURN_TOKENS if t in vocab}
+        eos = self.hf_model.generation_config.eos_token_id
+        ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return sorted(ids)
+
+    def _template_messages(self, messages: list[Message]) -> list[dict[str, Any]]:
+        """Our messages -> the dicts chat templates expect. Templates without tool support get tool
+        calls written back as the text the model produced and tool results as user turns."""
+        out: list[dict[str, Any]] = []
+        for m in messages:
+            content = m.content or ""
+            if m.role == "assistant" and m.tool_calls:
+                if self.supports_tools:
+                    out.append({"role": "assistant", "content": content, "tool_calls": [
+                        {"id": c.id, "type": "function",
+                         "function": {"name": c.name, "arguments": _arguments_value(c)}} for c in m.tool_calls]})
+                    continue
+                content = "\n\n".join([content] * bool(content) + [_call_as_text(c) for c in m.tool_calls])
+            elif m.role == "tool" and not self.supports_tools:
+                out.append({"role": "user", "content": f"Output of {m.name or 'the tool'}:\n{content}"})
+                continue
+            d: dict[str, Any] = {"role": m.role, "content": content}
+            if m.role == "tool":
+                d["tool_call_id"] = m.tool_call_id
+                if m.name:
+                    d["name"] = m.name
+            out.append(d)
+        return out
+
+    def render(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> str:
+        """The prompt text exactly as the model sees it (chat template + generation prompt)."""
+        kwargs = {"tools": tools} if tools and self.supports_tools else {}
+        return self.tokenizer.apply_chat_template(self._template_messages(messages), tokenize=False,
+                                                  add_generation_prompt=True, **kwargs)
+
+    def encode(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> list[int]:
+        # The template already contains the special tokens: don't let the tokenizer add a BOS again.
+        return self.tokenizer(self.render(messages, tools), add_special_tokens=False)["input_ids"]
+
+    def count_prompt_tokens(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> int:
+        return len(self.encode(messages, tools))
+
+    # --- generation -------------------------------------------------------------------------------
+
+    def _reusable_cache(self, ids: list[int]) -> tuple[Any, int]:
+        """The previous call's cache cropped to the longest common prefix with `ids` (at least one
+        prompt token must still be fed), or (None, 0)."""
+        if not self.reuse_cache or self._cache is None:
+            return None, 0
+        common = 0
+        for a, b in zip(self._cache_ids, ids):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(ids) - 1)
+        if common <= 0:
+            return None, 0
+        extra = self._cache.get_seq_length() - common
+        try:
+            if extra > 0:
+                self._cache.crop(-extra)
+        except (ValueError, NotImplementedError):  # e.g. sliding-window layers cannot be cropped back
+            return None, 0
+        return self._cache, common
+
+    def _generate(self, ids: list[int], max_new: int, temperature: float | None,
+                  streamer: TextIteratorStreamer | None = None, cancel: _Cancel | None = None,
+                  stop_after_code: bool = False, numbers: set[str] | None = None,
+                  favour: str | None = None, bonus: float = 0.0) -> tuple[list[int], int]:
+        """Run model.generate with the reused cache; returns (generated ids, prompt tokens reused)."""
+        cache, reused = self._reusable_cache(ids)
+        input_ids = torch.tensor([ids], device=self.device)
+        sampling: dict[str, Any] = ({"do_sample": True, "temperature": temperature} if temperature
+                                    else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None})
+        self._cache, self._cache_ids = None, []  # invalid while generate mutates it
+        with torch.inference_mode():
+            out = self.hf_model.generate(
+                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new,
+                eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id or self.stop_ids[0],
+                use_cache=True, return_dict_in_generate=True, streamer=streamer,
+                stopping_criteria=StoppingCriteriaList(
+                    [c for c in (cancel, _FenceStop(self.tokenizer, len(ids)) if stop_after_code else None) if c]),
+                logits_processor=LogitsProcessorList(self._guides(len(ids), numbers, favour, bonus)),
+                **{CACHE_KW: cache}, **sampling)
+        seq = out.sequences[0].tolist()
+        new_cache = getattr(out, CACHE_KW, None)
+        if self.reuse_cache and new_cache is not None:
+            self._cache = new_cache
+            self._cache_ids = seq[:self._cache.get_seq_length()]
+        return seq[len(ids):], reused
+
+    def _guides(self, n_prompt: int, numbers: set[str] | None, favour: str | None, bonus: float) -> list:
+        """The GroundedCode processor for these options, if any applies."""
+        allowed = numbers if numbers and self.grounds_numbers else None
+        favoured = self.tokenizer(favour, add_special_tokens=False)["input_ids"] if favour and bonus else []
+        return [GroundedCode(self.tokenizer, n_prompt, allowed, favoured, bonus)] if allowed or favoured else []
+
+    def _fenced_python(self, tools: list[dict[str, Any]] | None) -> bool:
+        """The python tool is offered to a model that can only answer it with a fenced block."""
+        return not self.supports_tools and "python" in [_tool_name(t) for t in tools or []]
+
+    def _max_new(self, n_prompt: int, max_tokens: int | None) -> int:
+        room = self.context_window - n_prompt
+        if room <= 0:
+            raise BackendError(f"the prompt ({n_prompt} tokens) does not fit the context window of "
+                               f"{self.model} ({self.context_window} tokens)")
+        return min(max_tokens or DEFAULT_MAX_TOKENS, room)
+
+    def _reply(self, gen: list[int], n_prompt: int, reused: int, max_new: int, seconds: float,
+               tools: list[dict[str, Any]] | None, cancelled: bool = False) -> Reply:
+        body = gen[:-1] if gen and gen[-1] in self.stop_ids else gen
+        text = self.tokenizer.decode(body, skip_special_tokens=True)
+        # Special tokens that carry meaning for tool calls (Llama's <|python_tag|>) need the raw text.
+        raw = self.tokenizer.decode(body, skip_special_tokens=False) if set(body) & set(
+            self.tokenizer.all_special_ids) else text
+        names = [_tool_name(t) for t in tools or []]
+        content, calls = parse_tool_calls(raw, names) if tools else (text, [])
+        if calls:
+            finish = "tool_calls"
+        elif cancelled:
+            finish = "cancelled"
+        else:
+            finish = "stop" if (gen and gen[-1] in self.stop_ids) else "length" if len(gen) >= max_new else "stop"
+        usage = Usage(prompt_tokens=n_prompt, completion_tokens=len(gen), cached_tokens=reused,
+                      seconds=seconds, cost_usd=0.0)
+        msg = Message(role="assistant", content=content or (None if calls else ""), tool_calls=calls)
+        return Reply(message=msg, usage=usage, finish_reason=finish, model=self.model)
+
+    def complete(self, messages: list[Message], tools: list[dict[str, Any]] | None = None, *,
+                 max_tokens: int | None = None, temperature: float | None = None,
+                 numbers: set[str] | None = None, favour: str | None = None, bonus: float = 0.0) -> Reply:
+        with self._lock:
+            t0 = time.perf_counter()
+            ids = self.encode(messages, tools)
+            max_new = self._max_new(len(ids), max_tokens)
+            gen, reused = self._worker.submit(self._generate, ids, max_new, temperature, None, None,
+                                              self._fenced_python(tools), numbers, favour, bonus).result()
+            return self._reply(gen, len(ids), reused, max_new, time.perf_counter() - t0, tools)
+
+    def stream(self, messages: list[Message], tools: list[dict[str, Any]] | None = None, *,
+               max_tokens: int | None = None, temperature: float | None = None,
+               numbers: set[str] | None = None, favour: str | None = None,
+               bonus: float = 0.0) -> Iterator[StreamEvent]:
+        with self._lock:
+            t0 = time.perf_counter()
+            ids = self.encode(messages, tools)
+            max_new = self._max_new(len(ids), max_tokens)
+            streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+            cancel = _Cancel()
+
+            def work() -> tuple[list[int], int]:
+                try:
+                    return self._generate(ids, max_new, temperature, streamer, cancel, self._fenced_python(tools),
+                                          numbers, favour, bonus)
+                except BaseException:
+                    streamer.end()  # unblock the consumer; the error is re-raised from the future
+                    raise
+
+            future = self._worker.submit(work)
+            try:
+                for piece in streamer:
+                    if piece:
+                        yield TextDelta(text=piece)
+            finally:  # consumer gone (or done): stop generating before releasing the lock
+                if not future.done():
+                    cancel.event.set()
+                try:
+                    future.exception()  # wait for it
+                except BaseException:
+                    pass
+            if future.exception() is not None:
+                err = future.exception()
+                raise BackendError(f"local generation failed: {err}") from err
+            gen, reused = future.result()
+            reply = self._reply(gen, len(ids), reused, max_new, time.perf_counter() - t0, tools)
+            for i, call in enumerate(reply.message.tool_calls):
+                yield ToolCallDelta(index=i, id=call.id, name=call.name, arguments=call.arguments)
+            yield Done(reply=reply)
+
+
+def _tool_name(tool: dict[str, Any]) -> str:
+    fn = tool.get("function", tool)
+    return fn.get("name", "")
+
+
+def _arguments_value(call: ToolCall) -> Any:
+    """HF templates expect arguments as a dict; keep the raw text when it is not valid JSON."""
+    try:
+        return json.loads(call.arguments)
+    except json.JSONDecodeError:
+        return call.arguments
+
+
+def _call_as_text(call: ToolCall) -> str:
+    """A tool call as the text a model without tool support wrote (the inverse of the parser)."""
+    args = _arguments_value(call)
+    if call.name == "python" and isinstance(args, dict) and isinstance(args.get("code"), str):
+        return f"```python\n{args['code']}\n```"
+    return f"<tool_call>\n{json.dumps({'name': call.name, 'arguments': args})}\n</tool_call>"

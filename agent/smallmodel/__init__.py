@@ -1,0 +1,1 @@
+"""The small-model strategy: what helps a model without tool training (examples, attempts, value from output, grounding)."""

@@ -1,0 +1,76 @@
+"""The slash-command parser: pure, no chat needed."""
+
+import pytest
+
+from agent.frontends.commands import COMMANDS, Command, CommandError, is_command, parse
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("/edit", Command("edit")),
+    ("/edit 3", Command("edit", index=3)),
+    ("/e 2", Command("edit", index=2)),
+    ("/undo", Command("undo")),
+    ("/retry", Command("retry")),
+    ("/branches", Command("branches")),
+    ("/switch ab12", Command("switch", arg="ab12")),
+    ("/tokens", Command("tokens")),
+    ("/budget", Command("budget")),
+    ("/budget set max_usd=0.5 max_tokens=2000", Command("budget", options={"max_usd": 0.5, "max_tokens": 2000})),
+    ("/budget max_steps=none", Command("budget", options={"max_steps": None})),
+    ("/model", Command("model")),
+    ("/model gpt-4o-mini", Command("model", arg="gpt-4o-mini")),
+    ("/system", Command("system")),
+    ("/system You are terse.  Answer in one line.", Command("system", arg="You are terse.  Answer in one line.")),
+    ("/save", Command("save")),
+    ("/save 'my conv.json'", Command("save", arg="my conv.json")),
+    ("/load c.json", Command("load", arg="c.json")),
+    ("/export html out/c.html", Command("export", fmt="html", arg="out/c.html")),
+    ("/kernel restart", Command("kernel", arg="restart")),
+    ("/kernel reset", Command("kernel", arg="reset")),
+    ("/files", Command("files")),
+    ("/upload data.csv", Command("upload", arg="data.csv")),
+    ("/help", Command("help")),
+    ("/?", Command("help")),
+    ("/quit", Command("quit")),
+    ("/exit", Command("quit")),
+    ("  /QUIT  ", Command("quit")),
+])
+def test_parses(line, expected):
+    assert parse(line) == expected
+
+
+@pytest.mark.parametrize("line, message", [
+    ("/frobnicate", "unknown command /frobnicate"),
+    ("/bra", "did you mean /branches"),
+    ("/edit x", "prompt number from 1"),
+    ("/edit 0", "prompt number from 1"),
+    ("/switch", "/switch needs an argument"),
+    ("/load", "/load needs an argument"),
+    ("/load a b", "one argument"),
+    ("/save 'unclosed", "/save:"),
+    ("/export pdf x", "md|html"),
+    ("/export md", "md|html"),
+    ("/kernel", "/kernel restart"),
+    ("/kernel stop", "/kernel restart"),
+    ("/budget set", "needs KEY=VALUE"),
+    ("/budget max_usd", "KEY=VALUE"),
+    ("/budget max_cats=3", "unknown key"),
+    ("/budget max_tokens=1.5", "integer"),
+    ("/budget max_usd=-1", "positive"),
+    ("/undo now", "takes no arguments"),
+])
+def test_bad_commands_explain_in_one_line(line, message):
+    with pytest.raises(CommandError) as e:
+        parse(line)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_prompts_that_start_with_a_path_are_not_commands():
+    assert is_command("/help") and is_command("/edit 2")
+    assert not is_command("/usr/bin has what?") and not is_command("what is /edit?")
+
+
+def test_every_command_has_a_handler():
+    import agent.frontends.commands as c
+
+    assert all(callable(getattr(c, f"_do_{name}", None)) for name in COMMANDS)

@@ -1,0 +1,260 @@
+"""The terminal chat, driven as a person would: a real pseudo-terminal types prompts, keys and slash
+commands, and the tests read what the screen shows (ANSI codes stripped)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pexpect = pytest.importorskip("pexpect")
+
+REPO = Path(__file__).resolve().parents[3]
+ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07|\x1b[=>()][0-9A-B]?|\r")
+CTRL_C, CTRL_D, CTRL_A, CTRL_K = "\x03", "\x04", "\x01", "\x0b"
+
+
+class Term:
+    """The chat in a pty. Answers prompt_toolkit's cursor-position requests like a real terminal
+    (without them it hides the bottom toolbar)."""
+
+    def __init__(self, tmp_path: Path, script: list | None, *flags: str, env: dict | None = None):
+        full_env = dict(os.environ, XDG_DATA_HOME=str(tmp_path / "data"), TERM="xterm-256color",
+                        COLUMNS="120", LINES="40", **(env or {}))
+        full_env.pop("NO_COLOR", None)
+        if script is not None:
+            (tmp_path / "script.json").write_text(json.dumps(script))
+            full_env["KERNELCHAT_SCRIPT"] = str(tmp_path / "script.json")
+        ws = tmp_path / "ws"
+        ws.mkdir(exist_ok=True)
+        self.child = pexpect.spawn(sys.executable, ["-c", "import tests.agent.frontends.repl_harness as h; h.main()",
+                                                    "--workspace", str(ws), *flags],
+                                   env=full_env, cwd=str(REPO), dimensions=(40, 120), encoding="utf-8")
+        self.screen, self.pos = "", 0
+        self.raw = ""  # every character the chat wrote to the terminal, escapes and all
+
+    def _pump(self, timeout: float) -> None:
+        try:
+            chunk = self.child.read_nonblocking(1 << 20, timeout=timeout)
+        except pexpect.TIMEOUT:
+            return
+        self.raw += chunk
+        for _ in range(chunk.count("\x1b[6n")):
+            self.child.send("\x1b[20;1R")
+        self.screen += ANSI.sub("", chunk)
+
+    def expect(self, text: str, timeout: float = 20) -> str:
+        """Wait until `text` appears after what earlier expects consumed; return what came before."""
+        deadline = time.monotonic() + timeout
+        while True:
+            i = self.screen.find(text, self.pos)
+            if i >= 0:
+                before, self.pos = self.screen[self.pos:i], i + len(text)
+                return before
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not shown within {timeout} s; the screen ends with:\n"
+                                     f"{self.screen[-3000:]}")
+            try:
+                self._pump(0.1)
+            except pexpect.EOF:
+                if self.screen.find(text, self.pos) < 0:
+                    raise AssertionError(f"the chat exited before showing {text!r}:\n{self.screen[-3000:]}")
+
+    def send(self, keys: str) -> None:
+        self.child.send(keys)
+
+    def line(self, text: str) -> None:
+        self.child.send(text + "\r")
+
+    def close(self) -> int:
+        self.send(CTRL_D)
+        self.expect("saved:")
+        self.child.expect(pexpect.EOF, timeout=20)
+        self.child.close()
+        return self.child.exitstatus
+
+
+@pytest.fixture
+def term(tmp_path):
+    terms: list[Term] = []
+
+    def start(script, *flags, env=None) -> Term:
+        t = Term(tmp_path, script, *flags, env=env)
+        terms.append(t)
+        return t
+
+    yield start
+    for t in terms:
+        if t.child.isalive():
+            t.child.terminate(force=True)
+
+
+def test_prompt_edit_branches_and_commands(term):
+    t = term([{"python": "print(6*7)"}, "The answer is 42.", {"python": "print(7*8)"}, "The answer is 56."])
+    t.expect("In [1]: ")
+    t.expect("Esc-Enter newline")  # the bottom toolbar shows the keys
+    t.line("What is 6*7?")
+    t.expect("print(6*7)")        # the cell, before it runs
+    t.expect("42")                # its output
+    t.expect("The answer is 42.")
+    t.expect("In [2]: ")
+    # /edit puts the last prompt back in the input; rewrite it and send: a new branch
+    t.line("/edit")
+    t.expect("Edit [1]: What is 6*7?")
+    t.expect("regenerates from In [1]")
+    t.send(CTRL_A + CTRL_K)
+    t.line("What is 7*8?")
+    t.expect("The answer is 56.")
+    t.expect("In [2]: ")
+    t.line("/branches")
+    t.expect("In [1] What is 6*7?")
+    t.expect("The answer is 42.")
+    t.expect("In [1] What is 7*8?")
+    t.expect("● ")
+    t.line("/tokens")
+    t.expect("total")
+    t.line("/budget set max_usd=0.5")
+    t.expect("max_usd")
+    t.expect("0.5000")
+    t.line("/frobnicate")
+    t.expect("unknown command /frobnicate")
+    t.line("/edit 9")
+    t.expect("there is no prompt 9")
+    t.send("/he\t")               # Tab completes the command
+    t.expect("/help")
+    t.send("\r")
+    t.expect("/export md|html PATH")
+    t.line("/undo")
+    t.expect("undone")
+    t.expect("In [1]: ")
+    assert t.close() == 0
+
+
+def test_ctrl_c_interrupts_the_running_cell(term):
+    t = term([{"python": "import time\nprint('nap' + 'ping', flush=True)\ntime.sleep(60)"},
+              {"python": "import time\ntime.sleep(59)"}, {"python": "print(40 + 2)"}, "still alive: 42"])
+    t.expect("In [1]: ")
+    t.line("take a nap")
+    t.expect("napping")            # live output while the cell runs
+    t0 = time.monotonic()
+    t.send(CTRL_C)
+    t.expect("KeyboardInterrupt", timeout=10)
+    t.expect("interrupted")
+    t.expect("In [2]: ")
+    assert time.monotonic() - t0 < 10
+    t.line("again")                # Ctrl-C as soon as the cell shows, before it runs: still stopped
+    t.expect("time.sleep(59)")
+    t.send(CTRL_C)
+    t.expect("KeyboardInterrupt", timeout=10)
+    t.expect("In [3]: ")
+    t.line("add")                  # the program and the kernel go on
+    t.expect("still alive: 42")
+    assert t.close() == 0
+
+
+def test_confirm_skips_or_edits_cells(term, tmp_path):
+    editor = tmp_path / "editor.py"
+    editor.write_text("import sys\np = sys.argv[1]\ns = open(p).read()\nopen(p, 'w').write(s.replace('10', '20'))\n")
+    t = term([{"python": "print(1)"}, "skipped it", {"python": "print(10 * 10)"}, "done"],
+             "--confirm", env={"EDITOR": f"{sys.executable} {editor}"})
+    t.line("one")
+    t.expect("run this cell?")
+    t.send("n")
+    t.expect("rejected")
+    t.expect("skipped it")
+    t.line("two")
+    t.expect("run this cell?")
+    t.send("e")
+    t.expect("python (edited)")
+    t.expect("print(20 * 20)")
+    t.expect("400")
+    t.expect("done")
+    assert t.close() == 0
+
+
+@pytest.mark.slow
+def test_real_embedded_model(term):
+    t = term(None, "--model", "hf:smollm2")
+    t.expect("In [1]: ", timeout=120)
+    t.line("What is 2**10? Use Python.")
+    t.expect("1024", timeout=150)
+    t.expect("In [2]: ", timeout=60)
+    assert t.close() == 0
+
+
+def test_session_commands(term, tmp_path):
+    (tmp_path / "data.csv").write_text("a,b\n1,2\n")
+    t = term([{"python": "open('out.txt', 'w').write('hi')\nx = 7"}, "wrote it",
+              {"python": "print(x * 6)"}, "x*6 is 42", "retried answer"])
+    t.line("write a file")
+    t.expect("wrote it")
+    t.line("/files")
+    t.expect("out.txt")
+    t.line(f"/upload {tmp_path / 'data.csv'}")
+    t.expect("uploaded")
+    t.line("/kernel restart")      # the branch's cell is replayed: x is back
+    t.expect("kernel restarted")
+    t.line("use x")
+    t.expect("x*6 is 42")
+    t.line("/retry")
+    t.expect("retried answer")
+    t.line("/system Answer in French.")
+    t.expect("system prompt replaced")
+    t.line("/system")
+    t.expect("Answer in French.")
+    t.line(f"/export md {tmp_path / 'c.md'}")
+    t.expect("exported")
+    t.line(f"/save {tmp_path / 'c.json'}")
+    t.expect("saved: ")
+    t.line("/branches")
+    old = t.expect("retried answer")
+    branch = re.search(r"○ ([0-9a-f]{10})", old).group(1)  # the first answer to "use x"
+    t.line(f"/switch {branch}")
+    t.expect(f"switched to {branch}")
+    t.line(f"/load {tmp_path / 'c.json'}")
+    t.expect("loaded")
+    t.expect("2 prompt(s)")
+    assert t.close() == 0
+    md = (tmp_path / "c.md").read_text()
+    assert "use x" in md and "retried answer" in md
+    saved = json.loads((tmp_path / "c.json").read_text())
+    assert saved["system"] == "Answer in French."
+
+
+def test_no_control_sequence_of_the_model_or_kernel_reaches_the_terminal(term, tmp_path):
+    """Every family of escape, in the streamed answer, the cell's code, its live output, stdout,
+    stderr, result, traceback and file names, /files and /branches: shown, never obeyed."""
+    from test_terminal_safety import HOSTILE, raw_hits
+
+    cell = (f"# {HOSTILE}\nimport sys, time\nprint({HOSTILE!r}, flush=True)\ntime.sleep(1.5)\n"
+            f"print({HOSTILE!r}, file=sys.stderr)\nopen({('f-' + HOSTILE[:12])!r}, 'w').write('x')\n"
+            f"class R:\n    def __repr__(self):\n        return {HOSTILE!r}\nR()")
+    t = term([{"python": cell}, f"answer {HOSTILE} [docs](http://evil.example/)",
+              {"python": f"raise ValueError({HOSTILE!r})"}, f"second {HOSTILE}"])
+    t.line("go")
+    t.expect("answer ")
+    t.expect("In [2]: ")
+    t.line("again")
+    t.expect("ValueError")
+    t.expect("In [3]: ")
+    t.line("/files")
+    t.expect("f-␛]0;PWNED-TI")
+    t.line("/branches")
+    t.expect("second ␛]0;PWNED-TITLE")
+    assert t.close() == 0
+    assert "␛]0;PWNED-TITLE" in t.screen and "\\x9b?1049h" in t.screen  # shown...
+    assert not raw_hits(t.raw), raw_hits(t.raw)  # ...and not one sequence obeyed
+
+
+def test_a_chat_left_before_any_prompt_leaves_no_file(term, tmp_path):
+    t = term(["unused"])
+    t.expect("In [1]: ")
+    t.send(CTRL_D)
+    t.expect("nothing to save: no prompt was sent")
+    t.child.expect(pexpect.EOF, timeout=20)
+    assert not list((tmp_path / "data").rglob("*.json"))
