@@ -27,9 +27,9 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from agent import embedded  # noqa: E402
+from agent.models import embedded  # noqa: E402
 from agent.models.local import LocalBackend  # noqa: E402
-from agent.core.messages import Message, user  # noqa: E402
+from agent.core.messages import Message  # noqa: E402
 
 console = Console()
 PROMPT = ("You are reviewing a small data-analysis project. The project loads a CSV of passengers, cleans "
@@ -137,7 +137,7 @@ def conversation(backend: LocalBackend, steps: int, reuse: bool) -> tuple[float,
     replies, cached = [], 0
     start = time.perf_counter()
     for q in FOLLOW_UPS[:steps]:
-        msgs.append(user(q))
+        msgs.append(Message(role="user", content=q))
         r = backend.complete(msgs, max_tokens=24)
         msgs.append(r.message)
         replies.append(r.message.content or "")
@@ -158,12 +158,12 @@ def agent_loop(backend: LocalBackend, steps: int, reuse: bool) -> tuple[float, i
     output (~300 tokens) to a prefix that is sent again in full. (seconds, tokens reused)"""
     backend.reuse_cache = reuse
     backend._cache, backend._cache_ids = None, []
-    msgs: list[Message] = [user("Explore the data set step by step with Python.")]
+    msgs: list[Message] = [Message(role="user", content="Explore the data set step by step with Python.")]
     cached = 0
     start = time.perf_counter()
     for step in range(steps):
         r = backend.complete(msgs, max_tokens=24)
-        msgs += [r.message, user(cell_output(step))]
+        msgs += [r.message, Message(role="user", content=cell_output(step))]
         cached += r.usage.cached_tokens
     backend.reuse_cache = True
     return time.perf_counter() - start, cached
@@ -199,7 +199,7 @@ def main() -> None:
     loads.add_row("cached: LocalBackend load (tokenizer + weights)", f"{load:.2f}")
     console.print(loads)
 
-    msgs = [user(PROMPT)]
+    msgs = [Message(role="user", content=PROMPT)]
     ids = backend.encode(msgs)
     n = args.tokens
     if args.only_loops:

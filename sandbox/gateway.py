@@ -1,6 +1,6 @@
 """`GatewayKernel`: a kernel on a Jupyter Kernel Gateway or Enterprise Gateway.
 
-Same surface and results as the local `Kernel` (which returns one for `isolation="gateway"`):
+Same surface and results as `LocalKernel` (`Kernel(isolation="gateway")` returns a `GatewayKernel`):
 kernels are created, interrupted and shut down through the gateway's REST API, and driven with
 Jupyter messages as JSON over its websocket (`/api/kernels/{id}/channels`). Scheduling
 (Kubernetes, YARN, Docker) is the gateway's business; the sandbox's limits there are the
@@ -15,174 +15,29 @@ import json
 import logging
 import os
 import queue
-import socket
 import stat
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-import uuid
-from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import websocket  # websocket-client: a synchronous client with a reader thread fits the blocking Kernel
-
 from . import safefs
-from .kernel import (BOOT, Kernel, KernelError, OutputCallback, _live, check_timeout, limits_from,
-                     resolve_workspace)
-from .options import check_bool, check_env, check_fraction, check_gpu
+from .base import BOOT, Kernel, KernelError, OutputCallback
+from .gateway_client import (ENV_KERNEL, ENV_TOKEN, ENV_URL, GatewayError, GatewayRest, KernelChannels,
+                             KernelGone, died_status)
 from .result import ExecResult
 
 log = logging.getLogger("kernelchat.sandbox.gateway")
 
-ENV_URL, ENV_TOKEN, ENV_KERNEL = "KERNELCHAT_GATEWAY_URL", "KERNELCHAT_GATEWAY_TOKEN", "KERNELCHAT_GATEWAY_KERNEL"
 REMOTE = Path(__file__).with_name("gateway_remote.py")
 POLL_S = 0.2
 REST_CHECK_S = 5.0  # during a long silent cell, ask the REST API now and then whether the kernel is dead
 CHUNK = 2 * 2**20  # file transfer chunk (raw bytes); tornado refuses websocket messages over 10 MiB
 REMOTE_OUTPUT_CHARS = 2_000_000  # the kernel-side cap: what a cell may send over the network per stream
-# Linux acknowledges received data late (delayed ACK, ~40 ms); the stock gateway's websocket has
-# Nagle on, so every reply frame after the first waits for our ACK. Quick ACKs remove that wait
-# from our side; the kernel must re-arm it before each read (Linux clears it by itself).
-QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
 
-class GatewayError(KernelError):
-    """The gateway refused a request, or could not be reached."""
-
-
-class _Gone(Exception):
-    """The kernel no longer exists on the gateway (404)."""
-
-
-class _Rest:
-    """The gateway's REST API, with errors in words."""
-
-    def __init__(self, url: str, token: str | None, timeout: float):
-        self.url, self.token, self.timeout = url, token, timeout
-
-    def headers(self) -> dict[str, str]:
-        h = {"Content-Type": "application/json"}
-        if self.token:
-            h["Authorization"] = f"token {self.token}"
-        return h
-
-    def __call__(self, method: str, path: str, body: dict | None = None, timeout: float | None = None) -> Any:
-        data = json.dumps(body).encode() if body is not None else (b"" if method == "POST" else None)
-        req = urllib.request.Request(self.url + path, data=data, headers=self.headers(), method=method)
-        try:
-            with urllib.request.urlopen(req, timeout=timeout or self.timeout) as r:
-                raw = r.read()
-        except urllib.error.HTTPError as e:
-            detail = e.read().decode(errors="replace")[:500]
-            try:
-                detail = json.loads(detail).get("message") or detail
-            except (ValueError, AttributeError):
-                pass
-            if e.code in (401, 403) and "Resource Limit" not in detail:
-                raise GatewayError(f"the kernel gateway at {self.url} refused the token (HTTP {e.code}): "
-                                   f"pass the right one with gateway_token= / --gateway-token / {ENV_TOKEN}") from None
-            if e.code == 404 and path.startswith("/api/kernels/"):
-                raise _Gone(path) from None
-            raise GatewayError(f"the kernel gateway at {self.url} answered {method} {path} with HTTP {e.code}: "
-                               f"{detail}") from None
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise GatewayError(f"cannot reach the kernel gateway at {self.url} ({reason}); is it running, "
-                               f"and is the URL right (gateway_url= / --gateway / {ENV_URL})?") from None
-        return json.loads(raw) if raw else None
-
-
-class _Channels:
-    """One websocket to a kernel; a reader thread puts each message (a dict) on `inbox`,
-    then None once the connection is gone."""
-
-    def __init__(self, url: str, headers: list[str], timeout: float, quickack: bool = True):
-        self.inbox: queue.Queue[dict | None] = queue.Queue()
-        self.session = uuid.uuid4().hex
-        self.quickack = quickack and QUICKACK is not None
-        self._send_lock = threading.Lock()
-        try:
-            self.ws = websocket.create_connection(
-                f"{url}?session_id={self.session}", header=headers, timeout=timeout,
-                sockopt=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])  # our small frames go at once
-        except websocket.WebSocketBadStatusException as e:
-            if e.status_code in (401, 403):
-                raise GatewayError(f"the kernel gateway refused the token on the websocket (HTTP {e.status_code})") from None
-            raise GatewayError(f"the kernel gateway refused the websocket {url} (HTTP {e.status_code})") from None
-        except (OSError, websocket.WebSocketException) as e:
-            raise GatewayError(f"cannot open the kernel's websocket {url}: {e}") from None
-        self.ws.settimeout(None)
-        self.closed = False
-        threading.Thread(target=self._read, daemon=True, name="kernelchat-gateway-ws").start()
-
-    def _read(self) -> None:
-        sock = self.ws.sock
-        try:
-            while True:
-                if self.quickack:
-                    sock.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
-                raw = self.ws.recv()
-                if not raw:  # a close frame
-                    break
-                self.inbox.put(json.loads(raw))
-        except Exception:  # noqa: BLE001 - any failure means the connection is gone
-            pass
-        self.closed = True
-        self.inbox.put(None)
-
-    def send(self, msg_type: str, content: dict, channel: str = "shell") -> str:
-        msg_id = uuid.uuid4().hex
-        msg = {"header": {"msg_id": msg_id, "msg_type": msg_type, "username": "kernelchat", "session": self.session,
-                          "date": datetime.now(timezone.utc).isoformat(), "version": "5.3"},
-               "parent_header": {}, "metadata": {}, "content": content, "channel": channel, "buffers": []}
-        with self._send_lock:
-            try:
-                self.ws.send(json.dumps(msg))
-            except (OSError, websocket.WebSocketException):
-                self.closed = True
-                self.inbox.put(None)
-        return msg_id
-
-    def execute(self, code: str, *, silent: bool = False, store_history: bool = True,
-                user_expressions: dict[str, str] | None = None) -> str:
-        return self.send("execute_request", {"code": code, "silent": silent, "store_history": store_history,
-                                             "user_expressions": user_expressions or {}, "allow_stdin": False,
-                                             "stop_on_error": False})
-
-    def reply(self, msg_id: str, timeout: float) -> dict | None:
-        """The shell reply to `msg_id`; None when the connection closed or time ran out."""
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                msg = self.inbox.get(timeout=left)
-            except queue.Empty:
-                return None
-            if msg is None or _died_status(msg):
-                self.inbox.put(msg)  # keep the news for the next reader
-                return None
-            if msg.get("channel") == "shell" and msg["parent_header"].get("msg_id") == msg_id:
-                return msg
-        return None
-
-    def close(self) -> None:
-        self.closed = True
-        try:
-            self.ws.abort()  # wakes the reader thread
-            self.ws.shutdown()
-        except Exception:  # noqa: BLE001
-            pass
-
-
-def _died_status(msg: dict) -> bool:
-    """The gateway's own notice that the kernel process died (it restarts it, or gives up)."""
-    return (msg.get("msg_type") == "status" and not msg.get("parent_header")
-            and msg["content"].get("execution_state") in ("restarting", "dead"))
-
-
-class GatewayKernel(Kernel):
+class GatewayKernel(Kernel, kind="gateway"):
     """A persistent IPython kernel on a Jupyter Kernel Gateway / Enterprise Gateway.
 
     >>> with Kernel(isolation="gateway", gateway_url="http://gw:8888", gateway_token="...") as k:
@@ -194,59 +49,40 @@ class GatewayKernel(Kernel):
     with `kernel_name` (a kernelspec) and `env` (`KERNEL_*` variables for Enterprise Gateway).
     """
 
-    def __init__(self, workspace: str | os.PathLike | None = None, isolation: str | None = "gateway",
-                 network: bool = False, gpu: bool = False, env: dict[str, str] | None = None, *,
-                 timeout: float = 120.0, memory_mb: int | None = -1, max_procs: int | None = -1,
-                 max_file_mb: int | None = -1, cpu_seconds: int | None = None, tmp_mb: int | None = None,
-                 output_chars: int | None = None, disk_mb: int | None = -1,
-                 idle_cpu_limit: float | None = None, start: bool = True, gateway_url: str | None = None,
-                 gateway_token: str | None = None, kernel_name: str | None = None,
-                 remote_workspace: str | None = None, remote_output_chars: int = REMOTE_OUTPUT_CHARS,
-                 request_timeout: float = 30.0, quickack: bool = True):
+    def _configure(self, isolation: str | None = "gateway", *, gateway_url: str | None = None,
+                   gateway_token: str | None = None, kernel_name: str | None = None,
+                   remote_workspace: str | None = None, remote_output_chars: int = REMOTE_OUTPUT_CHARS,
+                   request_timeout: float = 30.0, quickack: bool = True) -> None:
         url = gateway_url or os.environ.get(ENV_URL)
         if not url:
             raise ValueError(f"isolation='gateway' needs the gateway's URL: gateway_url=, --gateway or {ENV_URL}")
         parsed = urllib.parse.urlparse(url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ValueError(f"gateway_url must be http(s)://HOST:PORT[/BASE], got {url!r}")
-        check_bool("start", start)
-        check_fraction("idle_cpu_limit", idle_cpu_limit)  # accepted for the same surface; the deployment's business
         self.isolation = "gateway"
         self.gateway_url = url.rstrip("/")
         self._ws_base = ("wss" if parsed.scheme == "https" else "ws") + self.gateway_url[len(parsed.scheme):]
-        self._rest = _Rest(self.gateway_url, gateway_token or os.environ.get(ENV_TOKEN) or None, request_timeout)
+        self._rest = GatewayRest(self.gateway_url, gateway_token or os.environ.get(ENV_TOKEN) or None, request_timeout)
         self.kernel_name = kernel_name or os.environ.get(ENV_KERNEL) or None
-        self.network, self.gpu = check_bool("network", network), check_gpu(gpu)
-        self.env, self.timeout = check_env(env), check_timeout(timeout)
-        if gpu and not self.kernel_name:
-            log.info("gpu=True on a gateway: the kernelspec decides; pass kernel_name= (see docs/gateway.md)")
-        # Only output_chars applies here; the other limits (disk_mb too) are the deployment's (docs/gateway.md).
-        self.limits = limits_from(memory_mb=memory_mb, max_procs=max_procs, max_file_mb=max_file_mb,
-                                  cpu_seconds=cpu_seconds, tmp_mb=tmp_mb, output_chars=output_chars,
-                                  disk_mb=disk_mb)
-        self.remote_output_chars = max(int(remote_output_chars), self.limits.output_chars)
-        self.workspace, self._own_workspace = resolve_workspace(workspace)
-        self.outputs_dir = self.workspace / "outputs"
+        self.remote_output_chars = int(remote_output_chars)
         self._remote_ws_asked = remote_workspace
         self.remote_workspace: str | None = remote_workspace
         self._quickack = quickack
+
+    def _prepare(self, default_disk: bool) -> None:
+        # Of the limits only output_chars applies here; the others (disk_mb too) and idle_cpu_limit are
+        # the deployment's (docs/gateway.md).
+        if self.gpu and not self.kernel_name:
+            log.info("gpu=True on a gateway: the kernelspec decides; pass kernel_name= (see docs/gateway.md)")
+        self.remote_output_chars = max(self.remote_output_chars, self.limits.output_chars)
         self.kernel_id: str | None = None
-        self._ch: _Channels | None = None
+        self._ch: KernelChannels | None = None
         self._dead = False  # the gateway said so, or the websocket closed
-        self._init_bookkeeping()
-        if start:
-            self.start()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self, ready_timeout: float = 60.0) -> "GatewayKernel":
-        with self._lock:
-            if self._closed:
-                raise KernelError("this kernel was closed; create a new one")
-            if self.alive:
-                return self
-            self._spawn(ready_timeout, retire=self._teardown(wait=False))
-        return self
+    def _launch(self, ready_timeout: float) -> None:
+        self._spawn(ready_timeout, retire=self._teardown(wait=False))
 
     def _spawn(self, ready_timeout: float, retire: threading.Thread | None = None) -> None:
         """Create a kernel on the gateway, connect, wait until it answers, set it up."""
@@ -263,9 +99,9 @@ class GatewayKernel(Kernel):
             model = self._rest("POST", "/api/kernels", body, timeout=ready_timeout)
         self.kernel_id = model["id"]
         try:
-            self._ch = _Channels(f"{self._ws_base}/api/kernels/{self.kernel_id}/channels",
-                                 [f"Authorization: token {self._rest.token}"] if self._rest.token else [],
-                                 timeout=self._rest.timeout, quickack=self._quickack)
+            self._ch = KernelChannels(f"{self._ws_base}/api/kernels/{self.kernel_id}/channels",
+                                      [f"Authorization: token {self._rest.token}"] if self._rest.token else [],
+                                      timeout=self._rest.timeout, quickack=self._quickack)
             reply = self._ch.reply(self._ch.send("kernel_info_request", {}), ready_timeout)
             if reply is None:
                 raise KernelError(f"the kernel {self.kernel_id} on {self.gateway_url} did not answer "
@@ -319,7 +155,7 @@ class GatewayKernel(Kernel):
         def delete() -> None:
             try:
                 self._rest("DELETE", f"/api/kernels/{kid}")
-            except (GatewayError, _Gone):
+            except (GatewayError, KernelGone):
                 pass
 
         t = threading.Thread(target=delete, daemon=True, name="kernelchat-gateway-delete")
@@ -341,22 +177,13 @@ class GatewayKernel(Kernel):
                 raise KernelError("this kernel was closed; create a new one")
             self._spawn(60.0, retire=old)
 
-    def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            if self._ch is not None and not self._ch.closed and self._remote_ws_asked is None:
-                try:
-                    self._call("remove_workspace()", timeout=5)  # the temporary folder we made there
-                except (KernelError, ValueError):
-                    pass
-            self._teardown(wait=True)
-            if self._own_workspace and getattr(self, "_remove_workspace", False):
-                import shutil
-
-                shutil.rmtree(self.workspace, ignore_errors=True)
-            _live.discard(self)
+    def _stop(self) -> None:
+        if self._ch is not None and not self._ch.closed and self._remote_ws_asked is None:
+            try:
+                self._call("remove_workspace()", timeout=5)  # the temporary folder we made there
+            except (KernelError, ValueError):
+                pass
+        self._teardown(wait=True)
 
     @property
     def alive(self) -> bool:
@@ -369,7 +196,7 @@ class GatewayKernel(Kernel):
             try:
                 while True:
                     msg = ch.inbox.get_nowait()
-                    if msg is None or _died_status(msg):
+                    if msg is None or died_status(msg):
                         self._dead = True
                         break
             except queue.Empty:
@@ -390,7 +217,7 @@ class GatewayKernel(Kernel):
         if kid is not None:
             try:
                 self._rest("POST", f"/api/kernels/{kid}/interrupt")
-            except _Gone:
+            except KernelGone:
                 pass
 
     # execute() is Kernel.execute: it restarts a dead kernel first and marks the result state_lost.
@@ -431,7 +258,7 @@ class GatewayKernel(Kernel):
             last_heard = time.monotonic()
             if msg is None:
                 return self._after_death(res, streams, t0, "the websocket to the gateway closed")
-            if _died_status(msg):
+            if died_status(msg):
                 return self._after_death(res, streams, t0, "the gateway saw the process exit")
             if msg["parent_header"].get("msg_id") != msg_id:
                 continue
@@ -444,7 +271,7 @@ class GatewayKernel(Kernel):
     def _rest_says_dead(self) -> bool:
         try:
             model = self._rest("GET", f"/api/kernels/{self.kernel_id}")
-        except _Gone:
+        except KernelGone:
             return True
         except GatewayError:
             return False  # unreachable is not dead: the websocket tells us if it goes

@@ -1,5 +1,5 @@
 """What the host does with files in a kernel's workspace: rich outputs, spilled streams, upload,
-download, listing, the disk quota. A mixin of `Kernel` (and so of `GatewayKernel`).
+download, listing, the disk quota. A mixin of `Kernel` (so of both kinds).
 
 The sandboxed code controls every name in the workspace, so all of it goes through `safefs`:
 no link is followed, nothing but a regular file is opened, nothing blocks."""
@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from . import safefs
+from .safecopy import copy_in, copy_out
 from .capture import CappedStream
 from .limits import Limits
 from .quota import DiskQuota
@@ -21,6 +22,8 @@ class WorkspaceFiles:
     """Needs `workspace`, `outputs_dir`, `limits`, `interrupt()`; `_uid` when the kernel runs
     as a uid of its own (files the host makes are given to it)."""
 
+    _uid: int | None = None
+
     workspace: Path
     outputs_dir: Path
     limits: Limits
@@ -30,7 +33,7 @@ class WorkspaceFiles:
 
     @property
     def _owner(self) -> safefs.Owner | None:
-        uid = getattr(self, "_uid", None)
+        uid = self._uid
         return (uid, uid) if uid is not None else None
 
     @property
@@ -96,14 +99,14 @@ class WorkspaceFiles:
         """Copy a host file or folder into the workspace; returns its path there. Links and
         special files inside a folder are skipped; nothing planted in the workspace is followed."""
         src = Path(src).expanduser()
-        copied = safefs.copy_in(src, self.workspace, self._inside(dest if dest is not None else src.name),
+        copied = copy_in(src, self.workspace, self._inside(dest if dest is not None else src.name),
                                 owner=self._owner)
         return self.workspace / copied.path
 
     def download(self, relpath: str | os.PathLike, dest: str | os.PathLike) -> Path:
         """Copy a file or folder out of the workspace to `dest` on the host (regular files and
         folders only: links, FIFOs and other special files are not followed, read or copied)."""
-        return safefs.copy_out(self.workspace, self._inside(relpath), Path(dest))
+        return copy_out(self.workspace, self._inside(relpath), Path(dest))
 
     def files(self) -> list[str]:
         """Workspace files (regular files only, no link followed), relative paths."""

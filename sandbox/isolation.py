@@ -1,5 +1,5 @@
 """How a kernel process is launched: the bwrap sandbox, the environment allow-list,
-the unprivileged uid, rlimits and cgroups. Produces a `LaunchSpec`; `kernel.py` runs it."""
+the unprivileged uid, rlimits and cgroups. Produces a `LaunchSpec`; `local.py` runs it."""
 
 from __future__ import annotations
 

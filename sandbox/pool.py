@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from .kernel import Kernel
+from .base import Kernel
 
 
 class KernelPool:
@@ -64,7 +64,7 @@ class KernelPool:
             if k is not None:
                 k.close()
             k = Kernel(**self.options)
-        k._remove_workspace = True
+        k.remove_workspace_on_close()
         return k
 
     @property

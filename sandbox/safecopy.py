@@ -1,5 +1,5 @@
 """Copying files and folders into and out of a workspace without following anything the
-sandbox planted: part of the `safefs` API (import them from there)."""
+sandbox planted, with the primitives of `safefs`."""
 
 from __future__ import annotations
 

@@ -17,12 +17,11 @@ links there. Everything here therefore works on folder descriptors, one componen
 `root` itself is a host path chosen by the host (the workspace) and is trusted.
 Hard links: a sandbox under bwrap cannot make one to a host file (the workspace is its own mount:
 `link()` fails with EXDEV), but the host never writes through an existing inode anyway, and
-`chown_tree` leaves multiply-linked files alone unless they belong to the uid handing them over.
+`chown_tree` (safechown.py) leaves multiply-linked files alone unless they belong to the uid handing them over.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import secrets
@@ -39,7 +38,6 @@ Owner = tuple[int, int]
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 _NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
-_AT_EMPTY_PATH = 0x1000
 
 
 class UnsafePath(ValueError):
@@ -452,74 +450,3 @@ def tree_usage(root: Path, *, limit_entries: int = MAX_ENTRIES) -> Usage:
 def tree_bytes(root: Path, limit_entries: int = MAX_ENTRIES) -> int:
     """`tree_usage(...).bytes`."""
     return tree_usage(root, limit_entries=limit_entries).bytes
-
-
-# -- ownership -------------------------------------------------------------------------------
-
-try:
-    _libc = ctypes.CDLL(None, use_errno=True)
-    _fchownat = _libc.fchownat
-    _fchownat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_int]
-except (OSError, AttributeError):  # not glibc/musl: fall back to by-name, no-follow chown
-    _fchownat = None
-
-
-def _chown_fd(fd: int, uid: int, gid: int) -> None:
-    """Change the owner of what an O_PATH descriptor names (a link itself, a FIFO: never opened)."""
-    if _fchownat(fd, b"", uid, gid, _AT_EMPTY_PATH) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
-
-
-def _chown_entry(dir_fd: int, name: str, uid: int, gid: int, from_uid: int | None) -> None:
-    if _fchownat is None:
-        st = lstat_at(dir_fd, name)
-        if st is not None and _should_chown(st, uid, from_uid):
-            os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
-        return
-    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-    try:
-        st = os.fstat(fd)  # of the object we hold: a swap after this changes nothing
-        if _should_chown(st, uid, from_uid):
-            _chown_fd(fd, uid, gid)
-    finally:
-        os.close(fd)
-
-
-def _should_chown(st: os.stat_result, uid: int, from_uid: int | None) -> bool:
-    if st.st_uid == uid or (from_uid is not None and st.st_uid != from_uid):
-        return False
-    # A file with several hard links may have a twin outside the workspace (a host file): it
-    # changes hands only when it belonged to `from_uid`, and never when that is root.
-    if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
-        return from_uid is not None and from_uid != 0
-    return True
-
-
-def chown_tree(root: Path, uid: int, gid: int, *, from_uid: int | None = None) -> None:
-    """Give `root` and everything below it to uid:gid without following any link, even one
-    swapped in during the walk (each entry is opened O_PATH|O_NOFOLLOW relative to its folder's
-    descriptor and changed through that descriptor). With `from_uid`, only entries owned by that
-    uid change. Hard-linked files: see `_should_chown`. Errors on single entries are skipped.
-    The kernel clears set-uid/set-gid bits of files whose owner changes."""
-    try:
-        fd = open_root(root)
-    except OSError:
-        return
-    try:
-        st = os.fstat(fd)
-        if _should_chown(st, uid, from_uid):
-            os.fchown(fd, uid, gid)
-        for dir_fd, _, name, seen in Walk(fd, max_entries=10 * MAX_ENTRIES):
-            if not _should_chown(seen, uid, from_uid):  # a cheap first look; _chown_entry decides
-                continue
-            try:
-                _chown_entry(dir_fd, name, uid, gid, from_uid)
-            except OSError:
-                pass
-    finally:
-        os.close(fd)
-
-
-# copy_in / copy_out live in safecopy.py (this module's size); they are part of this API.
-from .safecopy import Copied, copy_in, copy_out  # noqa: E402  (safecopy imports the names above)

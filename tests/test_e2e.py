@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from agent import Chat
-from agent.core.prompts import SMALL_MODEL_SYSTEM
+from agent.models.scripted import ScriptedBackend
+from agent.smallmodel.strategy import SMALL_MODEL_SYSTEM
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent / "kernelchat"
@@ -25,7 +26,7 @@ def test_main_job_one_shot_cli_json(tmp_path):
     assert data["steps"] >= 1 and data["tool_calls"] and "2**100" in data["tool_calls"][0]["code"].replace(" ", "")
     assert data["usage"]["prompt_tokens"] > 0 and data["usage"]["completion_tokens"] > 0
     assert data["usage"]["cost_usd"] == 0 and data["model"] == "hf:smollm2"
-    saved = Chat.load(tmp_path / "c.json", backend=object())
+    saved = Chat.load(tmp_path / "c.json", backend=ScriptedBackend([]))  # no model loaded
     assert [m.role for m in saved.messages()][:3] == ["system", "user", "assistant"]
 
 

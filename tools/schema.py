@@ -6,9 +6,53 @@ from __future__ import annotations
 import inspect
 import json
 import re
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Generator, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+if TYPE_CHECKING:
+    from sandbox import ExecResult, Kernel
+
+# What a tool streams while it runs: (stream, text), e.g. ("stdout", "42\n") or ("notice", "...").
+Output = tuple[str, str]
+
+
+@dataclass
+class Outcome:
+    """What a tool run hands back: the text the model reads, and for a cell what the kernel did."""
+
+    text: str
+    status: str = "ok"  # ok | error | invalid | rejected | timeout | died ...
+    code: str | None = None  # a cell's code as it ran (or was refused)
+    cell: ExecResult | None = None  # the kernel's result, for a cell that ran
+
+
+@dataclass
+class ToolContext:
+    """What the loop lends a tool run: the sandbox and the user's say (the python tool uses them)."""
+
+    kernel: Callable[[], Kernel] | None = None  # the kernel to run in, started on first use
+    # A cell's timeout in seconds, and why it is shorter than usual (the time budget's words) or None.
+    timeout: Callable[[], tuple[float, str | None]] = lambda: (120.0, None)
+    approve: Callable[[str], bool | str | None] | None = None  # False/None: refuse; a string: run that
+    # After a cell ran: the code to run instead and a notice saying so, or None (see TurnStrategy).
+    revise: Callable[[str, ExecResult], tuple[str, str] | None] | None = None
+
+
+class Runnable(Protocol):
+    """A tool as the loop sees it: every tool, the python one included, is run the same way."""
+
+    name: str
+
+    @property
+    def schema(self) -> dict[str, Any]: ...
+
+    def code(self, arguments: str) -> str | None:
+        """The code a call would run, shown before it runs (None: not a code tool, or no valid code)."""
+
+    def run(self, arguments: str, context: ToolContext) -> Generator[Output, None, Outcome]:
+        """Run a call, yielding live output; return the outcome. Mistakes come back as text."""
 
 _PARAM_LINE = re.compile(r"^\s*[:@]?(?:param\s+)?(\w+)\s*(?:\([^)]*\))?\s*:\s*(.+)$")
 
@@ -87,6 +131,20 @@ class Tool:
     def __call__(self, arguments: str | dict[str, Any]) -> Any:
         args = self.validate(arguments)
         return self.fn(**{k: getattr(args, k) for k in type(args).model_fields})
+
+    def code(self, arguments: str) -> None:
+        return None
+
+    def run(self, arguments: str, context: ToolContext) -> Generator[Output, None, Outcome]:
+        """Call the function; its value as text (JSON unless a string), or the mistake worded for the model."""
+        try:
+            value = self(arguments)
+        except ValueError as e:  # validation: worded for the model
+            return Outcome(str(e), "invalid")
+        except Exception as e:  # noqa: BLE001 - the tool's failure goes back to the model
+            return Outcome(f"Error: {self.name} raised {type(e).__name__}: {e}", "error")
+        return Outcome(value if isinstance(value, str) else json.dumps(value, default=str))
+        yield  # a generator, like every tool's run: a function's has no live output
 
 
 def as_tool(fn: Callable[..., Any] | Tool) -> Tool:

@@ -11,13 +11,24 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from typing import Callable, Protocol
 
 from pydantic import BaseModel, Field
 
-from agent.models import pricing
 from agent.core.messages import Message, Usage
-from agent.models.pricing import Price
+
+
+class Price(Protocol):
+    """What a money budget needs of a model's price (agent.models.pricing gives them)."""
+
+    output: float  # USD per 1M completion tokens
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """USD for a request of this size."""
+
+
+# Where a price for `model` can be given, for the refusal of a money budget without one.
+PriceHelp = Callable[[str], str]
 
 
 class BudgetExceeded(RuntimeError):
@@ -41,14 +52,17 @@ class BudgetTracker:
     """Records the Usage of every request and checks the next one against the Budget.
 
     `price` is the model's (None: unknown). A money budget needs a price: setting one for a model
-    without a price, or switching to such a model under one, raises ValueError at once rather than
-    letting the budget go unenforced. Local models have a price of zero, so any max_usd holds for them.
+    without a price, or switching to such a model under one, raises ValueError at once (saying what
+    `price_help` says) rather than letting the budget go unenforced. Local models have a price of zero,
+    so any max_usd holds for them.
     """
 
-    def __init__(self, budget: Budget | None = None, price: Price | None = None, model: str = "?"):
+    def __init__(self, budget: Budget | None = None, price: Price | None = None, model: str = "?",
+                 price_help: PriceHelp | None = None):
         self.usages: list[Usage] = []
         self._started = time.monotonic()
         self._price, self._model = price, model
+        self.price_help = price_help
         self.budget = budget or Budget()
 
     @property
@@ -57,7 +71,7 @@ class BudgetTracker:
 
     @budget.setter
     def budget(self, budget: Budget) -> None:
-        require_price(budget, self._price, self._model)
+        require_price(budget, self._price, self._model, self.price_help)
         self._budget = budget
 
     @property
@@ -66,7 +80,7 @@ class BudgetTracker:
 
     def set_model(self, model: str, price: Price | None) -> None:
         """The model requests go to from now on; refused (nothing changes) if the budget needs its price."""
-        require_price(self.budget, price, model)
+        require_price(self.budget, price, model, self.price_help)
         self._model, self._price = model, price
 
     @property
@@ -127,15 +141,12 @@ class BudgetTracker:
         return allowed
 
 
-def require_price(budget: Budget, price: Price | None, model: str) -> None:
+def require_price(budget: Budget, price: Price | None, model: str, help: PriceHelp | None = None) -> None:
     """ValueError if `budget` has a money limit and `model` has no price to enforce it with."""
     if budget.max_usd is None or price is not None:
         return
-    raise ValueError(
-        f"max_usd needs the price of {model!r}, and kernelchat does not know it: add it to "
-        f"{pricing.user_prices_path()} (or the file KERNELCHAT_PRICES names) as "
-        f'{{"models": {{"{pricing.bare_model(model)}": {{"input": USD, "output": USD}}}}}} per 1M tokens, '
-        f"or drop max_usd")
+    raise ValueError(f"max_usd needs the price of {model!r}, and kernelchat does not know it: "
+                     f"{help(model) if help else 'give its price'}, or drop max_usd")
 
 
 def elision_marker(chars: int, newest: bool = False) -> str:

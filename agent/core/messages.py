@@ -59,18 +59,6 @@ class Message(BaseModel):
                    tool_call_id=d.get("tool_call_id"))
 
 
-def system(text: str) -> Message:
-    return Message(role="system", content=text)
-
-
-def user(text: str) -> Message:
-    return Message(role="user", content=text)
-
-
-def assistant(text: str | None = None, tool_calls: list[ToolCall] | None = None) -> Message:
-    return Message(role="assistant", content=text, tool_calls=tool_calls or [])
-
-
 def tool_result(call_id: str, text: str, name: str | None = None) -> Message:
     return Message(role="tool", content=text, tool_call_id=call_id, name=name)
 
@@ -117,16 +105,6 @@ class TextDelta(BaseModel):
     text: str
 
 
-class ToolCallDelta(BaseModel):
-    """A piece of a tool call as it streams: `index` identifies the call."""
-
-    kind: Literal["tool_call"] = "tool_call"
-    index: int
-    id: str | None = None
-    name: str | None = None
-    arguments: str = ""
-
-
 class Done(BaseModel):
     """The last stream event: the whole reply."""
 
@@ -134,4 +112,4 @@ class Done(BaseModel):
     reply: Reply
 
 
-StreamEvent = TextDelta | ToolCallDelta | Done
+StreamEvent = TextDelta | Done

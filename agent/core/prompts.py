@@ -1,4 +1,4 @@
-"""Default system prompts, after Jeremy Howard's *Hacker's Guide to Language Models* (our words)."""
+"""The default system prompt, after Jeremy Howard's *Hacker's Guide to Language Models* (our words)."""
 
 DEFAULT_SYSTEM = """\
 You are a careful assistant with a Python interpreter.
@@ -14,13 +14,3 @@ so variables, imports and files persist. Print what you need to see.
 - When code fails, read the error, fix the code and run it again.
 - Keep the final answer short and give the result exactly as computed.
 """
-
-# Models without tool-calling training (like the embedded SmolLM2-135M) write fenced code; the loop
-# runs each ```python block and shows the output. Short, concrete and with an example: small models
-# follow examples far better than rules.
-SMALL_MODEL_SYSTEM = """\
-You are a helpful assistant. Answer every question with one Python code block that computes \
-the answer and prints it. Use the exact numbers and words from the question.
-"""
-
-# Worked examples for it are picked per question from a bank: see shots.py.

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agent.core.dirs import conversations_dir  # noqa: F401 - store.conversations_dir() stays
 from agent.core.messages import Usage
 from agent.core.tree import CellRecord, Figure, Tree
 
@@ -39,11 +40,6 @@ class ConversationFile(BaseModel):
     settings: Settings = Field(default_factory=Settings)
     usage: Usage = Field(default_factory=Usage)
     tree: Tree
-
-
-def conversations_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-    return Path(base) / "kernelchat" / "conversations"
 
 
 def atomic_write(path: Path, text: str) -> None:

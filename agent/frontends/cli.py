@@ -12,57 +12,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
-from pathlib import Path
 
 from rich.console import Console
 from rich.panel import Panel
 from rich.text import Text
 
+from agent.frontends.options import (add_budget_args, add_model_args, add_sandbox_args, chat_options,
+                                     check_save_path, conversation_path, kernel_options)
 from agent.frontends.render import safe_line, safe_text
-
-
-def gateway_options(args: argparse.Namespace) -> dict:
-    """Kernel options for --gateway URL / --gateway-token (else KERNELCHAT_GATEWAY_URL / _TOKEN)."""
-    if getattr(args, "gateway", None) or getattr(args, "isolation", None) == "gateway":
-        return {"isolation": "gateway", "gateway_url": args.gateway, "gateway_token": args.gateway_token}
-    return {}
-
-
-def _sandbox_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("sandbox")
-    g.add_argument("--isolation", choices=["bwrap", "none", "gateway"], default=None,
-                   help="bwrap (default where it runs), none (trusted code only), or gateway (see --gateway)")
-    g.add_argument("--gateway", metavar="URL", default=None,
-                   help="run the kernel on a Jupyter Kernel Gateway / Enterprise Gateway (implies --isolation gateway)")
-    g.add_argument("--gateway-token", metavar="TOKEN", default=None,
-                   help="the gateway's auth token (or KERNELCHAT_GATEWAY_TOKEN)")
-    g.add_argument("--network", action="store_true", help="let the kernel reach the network")
-    g.add_argument("--gpu", action="store_true", help="pass the NVIDIA devices through")
-    g.add_argument("--workspace", default=None, help="the kernel's working folder (default: a temporary one)")
-    g.add_argument("--timeout", type=float, default=120.0, help="seconds per cell (default 120)")
-    g.add_argument("--memory-mb", type=int, default=-1, help="memory limit for the kernel")
-    g.add_argument("--disk-mb", type=int, default=-1,
-                   help="disk quota for the workspace (default: what it holds plus 25%% of the free space)")
-
-
-def _kernel_from(args: argparse.Namespace):
-    from sandbox import Kernel
-
-    return Kernel(**{**dict(workspace=args.workspace, isolation=args.isolation, network=args.network, gpu=args.gpu,
-                            timeout=args.timeout, memory_mb=args.memory_mb, disk_mb=args.disk_mb),
-                **gateway_options(args)})
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
     """Run Python in the sandbox and show what it produced (the kernel's control codes made visible)."""
     from agent.frontends.render import code_panel
+    from sandbox import Kernel
 
     console = Console()
     code = sys.stdin.read() if args.code == "-" else args.code
-    with _kernel_from(args) as kernel:
+    with Kernel(**kernel_options(args)) as kernel:
         res = kernel.execute(code)
     if args.json:
         print(res.model_dump_json(indent=2))
@@ -83,65 +51,6 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return 0 if res.ok else 1
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--model", "-m", default=None,
-                   help="gpt-4o-mini, openai:NAME, hf:smollm2 (default without OPENAI_API_KEY), hf:NAME, a folder or .gguf")
-    g.add_argument("--base-url", default=None, help="an OpenAI-compatible server (vLLM, llama.cpp, Ollama, ...)")
-    g.add_argument("--api-key", default=None, help="default: $OPENAI_API_KEY")
-    g.add_argument("--system", default=None, help="replace the default system prompt")
-    b = p.add_argument_group("budget")
-    b.add_argument("--max-steps", type=int, default=10, help="model requests per prompt (default 10)")
-    b.add_argument("--max-tokens", type=int, default=None, help="token budget for the conversation")
-    b.add_argument("--max-usd", type=float, default=None, help="money budget in USD")
-    b.add_argument("--max-seconds", type=float, default=None, help="time budget")
-    p.add_argument("--confirm", action="store_true", help="ask before each cell runs: run, skip, or edit it")
-
-
-def _chat_from(args: argparse.Namespace):
-    from agent.core.budget import Budget
-    from agent.chat import Chat
-
-    budget = Budget(max_tokens=args.max_tokens, max_usd=args.max_usd, max_seconds=args.max_seconds)
-    sandbox = {**dict(workspace=args.workspace, isolation=args.isolation, network=args.network, gpu=args.gpu,
-                      timeout=args.timeout, memory_mb=args.memory_mb, disk_mb=args.disk_mb),
-                **gateway_options(args)}
-    return Chat(args.model, system=args.system, base_url=args.base_url, api_key=args.api_key, budget=budget,
-                max_steps=args.max_steps, progress=not getattr(args, "json", False), **sandbox)
-
-
-def check_save_path(path: str | Path, what: str = "--save") -> Path:
-    """Where a conversation is to be saved, checked before a model loads or anything runs: a file
-    (not a folder) whose folder exists or can be made, and can be written (probed for real: as root,
-    permission bits say nothing). Raises ValueError with one sentence."""
-    p = Path(path).expanduser()
-    if p.is_dir():
-        raise ValueError(f"{what} {path}: that is a folder; give a file name, e.g. {p / 'conversation.json'}")
-    if p.is_symlink() or (p.exists() and not p.is_file()):
-        raise ValueError(f"{what} {path}: that is not a regular file; give another file name")
-    folder = p.parent
-    while not folder.exists() and folder != folder.parent:  # the folders still to be made
-        folder = folder.parent
-    if not folder.is_dir():
-        raise ValueError(f"{what} {path}: {folder} is not a folder")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".kernelchat-probe-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise ValueError(f"{what} {path}: cannot write in {folder} ({e.strerror or e})") from None
-    return p
-
-
-def conversation_path(chat, save: str | Path | None) -> Path:
-    """Point `chat` at its file without writing it: the file appears with the first prompt, so a
-    run that never got that far (a model that fails to load, a kernel or budget refusal) leaves none."""
-    from agent.core import store
-
-    chat.path = Path(save).expanduser() if save else store.conversations_dir() / f"{chat.id}.json"
-    return chat.path
-
-
 def cmd_prompt(args: argparse.Namespace) -> int:
     """One shot: run the loop on PROMPT and print the answer (with each cell), or one JSON object."""
     from agent.core.budget import BudgetExceeded
@@ -160,7 +69,9 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     printer = None if args.json else EventPrinter(Console(stderr=False))
     calls: list[dict] = []
     answer, steps, stopped = "", 0, None
-    with _chat_from(args) as chat:
+    from agent.chat import Chat
+
+    with Chat(**chat_options(args)) as chat:
         if args.confirm:  # ask before each cell, as the terminal chat does
             from agent.frontends.repl import confirm_cell
 
@@ -205,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("exec", help="run Python code in the sandboxed kernel")
     e.add_argument("code", help="the code, or - to read it from stdin")
     e.add_argument("--json", action="store_true", help="print the ExecResult as JSON")
-    _sandbox_args(e)
+    add_sandbox_args(e)
     e.set_defaults(func=cmd_exec)
     from agent.frontends.cli_models import register as register_model_commands  # `tokens`, `models`
 
@@ -225,8 +136,10 @@ def prompt_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object: answer, steps, tool_calls, usage")
     p.add_argument("--save", default=None, help="where to save the conversation (default: the conversations folder)")
     p.add_argument("--no-save", action="store_true", help="do not save the conversation")
-    _model_args(p)
-    _sandbox_args(p)
+    p.add_argument("--confirm", action="store_true", help="ask before each cell runs: run, skip, or edit it")
+    add_model_args(p)
+    add_budget_args(p)
+    add_sandbox_args(p)
     p.set_defaults(func=cmd_prompt)
     return p
 

@@ -10,17 +10,43 @@ import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree as RichTree
 
+from agent.frontends.options import check_save_path
 from agent.frontends.render import safe_line, safe_text
 
 if TYPE_CHECKING:
-    from agent.frontends.repl import Repl
+    from agent.chat import Chat
+    from agent.core.events import Event
+
+
+class ChatView(Protocol):
+    """What the commands need of the terminal chat they run in (repl.Repl is one)."""
+
+    chat: Chat
+    console: Console
+
+    def notice(self, text: str) -> None: ...
+
+    def flush_notices(self) -> None: ...
+
+    def start_edit(self, n: int, text: str) -> None: ...
+
+    def run_turn(self, events: Iterator[Event]) -> None: ...
+
+    def switch_model(self, name: str) -> None: ...
+
+    def set_system(self, text: str) -> None: ...
+
+    def load(self, path: Path) -> None: ...
+
+    def quit(self) -> None: ...
 
 
 class CommandError(ValueError):
@@ -161,16 +187,16 @@ def _parse(name: str, rest: str) -> Command:
 # -- handlers --------------------------------------------------------------------------------------
 
 
-def handle(repl: "Repl", cmd: Command) -> None:
+def handle(repl: ChatView, cmd: Command) -> None:
     """Run a parsed command against the terminal chat."""
     globals()[f"_do_{cmd.name}"](repl, cmd)
 
 
-def _prompts(repl: "Repl") -> list[str]:
+def _prompts(repl: ChatView) -> list[str]:
     return [n.message.content or "" for n in repl.chat.tree.user_nodes()]
 
 
-def _do_edit(repl: "Repl", cmd: Command) -> None:
+def _do_edit(repl: ChatView, cmd: Command) -> None:
     prompts = _prompts(repl)
     if not prompts:
         raise CommandError("there is no prompt to edit yet")
@@ -180,20 +206,20 @@ def _do_edit(repl: "Repl", cmd: Command) -> None:
     repl.start_edit(n, prompts[n - 1])
 
 
-def _do_undo(repl: "Repl", cmd: Command) -> None:
+def _do_undo(repl: ChatView, cmd: Command) -> None:
     if not _prompts(repl):
         raise CommandError("nothing to undo")
     repl.chat.undo()
     repl.notice(f"undone: back at prompt {len(_prompts(repl))} (the old exchange stays in /branches)")
 
 
-def _do_retry(repl: "Repl", cmd: Command) -> None:
+def _do_retry(repl: ChatView, cmd: Command) -> None:
     if not _prompts(repl):
         raise CommandError("nothing to retry yet")
     repl.run_turn(repl.chat.retry_events())
 
 
-def _do_branches(repl: "Repl", cmd: Command) -> None:
+def _do_branches(repl: ChatView, cmd: Command) -> None:
     repl.console.print(branch_tree(repl.chat))
 
 
@@ -228,7 +254,7 @@ def branch_tree(chat) -> RichTree:
     return root
 
 
-def _do_switch(repl: "Repl", cmd: Command) -> None:
+def _do_switch(repl: ChatView, cmd: Command) -> None:
     repl.chat.switch(cmd.arg)
     repl.flush_notices()
     prompts = _prompts(repl)
@@ -236,7 +262,7 @@ def _do_switch(repl: "Repl", cmd: Command) -> None:
                 + (f", the last: {prompts[-1][:60]!r}" if prompts else ""))
 
 
-def _do_tokens(repl: "Repl", cmd: Command) -> None:
+def _do_tokens(repl: ChatView, cmd: Command) -> None:
     usages = repl.chat.tracker.usages
     t = Table(title="tokens per request", title_justify="left", show_footer=True)
     total = repl.chat.usage
@@ -252,7 +278,7 @@ def _do_tokens(repl: "Repl", cmd: Command) -> None:
     repl.console.print(t)
 
 
-def _do_budget(repl: "Repl", cmd: Command) -> None:
+def _do_budget(repl: ChatView, cmd: Command) -> None:
     from agent.core.budget import Budget
 
     tracker = repl.chat.tracker
@@ -278,14 +304,14 @@ def model_names() -> list[str]:
     return sorted({EMBEDDED, *prices()})
 
 
-def _do_model(repl: "Repl", cmd: Command) -> None:
+def _do_model(repl: ChatView, cmd: Command) -> None:
     if cmd.arg is None:
         repl.notice(f"model: {repl.chat.model} (switch with /model NAME)")
         return
     repl.switch_model(cmd.arg)
 
 
-def _do_system(repl: "Repl", cmd: Command) -> None:
+def _do_system(repl: ChatView, cmd: Command) -> None:
     chat = repl.chat
     if cmd.arg is None:
         from rich.panel import Panel
@@ -297,28 +323,24 @@ def _do_system(repl: "Repl", cmd: Command) -> None:
     repl.notice("system prompt replaced (the root of the tree: every branch uses it from the next request on)")
 
 
-def _do_save(repl: "Repl", cmd: Command) -> None:
-    from agent.frontends.cli import check_save_path
-
+def _do_save(repl: ChatView, cmd: Command) -> None:
     path = repl.chat.save(check_save_path(cmd.arg, "/save") if cmd.arg else None)
     repl.notice(f"saved: {path}")
 
 
-def _do_load(repl: "Repl", cmd: Command) -> None:
+def _do_load(repl: ChatView, cmd: Command) -> None:
     path = Path(cmd.arg).expanduser()
     if not path.is_file():
         raise CommandError(f"no conversation file at {str(path)!r}")
     repl.load(path)
 
 
-def _do_export(repl: "Repl", cmd: Command) -> None:
-    from agent.frontends.cli import check_save_path
-
+def _do_export(repl: ChatView, cmd: Command) -> None:
     path = repl.chat.export(cmd.fmt, check_save_path(cmd.arg, "/export"))
     repl.notice(f"exported: {path}")
 
 
-def _do_kernel(repl: "Repl", cmd: Command) -> None:
+def _do_kernel(repl: ChatView, cmd: Command) -> None:
     chat = repl.chat
     if chat.started_kernel is None:  # started lazily: nothing to restart yet
         repl.notice("the kernel has not started yet; it starts with the first cell")
@@ -329,7 +351,7 @@ def _do_kernel(repl: "Repl", cmd: Command) -> None:
     repl.notice("kernel restarted" + (", the branch's cells replayed" if cmd.arg == "restart" else ", clean"))
 
 
-def _do_files(repl: "Repl", cmd: Command) -> None:
+def _do_files(repl: ChatView, cmd: Command) -> None:
     kernel = repl.chat.kernel()
     files = kernel.files()
     repl.console.print(Text(safe_line(str(kernel.workspace)), style="bold"))
@@ -339,12 +361,12 @@ def _do_files(repl: "Repl", cmd: Command) -> None:
         repl.console.print(Text("  " + safe_line(f)))
 
 
-def _do_upload(repl: "Repl", cmd: Command) -> None:
+def _do_upload(repl: ChatView, cmd: Command) -> None:
     target = repl.chat.kernel().upload(cmd.arg)
     repl.notice(f"uploaded: {target}")
 
 
-def _do_help(repl: "Repl", cmd: Command) -> None:
+def _do_help(repl: ChatView, cmd: Command) -> None:
     t = Table(show_header=False, box=None, padding=(0, 2))
     for usage, text in COMMANDS.values():
         t.add_row(Text(usage, style="cyan"), text)
@@ -356,5 +378,5 @@ KEYS_HELP = ("Keys: Enter sends · Esc-Enter (Alt-Enter) new line · ↑/↓ his
              "Ctrl-C stops the answer or the running cell · Ctrl-D leaves")
 
 
-def _do_quit(repl: "Repl", cmd: Command) -> None:
+def _do_quit(repl: ChatView, cmd: Command) -> None:
     repl.quit()

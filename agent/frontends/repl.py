@@ -36,16 +36,14 @@ from rich.text import Text
 
 from agent.frontends import commands
 from agent.core.budget import BudgetExceeded
+from agent.core.dirs import data_dir
 from agent.core.events import Event, NoticeEvent, ToolCallEvent, ToolOutputEvent, ToolResultEvent
-from agent.core.prompts import DEFAULT_SYSTEM, SMALL_MODEL_SYSTEM
+from agent.core.prompts import DEFAULT_SYSTEM
+from agent.smallmodel.strategy import SMALL_MODEL_SYSTEM
+from agent.frontends.options import chat_options, check_save_path, conversation_path
 from agent.frontends.render import EventPrinter, code_panel, live_line, safe_line, safe_text
 
 LIVE_LINES = 8  # lines of a running cell's output shown under its spinner
-
-
-def data_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-    return Path(base) / "kernelchat"
 
 
 def _clock(seconds: float) -> str:
@@ -443,16 +441,6 @@ def _esc(text: str) -> str:
 # -- entry point -----------------------------------------------------------------------------------
 
 
-def chat_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Chat keyword arguments from the shared CLI flags."""
-    from agent.core.budget import Budget
-
-    return dict(model=args.model, system=args.system, base_url=args.base_url, api_key=args.api_key,
-                budget=Budget(max_tokens=args.max_tokens, max_usd=args.max_usd, max_seconds=args.max_seconds),
-                max_steps=args.max_steps, workspace=args.workspace, isolation=args.isolation, network=args.network,
-                gpu=args.gpu, timeout=args.timeout, memory_mb=args.memory_mb, disk_mb=args.disk_mb)
-
-
 def main(args: argparse.Namespace, backend: Any = None, console: Console | None = None) -> int:
     """Open the terminal chat with the one-shot CLI's flags. `backend` is for tests (a scripted model)."""
     from agent.chat import Chat
@@ -462,8 +450,6 @@ def main(args: argparse.Namespace, backend: Any = None, console: Console | None 
         console.print("[red]kernelchat:[/red] no prompt given and stdin is not a terminal; "
                       "give a prompt, or `kernelchat -` to read it from stdin", highlight=False)
         return 2
-    from agent.frontends.cli import check_save_path, conversation_path
-
     if args.save and not args.no_save:
         check_save_path(args.save)  # a bad path: one line now, not after the model has loaded
     options = chat_options(args)

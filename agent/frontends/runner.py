@@ -36,6 +36,7 @@ from agent.core import store
 from agent.core.budget import BudgetExceeded
 from agent.models.cassette import Cassette, CassetteError, RecordingBackend, ReplayBackend
 from agent.frontends.checks import CheckResult, run_check
+from agent.frontends.options import add_gateway_args, gateway_options
 from agent.core.events import AnswerEvent, Event, ToolCallEvent, UsageEvent
 from agent.frontends.render import safe_line, safe_text
 from agent.frontends.tasks import Task, TaskError, load_tasks
@@ -98,12 +99,12 @@ def _fresh_workspace(workspace: Path) -> None:
 def _copy_files(task: Task, workspace: Path) -> None:
     """The task's files into the workspace, each under its own name, through safefs: nothing on the
     workspace side is followed."""
-    from sandbox import safefs
+    from sandbox.safecopy import copy_in
 
     for src in task.source_files():
         if workspace.resolve().is_relative_to(src):  # files = ["."] with --out inside that folder
             raise ValueError(f"the task's files entry {str(src)!r} holds the report folder; copy a narrower folder")
-        safefs.copy_in(src, workspace, src.name)
+        copy_in(src, workspace, src.name)
 
 
 def run_task(task: Task, folder: Path, backend: Any, progress: Progress | None = None,
@@ -342,8 +343,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         err.print(Text.assemble(("kernelchat run: setup failed:", "red"), " ", safe_text(str(e))))
         return 2
     started = datetime.now().isoformat(timespec="seconds")
-    from agent.frontends.cli import gateway_options
-
     results = run_tasks(tasks, out, backends, parallel=args.parallel, console=err,
                         kernel_options=gateway_options(args),
                         show_progress=not args.no_progress)
@@ -380,9 +379,7 @@ def register(sub: Any) -> None:
     p.add_argument("--model", "-m", default=None, help="override the tasks' model")
     p.add_argument("--base-url", default=None, help="an OpenAI-compatible server")
     p.add_argument("--no-progress", action="store_true", help="no live progress bars")
-    p.add_argument("--gateway", metavar="URL", default=None,
-                   help="run every task's kernel on this Jupyter Kernel Gateway / Enterprise Gateway")
-    p.add_argument("--gateway-token", metavar="TOKEN", default=None, help="the gateway's auth token")
+    add_gateway_args(p, help_text="run every task's kernel on this Jupyter Kernel Gateway / Enterprise Gateway")
     p.set_defaults(func=cmd_run)
 
 

@@ -29,11 +29,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class BudgetSpec(_Strict):
-    max_usd: float | None = Field(default=None, gt=0)
-    max_tokens: int | None = Field(default=None, gt=0)
-    max_steps: int | None = Field(default=None, gt=0, description="model requests in the whole task")
-    max_seconds: float | None = Field(default=None, gt=0)
+class BudgetSpec(Budget):
+    """The task file's [budget]: Budget's fields (max_steps counts the whole task), unknown keys refused."""
+
+    model_config = ConfigDict(extra="forbid")
 
     def budget(self) -> Budget:
         return Budget(**self.model_dump())

@@ -12,7 +12,7 @@ import os
 import threading
 from typing import Any
 
-from agent.models.base import Backend, BackendError
+from agent.core.backend import Backend, BackendError, Capabilities
 
 EMBEDDED = "hf:smollm2"
 _local_cache: dict[str, Any] = {}
@@ -46,4 +46,4 @@ def get_backend(model: str | None = None, *, base_url: str | None = None, api_ke
     return OpenAIBackend(model, base_url=base_url, api_key=api_key)
 
 
-__all__ = ["Backend", "BackendError", "get_backend", "default_model", "is_local_model", "EMBEDDED"]
+__all__ = ["Backend", "BackendError", "Capabilities", "get_backend", "default_model", "is_local_model", "EMBEDDED"]

@@ -4,14 +4,16 @@ offline and free.
     backend = RecordingBackend(get_backend("hf:smollm2"), cassette, task="quickstart")
     backend = ReplayBackend("run.cassette.json", task="quickstart")   # no model is loaded
 
-Both implement the Backend protocol. Requests are keyed by a hash of the messages and tools, after
-two normalisations that make a replayed run produce the same keys: tool-call ids (random for models
-that answer with fenced code) are renumbered in order of appearance, and the task's workspace path
-becomes `<workspace>`. The cassette is one human-readable JSON file.
+Both implement the Backend protocol and declare the capabilities of the backend that was recorded.
+Requests are keyed by a hash of the messages and tools, after two normalisations that make a replayed
+run produce the same keys: tool-call ids (random for models that answer with fenced code) are
+renumbered in order of appearance, and the task's workspace path becomes `<workspace>`. The cassette
+is one human-readable JSON file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import threading
@@ -20,8 +22,8 @@ from typing import Any, Iterator
 
 from pydantic import BaseModel, Field
 
-from agent.models.base import stream_reply
-from agent.core.messages import Done, Message, Reply
+from agent.core.backend import Backend, Capabilities, stream_reply
+from agent.core.messages import Done, Message, Reply, StreamEvent
 from agent.core.store import atomic_write, read_document
 
 FORMAT = "kernelchat.cassette/1"
@@ -43,7 +45,8 @@ class Interaction(BaseModel):
 class TaskInfo(BaseModel):
     model: str
     context_window: int
-    supports_tools: bool = True
+    supports_tools: bool = True  # cassettes from before `capabilities` hold only this
+    capabilities: Capabilities | None = None
     token_counts: dict[str, int] = Field(default_factory=dict)  # request hash -> prompt tokens
 
 
@@ -106,37 +109,36 @@ class Cassette:
     def task(self, name: str) -> list[Interaction]:
         return [i for i in self.data.interactions if i.task == name]
 
+    def start_task(self, name: str, info: TaskInfo) -> None:
+        """Record task `name` afresh: what was recorded for it before is dropped."""
+        with self._lock:
+            self.data.tasks[name] = info
+            self.data.interactions = [i for i in self.data.interactions if i.task != name]
 
-class RecordingBackend:
+    def note_prompt_tokens(self, task: str, key: str, n: int) -> None:
+        """The pre-flight token count of request `key`, so that a replay counts as the recording did."""
+        with self._lock:
+            self.data.tasks[task].token_counts[key] = n
+
+
+class RecordingBackend(Backend):
     """Passes every request to `inner` and writes request and reply to the cassette."""
 
-    def __init__(self, inner: Any, cassette: Cassette, task: str = "default", workspace: str | Path | None = None):
+    def __init__(self, inner: Backend, cassette: Cassette, task: str = "default",
+                 workspace: str | Path | None = None):
         self.inner, self.cassette, self.task = inner, cassette, task
         self.workspace = str(workspace) if workspace else None
         self.model: str = inner.model
         self.context_window: int = inner.context_window
+        # The inner backend's decoding guides run as usual: the replies are recorded as they shaped them.
+        self.capabilities: Capabilities = inner.capabilities
         self.n = 0
-        with cassette._lock:
-            cassette.data.tasks[task] = TaskInfo(model=self.model, context_window=self.context_window,
-                                                 supports_tools=self.supports_tools)
-            cassette.data.interactions = [i for i in cassette.data.interactions if i.task != task]
-
-    @property
-    def supports_tools(self) -> bool:
-        return getattr(self.inner, "supports_tools", True)
-
-    @property
-    def grounds_numbers(self) -> bool:  # the inner backend's decoding guides are recorded as they ran
-        return getattr(self.inner, "grounds_numbers", False)
-
-    @property
-    def favours_tokens(self) -> bool:
-        return getattr(self.inner, "favours_tokens", False)
+        cassette.start_task(task, TaskInfo(model=self.model, context_window=self.context_window,
+                                           supports_tools=self.capabilities.tools, capabilities=self.capabilities))
 
     def count_prompt_tokens(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> int:
         n = self.inner.count_prompt_tokens(messages, tools)
-        with self.cassette._lock:
-            self.cassette.data.tasks[self.task].token_counts[request_key(messages, tools, self.workspace)] = n
+        self.cassette.note_prompt_tokens(self.task, request_key(messages, tools, self.workspace), n)
         return n
 
     def _record(self, messages: list[Message], tools: list[dict] | None, reply: Reply) -> None:
@@ -145,19 +147,15 @@ class RecordingBackend:
         self.cassette.add(Interaction(task=self.task, n=self.n, key=request_key(messages, tools, self.workspace),
                                       messages=msgs, tools=tools_, reply=reply))
 
-    def complete(self, messages, tools=None, *, max_tokens=None, temperature=None, **guides) -> Reply:
-        reply = self.inner.complete(messages, tools, max_tokens=max_tokens, temperature=temperature, **guides)
-        self._record(messages, tools, reply)
-        return reply
-
-    def stream(self, messages, tools=None, *, max_tokens=None, temperature=None, **guides) -> Iterator[Any]:
+    def stream(self, messages, tools=None, *, max_tokens=None, temperature=None,
+               **guides) -> Iterator[StreamEvent]:
         for ev in self.inner.stream(messages, tools, max_tokens=max_tokens, temperature=temperature, **guides):
             if isinstance(ev, Done):
                 self._record(messages, tools, ev.reply)
             yield ev
 
 
-class ReplayBackend:
+class ReplayBackend(Backend):
     """Serves the recorded replies of one task; never loads a model or opens a connection."""
 
     def __init__(self, path: str | Path | Cassette, task: str | None = None, workspace: str | Path | None = None):
@@ -172,8 +170,10 @@ class ReplayBackend:
                                 f"(recorded: {', '.join(sorted(data.tasks)) or 'none'})")
         self.task, self.info = task, data.tasks[task]
         self.workspace = str(workspace) if workspace else None
-        self.model, self.context_window, self.supports_tools = self.info.model, self.info.context_window, \
-            self.info.supports_tools
+        self.model, self.context_window = self.info.model, self.info.context_window
+        # The recorded backend's, so that the loop asks as it did; the replies come whole.
+        recorded = self.info.capabilities or Capabilities(tools=self.info.supports_tools)
+        self.capabilities = dataclasses.replace(recorded, streaming=False)
         self.recorded = self.cassette.task(task)
         # The same request may recur (a small model's attempts start afresh from the same prompt):
         # its replies are served in the order they were recorded.
@@ -216,10 +216,9 @@ class ReplayBackend:
                         f"recorded {_short(b.get(field))}")
         return f"the request has {len(msgs)} messages, the recording {len(rec.messages)}"
 
-    def complete(self, messages, tools=None, *, max_tokens=None, temperature=None) -> Reply:
-        return self._lookup(messages, tools)
-
-    def stream(self, messages, tools=None, *, max_tokens=None, temperature=None) -> Iterator[Any]:
+    def stream(self, messages, tools=None, *, max_tokens=None, temperature=None,
+               **guides) -> Iterator[StreamEvent]:
+        """The recorded reply; the guides (numbers=, favour=) shaped it when it was recorded."""
         yield from stream_reply(self._lookup(messages, tools), chunk=16)
 
 

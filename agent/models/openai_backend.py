@@ -21,8 +21,8 @@ import openai
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
 from agent.models import pricing, tokens
-from agent.core.messages import Done, Message, Reply, StreamEvent, TextDelta, ToolCall, ToolCallDelta, Usage
-from agent.models.base import BackendError
+from agent.core.backend import Backend, BackendError, Capabilities
+from agent.core.messages import Done, Message, Reply, StreamEvent, TextDelta, ToolCall, Usage
 
 OPENAI_URL = "https://api.openai.com/v1"
 NO_KEY_PLACEHOLDER = "not-needed"  # custom servers often take no key, but the SDK insists on one
@@ -96,8 +96,10 @@ class _WaitRetryAfter:
         return min(delay, RETRY_AFTER_CAP) if delay is not None else self.fallback(state)
 
 
-class OpenAIBackend:
+class OpenAIBackend(Backend):
     """A Backend for api.openai.com or any server that speaks its chat-completions API."""
+
+    capabilities = Capabilities()  # tool calls, streamed; no decoding guides through this API
 
     def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None, *,
                  timeout: float = 120.0, max_retries: int = 4, context_window: int | None = None,
@@ -122,23 +124,9 @@ class OpenAIBackend:
     def count_prompt_tokens(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> int:
         return tokens.count_request(messages, tools, self.api_model)
 
-    def complete(self, messages: list[Message], tools: list[dict[str, Any]] | None = None, *,
-                 max_tokens: int | None = None, temperature: float | None = None) -> Reply:
-        estimate = self.count_prompt_tokens(messages, tools)
-        start = time.perf_counter()
-        resp = self._call(self._request(messages, tools, max_tokens, temperature))
-        if not resp.choices:
-            raise BackendError(f"the server at {self.base_url} returned no choices for model {self.api_model!r}")
-        choice = resp.choices[0]
-        msg = choice.message
-        calls = [ToolCall(id=c.id or f"call_{i}", name=c.function.name, arguments=c.function.arguments or "")
-                 for i, c in enumerate(msg.tool_calls or []) if getattr(c, "function", None)]
-        message = Message(role="assistant", content=msg.content, tool_calls=calls)
-        usage = self._usage(resp.usage, estimate, message, time.perf_counter() - start)
-        return Reply(message=message, usage=usage, finish_reason=choice.finish_reason, model=resp.model)
-
     def stream(self, messages: list[Message], tools: list[dict[str, Any]] | None = None, *,
-               max_tokens: int | None = None, temperature: float | None = None) -> Iterator[StreamEvent]:
+               max_tokens: int | None = None, temperature: float | None = None,
+               **guides: Any) -> Iterator[StreamEvent]:
         estimate = self.count_prompt_tokens(messages, tools)
         start = time.perf_counter()
         request = {**self._request(messages, tools, max_tokens, temperature), "stream": True}
@@ -164,7 +152,6 @@ class OpenAIBackend:
                         acc["id"] = tc.id or acc["id"]
                         acc["name"] += name or ""
                         acc["arguments"] += args
-                        yield ToolCallDelta(index=tc.index, id=tc.id, name=name, arguments=args)
                     finish = choice.finish_reason or finish
         except openai.APIConnectionError as e:  # the SDK wraps a connection dropped mid-read
             cause = e.__cause__ or e.__context__ or e

@@ -1,8 +1,8 @@
 """Prices (USD per 1M tokens) and context windows per model, with a user override file on top.
 
-The built-in table is agent/data/prices.json. A user file (KERNELCHAT_PRICES=path, else
-~/.config/kernelchat/prices.json) is merged over it field by field, so a user can fix one price or add a
-model without copying the table. Dated names match their family by longest prefix. A money budget
+The built-in table is agent/data/prices.json. A user file (KERNELCHAT_PRICES=path, else prices.json in
+$XDG_CONFIG_HOME/kernelchat, by default ~/.config/kernelchat) is merged over it field by field, so a user
+can fix one price or add a model without copying the table. Dated names match their family by longest prefix. A money budget
 (max_usd) needs a price: for a model without one it is refused, with these instructions.
 """
 
@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+
+from agent.core.dirs import config_dir
 
 LOCAL_PREFIXES = ("hf:", "local:")  # models run on this machine: they cost nothing
 
@@ -37,7 +39,7 @@ class Price(BaseModel):
 
 def user_prices_path() -> Path:
     env = os.environ.get("KERNELCHAT_PRICES")
-    return Path(env).expanduser() if env else Path.home() / ".config" / "kernelchat" / "prices.json"
+    return Path(env).expanduser() if env else config_dir() / "prices.json"
 
 
 def _models_of(data: Any, source: str) -> dict[str, dict[str, Any]]:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Iterator
 
-from agent.core.messages import Message, Reply, ToolCall, Usage
-from agent.models.base import stream_reply
+from agent.core.backend import Backend, Capabilities, stream_reply
+from agent.core.messages import Message, Reply, StreamEvent, ToolCall, Usage
 
 Script = str | Message | Callable[[list[Message]], "str | Message"]
 
@@ -18,13 +18,15 @@ def python_call(code: str, call_id: str | None = None) -> Message:
                                                           name="python", arguments=json.dumps({"code": code}))])
 
 
-class ScriptedBackend:
-    """Returns the scripted replies in order; a callable sees the conversation so far."""
+class ScriptedBackend(Backend):
+    """Returns the scripted replies in order; a callable sees the conversation so far. Pass
+    `capabilities=Capabilities(tools=False)` to script a model without tool training."""
 
     context_window = 128_000
 
-    def __init__(self, replies: list[Script], model: str = "local:scripted"):  # local: it costs nothing
-        self.model = model
+    def __init__(self, replies: list[Script], model: str = "local:scripted",  # local: it costs nothing
+                 capabilities: Capabilities = Capabilities(streaming=False)):
+        self.model, self.capabilities = model, capabilities
         self.replies = list(replies)
         self.requests: list[list[Message]] = []  # what the loop sent, for assertions
 
@@ -41,13 +43,11 @@ class ScriptedBackend:
         text = "".join((m.content or "") + "".join(c.arguments for c in m.tool_calls) for m in messages)
         return len(text) // 4 + 4 * len(messages) + (len(json.dumps(tools)) // 4 if tools else 0)
 
-    def complete(self, messages, tools=None, *, max_tokens=None, temperature=None) -> Reply:
+    def stream(self, messages, tools=None, *, max_tokens=None, temperature=None,
+               **guides) -> Iterator[StreamEvent]:
         msg = self._next(messages)
         completion = len((msg.content or "") + "".join(c.arguments for c in msg.tool_calls)) // 4 + 1
         usage = Usage(prompt_tokens=self.count_prompt_tokens(messages, tools), completion_tokens=completion)
         usage.estimated_prompt_tokens = usage.prompt_tokens
-        return Reply(message=msg, usage=usage, finish_reason="tool_calls" if msg.tool_calls else "stop",
-                     model=self.model)
-
-    def stream(self, messages, tools=None, *, max_tokens=None, temperature=None) -> Iterator[Any]:
-        yield from stream_reply(self.complete(messages, tools, max_tokens=max_tokens, temperature=temperature))
+        yield from stream_reply(Reply(message=msg, usage=usage, finish_reason="tool_calls" if msg.tool_calls
+                                      else "stop", model=self.model))

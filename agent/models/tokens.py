@@ -27,6 +27,7 @@ from typing import Any, Iterable
 import tiktoken
 from pydantic import BaseModel
 
+from agent.core.dirs import cache_dir
 from agent.core.messages import Message
 
 _URL = "https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
@@ -63,7 +64,7 @@ def ensure_cached(name: str) -> None:
     with _lock:
         cache = _tiktoken_cache_dir()
         if cache is None:  # caching disabled by the user: use our own folder for this process
-            cache = Path.home() / ".cache" / "kernelchat" / "tiktoken"
+            cache = cache_dir() / "tiktoken"
             os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
         target = cache / hashlib.sha1(_URL.format(name=name).encode()).hexdigest()
         if target.exists() and hashlib.sha256(target.read_bytes()).hexdigest() == _SHA256[name]:
@@ -200,8 +201,3 @@ def counting_throughput(model: str = "gpt-4o", text: str | None = None, min_seco
     while (elapsed := time.perf_counter() - start) < min_seconds or tokens == 0:
         tokens += _n(enc, text)
     return tokens / elapsed
-
-
-def tokens_per_second(tokens: int, seconds: float) -> float:
-    """Generation throughput, guarded against a zero duration."""
-    return tokens / seconds if seconds > 0 else 0.0

@@ -16,6 +16,7 @@ import pytest
 
 from sandbox import Kernel
 from sandbox import safefs
+from sandbox.safechown import chown_tree
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(200)
 SHOW_PNG = f"from IPython.display import display, Image\ndisplay(Image(data={PNG!r}, format='png'))"
@@ -292,7 +293,7 @@ needs_root = pytest.mark.skipif(not ROOT, reason="ownership changes only when th
 def test_close_hands_back_without_following_links(tmp_path, host):
     outside = host.path / "sub" / "inner.txt"
     with Kernel(workspace=tmp_path, timeout=30) as k:
-        assert k._uid is not None
+        assert k.sandbox_uid is not None
         run(k, f"import os\nos.symlink({str(host.secret)!r}, 'shadow')\nos.symlink({str(host.path)!r}, 'hostdir')\n"
                "os.mkdir('mine')\nopen('mine/f', 'w').write('x')\nos.chmod('mine/f', 0o4755)")
         k.restart()  # the start's chown (to the sandbox's uid) must not follow them either
@@ -347,7 +348,7 @@ def test_chown_tree_never_follows_a_folder_swapped_for_a_link(tmp_path, host):
     t.start()
     try:
         for i in range(100):
-            safefs.chown_tree(ws, 12345 + i % 2, 12345 + i % 2)
+            chown_tree(ws, 12345 + i % 2, 12345 + i % 2)
     finally:
         stop.set()
         t.join()

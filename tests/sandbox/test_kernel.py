@@ -155,7 +155,7 @@ def test_no_orphans_after_close_even_with_escaped_children(tmp_path):
     k = Kernel(workspace=tmp_path)
     k.execute("import subprocess\nsubprocess.Popen(['sleep', '1000'], start_new_session=True)\n"
               "import os\nif os.fork() == 0:\n    os.setsid(); import time; time.sleep(1000)")
-    uid = k._uid if k._uid is not None else None
+    uid = k.sandbox_uid
     pid = k.pid
     k.close()
     assert not Path(f"/proc/{pid}").exists()
@@ -170,7 +170,7 @@ sys.path.insert(0, {root!r})
 from sandbox import Kernel
 k = Kernel()
 k.execute("import subprocess; subprocess.Popen(['sleep', '1000'])")
-print(k.pid, k._uid, flush=True)
+print(k.pid, k.sandbox_uid, flush=True)
 {tail}
 """
 

@@ -180,7 +180,7 @@ k = Kernel(workspace={ws!r}, isolation={iso!r})
 r = k.execute("open('made-by-kernel.txt', 'w').write('x'); import subprocess; subprocess.Popen(['sleep', '1000'])")
 assert r.ok, r
 cg = [str(d) for d in k._spec.cgroup.dirs] if k._spec.cgroup else []
-print(json.dumps({{"rt": str(k._runtime), "lease": str(k._lease.path), "uid": k._uid, "cgroups": cg}}), flush=True)
+print(json.dumps({{"rt": str(k._runtime), "lease": str(k._lease.path), "uid": k.sandbox_uid, "cgroups": cg}}), flush=True)
 time.sleep(1000)
 """
 

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from tools.python_tool import SCHEMA, render, run_python
-from tools.schema import Tool
+from tools.python_tool import PYTHON_FENCE, SCHEMA, PythonTool, render
+from tools.schema import Outcome, Tool, ToolContext
 from tools.text import MAX_MESSAGE_CHARS, clip
 
 
@@ -46,6 +46,60 @@ def test_untyped_parameter_is_refused_at_definition():
 
     with pytest.raises(TypeError, match="needs a type hint"):
         Tool(f)
+
+
+def run_tool(tool, arguments, context=None) -> tuple[list, Outcome]:
+    """Drive a tool's run: (what it streamed, its outcome)."""
+    run, streamed = tool.run(arguments, context or ToolContext()), []
+    while True:
+        try:
+            streamed.append(next(run))
+        except StopIteration as stop:
+            return streamed, stop.value
+
+
+def run_python(kernel, code: str) -> tuple[str, object]:
+    _, outcome = run_tool(PythonTool(), json.dumps({"code": code}), ToolContext(kernel=lambda: kernel))
+    return outcome.text, outcome.cell
+
+
+def test_a_function_tool_runs_like_any_tool():
+    def add(a: int, b: int) -> int:
+        """Add."""
+        return a + b
+
+    def boom() -> str:
+        """Fail."""
+        raise KeyError("x")
+
+    assert run_tool(Tool(add), '{"a": 40, "b": 2}') == ([], Outcome("42"))
+    assert run_tool(Tool(add), '{"a": "x"}')[1].status == "invalid"
+    assert run_tool(Tool(boom), "{}")[1] == Outcome("Error: boom raised KeyError: 'x'", "error")
+    assert Tool(add).code('{"a": 1}') is None
+
+
+def test_the_python_tool_streams_asks_and_revises(shared_kernel):
+    tool, seen = PythonTool(), []
+    assert tool.code('{"code": "1"}') == "1" and tool.code('{"code": 1}') is None and tool.code("{") is None
+    assert "not valid JSON" in run_tool(tool, '{"code": ')[1].text
+    assert run_tool(tool, '{"code": 1}')[1].status == "invalid"
+    refuse = ToolContext(kernel=lambda: shared_kernel, approve=lambda code: seen.append(code) or False)
+    assert run_tool(tool, '{"code": "print(1)"}', refuse)[1] == Outcome(
+        "The user did not allow this code to run. Ask them, or try a different approach.", "rejected", code="print(1)")
+    edit = ToolContext(kernel=lambda: shared_kernel, approve=lambda code: "print('edited', flush=True)")
+    streamed, outcome = run_tool(tool, '{"code": "print(1)"}', edit)
+    assert streamed == [("stdout", "edited\n")] and outcome.code == "print('edited', flush=True)"
+    assert outcome.cell.stdout == "edited\n" and seen == ["print(1)"]
+    revise = ToolContext(kernel=lambda: shared_kernel,
+                         revise=lambda code, res: ("print(2)", "ran print(2)") if "1" in code else None)
+    streamed, outcome = run_tool(tool, '{"code": "print(1)"}', revise)
+    assert streamed[-1] == ("notice", "ran print(2)") and outcome.text == "2" and outcome.code == "print(2)"
+
+
+def test_the_python_fence_finds_blocks_closed_or_cut():
+    text = "Sure.\n```python\nprint(1)\n```\nand\n``` PY\nx = 2\n  ```\n```python3\ncut by max_tok"
+    assert [m.group(1) for m in PYTHON_FENCE.finditer(text)] == ["print(1)", "x = 2", "cut by max_tok"]
+    assert not PYTHON_FENCE.search("```js\nx\n```")
 
 
 def test_python_tool_schema_and_rendering(shared_kernel):

@@ -279,14 +279,14 @@ def test_a_cell_threads_event_loop_is_closed_when_it_ends(tmp_path):
 
     from jupyter_core.utils import ensure_event_loop
 
-    from agent.core.loop import _close_thread_loop
+    from tools.python_tool import close_thread_loop
 
     loops = []
 
     def cell_thread():
         loops.append(ensure_event_loop())  # as jupyter_client's blocking calls do
-        _close_thread_loop()
-        _close_thread_loop()  # a thread without a loop: nothing to do
+        close_thread_loop()
+        close_thread_loop()  # a thread without a loop: nothing to do
 
     t = threading.Thread(target=cell_thread)
     t.start()

@@ -258,3 +258,12 @@ def test_a_chat_left_before_any_prompt_leaves_no_file(term, tmp_path):
     t.expect("nothing to save: no prompt was sent")
     t.child.expect(pexpect.EOF, timeout=20)
     assert not list((tmp_path / "data").rglob("*.json"))
+
+
+def test_gateway_flag_sends_the_kernel_to_the_gateway(term):
+    """--gateway reaches the terminal chat's kernel: nothing listens at this URL, so the cell says so."""
+    t = term([{"python": "print(1)"}, "unused"], "--gateway", "http://127.0.0.1:9", "--gateway-token", "t")
+    t.expect("In [1]: ")
+    t.line("go")
+    t.expect("kernel gateway at http://127.0.0.1:9")
+    assert t.close() == 0

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent.frontends import cli
+from agent.core.backend import Capabilities
 from agent.models.scripted import ScriptedBackend, python_call
 from agent.models.cassette import Cassette, CassetteError, RecordingBackend, ReplayBackend
 from agent.frontends.runner import run_tasks, exit_code, write_summary
@@ -45,6 +46,8 @@ def test_toml_syntax_error_has_path_and_line(tmp_path):
     ('model = 3\nprompts = ["a"]\n', 1, "model", "valid string"),
     ('model = "m"\n', 1, "prompts", "Field required"),
     ('prompts = ["a"]\n\n[budget]\nmax_tokens = 10\nmax_usd = -1\n', 5, "budget.max_usd", "greater than 0"),
+    ('prompts = ["a"]\n[budget]\nmax_dollars = 1\n', 3, "budget.max_dollars", "unknown field"),
+    ('prompts = ["a"]\n[budget]\nmax_seconds = "soon"\n', 3, "budget.max_seconds", "valid number"),
     ('prompts = ["a"]\n[sandbox]\nisolation = "docker"\n', 3, "sandbox.isolation", "bwrap"),
     ('prompts = ["a"]\n[[checks]]\nanswer_contains = "x"\n\n[[checks]]\nkernel = "acc >="\n', 6,
      "checks[1].kernel", "not a Python expression"),
@@ -220,8 +223,8 @@ def test_a_small_models_repeated_attempts_replay_in_recorded_order(tmp_path):
     """Attempts afresh send the same request again: each recorded reply is served once, in order."""
     text = 'prompts = ["What is 6 times 7?"]\n[[checks]]\nanswer_contains = "42"\n'
     task = parse_task(text, write(tmp_path, text, "rr.toml"))
-    small = ScriptedBackend(["```python\nprint(totl)\n```", "```python\nprint(6 * 7)\n```"])
-    small.supports_tools = False
+    small = ScriptedBackend(["```python\nprint(totl)\n```", "```python\nprint(6 * 7)\n```"],
+                            capabilities=Capabilities(tools=False))
     cassette = Cassette(tmp_path / "c.json")
     r1 = run_tasks([task], tmp_path / "rec", {"rr": RecordingBackend(small, cassette, task="rr")},
                    show_progress=False)[0]

@@ -6,24 +6,22 @@ import pytest
 import torch
 
 from agent import Chat
-from agent.chat import EXAMPLE_BONUS
+from agent.core.backend import Capabilities
+from agent.core.events import AnswerEvent, NoticeEvent
+from agent.core.messages import Message
 from agent.models.grounding import GroundedCode
 from agent.models.scripted import ScriptedBackend
-from agent.core.events import AnswerEvent, NoticeEvent
-from agent.core.loop import SAMPLE_TEMPERATURE
-from agent.core.messages import Message
 from agent.smallmodel.shots import BANK, CONSTANTS, numbers_in, pick
+from agent.smallmodel.strategy import EXAMPLE_BONUS, SAMPLE_TEMPERATURE
 from tools.python_tool import SCHEMA
 
 
 class RecordingBackend(ScriptedBackend):
     """A scripted model that, like the local backend, accepts `numbers=`; records what it was sent."""
 
-    supports_tools = False
-    grounds_numbers = favours_tokens = True
-
     def __init__(self, replies):
-        super().__init__(replies)
+        super().__init__(replies, capabilities=Capabilities(tools=False, streaming=False, grounds_numbers=True,
+                                                            favours_tokens=True))
         self.numbers, self.temperatures, self.guides = [], [], []
 
     def stream(self, messages, tools=None, *, max_tokens=None, temperature=None, numbers=None, **guides):
@@ -190,7 +188,7 @@ def test_the_examples_tokens_get_a_bonus_in_code_only(local_backend):
 
 @pytest.mark.slow
 def test_the_real_model_writes_only_grounded_numbers(local_backend):
-    assert local_backend.grounds_numbers
+    assert local_backend.capabilities.grounds_numbers
     question = "What is the sum of the integers from 1 to 1000?"
     allowed = CONSTANTS | numbers_in(question)
     shots = [Message(role=r, content=t) for q, a in pick(question) for r, t in (("user", q), ("assistant", a))]
@@ -199,14 +197,3 @@ def test_the_real_model_writes_only_grounded_numbers(local_backend):
     reply = local_backend.complete(messages, [SCHEMA], max_tokens=80, numbers=allowed)
     code = reply.message.tool_calls[0].parsed_arguments()["code"]  # the fenced block, as a python call
     assert numbers_in(code) <= allowed, code
-
-
-def test_the_small_model_mode_follows_the_model(tmp_path):
-    with Chat(backend=ScriptedBackend(["hi"]), workspace=tmp_path) as chat:
-        assert not chat.answer_from_output and chat.examples == [] and chat.example_bonus == 0
-        chat.use_backend(RecordingBackend(["```python\nprint(6 * 7)\n```"]))  # as /model in the terminal chat
-        assert chat.answer_from_output and chat.examples is pick and chat.ground_numbers
-        assert chat.example_bonus == EXAMPLE_BONUS and chat.max_tokens_per_step == 384
-        assert chat("What is 6 times 7?") == "42"
-    with Chat(backend=RecordingBackend([]), workspace=tmp_path, answer_from_output=False) as chat:
-        assert chat.examples == [] and not chat.ground_numbers and chat.example_bonus == 0

@@ -1,8 +1,8 @@
-"""`Kernel`: a persistent, sandboxed IPython kernel driven by jupyter_client."""
+"""`LocalKernel`: a persistent, sandboxed IPython kernel on this machine (bwrap, or no isolation),
+driven by jupyter_client."""
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import queue
@@ -12,56 +12,32 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import weakref
 from pathlib import Path
-from typing import Callable
 
 import zmq
 from jupyter_client import BlockingKernelClient
 from jupyter_client.connect import write_connection_file
 
-from . import safefs
-from .capture import CappedStream, strip_ansi
+from .base import BOOT, Kernel, KernelError, OutputCallback
 from .isolation import (Isolation, LaunchSpec, build_launch, default_isolation,
                         pick_sandbox_uid, write_identity_files)
 from .launch import start_process
 from .leases import RUNTIME_PREFIX, Lease
 from .leases import sweep as sweep_leases
-from .options import check_bool, check_env, check_fraction, check_gpu, check_timeout, limits_from
 from .procs import death_reason, kill_descendants
-from .trim import CellBudget, as_text, clip, sentence, take_notices
-from .hostfiles import WorkspaceFiles
 from .quota import DiskQuota, default_disk_mb
-from .result import ExecResult, RichOutput
+from .result import ExecResult
+from .safechown import chown_tree
 
 log = logging.getLogger("kernelchat.sandbox")
 
-OutputCallback = Callable[[str, "str | RichOutput"], None]
-BOOT = Path(__file__).with_name("boot.py")
 POLL_S = 0.2  # how often a waiting client checks that the kernel is still alive
 MAX_MSG_BYTES = 256 * 2**20  # a larger iopub message is refused, not buffered
 
 
-class KernelError(RuntimeError):
-    """The kernel could not be started or reached."""
-
-
-_live: "weakref.WeakSet[Kernel]" = weakref.WeakSet()
-
-
-@atexit.register
-def _close_all() -> None:
-    for k in list(_live):
-        try:
-            k.close()
-        except Exception:  # noqa: BLE001 - best effort at exit
-            pass
-
-
 # Race-safe, never follows a link; pass from_uid= to change only the entries that uid owns.
-_chown_tree = safefs.chown_tree
+_chown_tree = chown_tree
 
 
 def repair_dead_hosts() -> int:
@@ -70,41 +46,11 @@ def repair_dead_hosts() -> int:
     return sweep_leases(lambda path, uid, gid, from_uid: _chown_tree(path, uid, gid, from_uid=from_uid))
 
 
-def resolve_workspace(workspace: str | os.PathLike | None) -> tuple[Path, bool]:
-    """The workspace folder, and whether we made it (a temporary one)."""
-    if workspace is None:
-        return Path(tempfile.mkdtemp(prefix="kernelchat-ws-")), True
-    path = Path(workspace).expanduser().resolve()
-    if not path.is_dir():
-        raise ValueError(f"workspace {str(path)!r} does not exist or is not a folder; "
-                         "create it first or pass workspace=None for a temporary one")
-    return path, False
+class LocalKernel(Kernel, kind="local"):
+    """A persistent IPython kernel on this machine, in bwrap (`isolation="bwrap"`, the default
+    where it runs) or with no isolation (`"none"`). Made by `Kernel(...)`; see `Kernel`."""
 
-
-class Kernel(WorkspaceFiles):
-    """A persistent IPython kernel in a sandbox.
-
-    >>> with Kernel() as k:
-    ...     k.execute("x = 2**100")
-    ...     print(k.execute("x").result)
-    """
-
-    def __new__(cls, *args, **kwargs):
-        # isolation="gateway" (or a gateway_url): the kernel runs on a Jupyter Kernel Gateway /
-        # Enterprise Gateway; GatewayKernel subclasses Kernel, so Python then calls its __init__.
-        isolation = kwargs.get("isolation", args[1] if len(args) > 1 else None)
-        if cls is Kernel and (isolation == "gateway" or (isolation is None and kwargs.get("gateway_url"))):
-            from .gateway import GatewayKernel
-
-            cls = GatewayKernel
-        return super().__new__(cls)
-
-    def __init__(self, workspace: str | os.PathLike | None = None, isolation: Isolation | None = None,
-                 network: bool = False, gpu: bool = False, env: dict[str, str] | None = None, *,
-                 timeout: float = 120.0, memory_mb: int | None = -1, max_procs: int | None = -1,
-                 max_file_mb: int | None = -1, cpu_seconds: int | None = None, tmp_mb: int | None = None,
-                 output_chars: int | None = None, disk_mb: int | None = -1,
-                 idle_cpu_limit: float | None = None, start: bool = True):
+    def _configure(self, isolation: Isolation | None) -> None:
         if isolation is None:
             isolation = default_isolation()
             if isolation == "none":
@@ -116,19 +62,11 @@ class Kernel(WorkspaceFiles):
 
             bwrap_path()  # raises IsolationError with the reason
         self.isolation: Isolation = isolation
-        self.network, self.gpu = check_bool("network", network), check_gpu(gpu)
-        self.env, self.timeout = check_env(env), check_timeout(timeout)
-        # A share of one core that leftovers of a cell may use while the kernel is idle; more is stopped.
-        self.idle_cpu_limit = check_fraction("idle_cpu_limit", idle_cpu_limit)
-        check_bool("start", start)
-        self.limits = limits_from(memory_mb=memory_mb, max_procs=max_procs, max_file_mb=max_file_mb,
-                                  cpu_seconds=cpu_seconds, tmp_mb=tmp_mb, output_chars=output_chars,
-                                  disk_mb=disk_mb)
-        self.workspace, self._own_workspace = resolve_workspace(workspace)
-        if disk_mb == -1:
+
+    def _prepare(self, default_disk: bool) -> None:
+        if default_disk:
             self.limits.disk_mb = default_disk_mb(self.workspace)
-        self.outputs_dir = self.workspace / "outputs"
-        self._uid = pick_sandbox_uid() if (os.getuid() == 0 and isolation == "bwrap") else None
+        self._uid = pick_sandbox_uid() if (os.getuid() == 0 and self.isolation == "bwrap") else None
         repair_dead_hosts()  # first: a killed host may have left this very workspace to its sandbox uid
         self._ws_owner = (self.workspace.stat().st_uid, self.workspace.stat().st_gid)
         self._proc: subprocess.Popen | None = None
@@ -136,36 +74,20 @@ class Kernel(WorkspaceFiles):
         self._runtime: Path | None = None
         self._spec: LaunchSpec | None = None
         self._kernel_log = None
-        self._init_bookkeeping()
         self._lease = Lease(self.workspace, self._ws_owner, self._uid)
         if self.limits.disk_mb:
             self._quota = DiskQuota(self.workspace, self.limits.disk_mb)
-        if start:
-            self.start()
 
-    def _init_bookkeeping(self) -> None:
-        """State every kernel kind shares; registered so atexit can close it."""
-        self._lock = threading.RLock()
-        self._control_lock = threading.Lock()
-        self._closed = False
-        self.restarts = 0
-        self.execution_count = 0
-        self._quota: DiskQuota | None = None
-        self._cell_notes: list[str] = []  # said in the result's message (figures not saved, quota)
-        self._over_quota = False
-        _live.add(self)
+    @property
+    def sandbox_uid(self) -> int | None:
+        """The uid the kernel runs as when it has one of its own (bwrap as root); else None."""
+        return self._uid
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self, ready_timeout: float = 60.0) -> "Kernel":
-        with self._lock:
-            if self._closed:
-                raise KernelError("this kernel was closed; create a new one")
-            if self._proc is not None and self._proc.poll() is None:
-                return self
-            self._spawn()
-            self._wait_ready(ready_timeout)
-        return self
+    def _launch(self, ready_timeout: float) -> None:
+        self._spawn()
+        self._wait_ready(ready_timeout)
 
     def _spawn(self) -> None:
         rt = Path(tempfile.mkdtemp(prefix=RUNTIME_PREFIX, dir="/tmp" if os.path.isdir("/tmp") else None))
@@ -285,31 +207,14 @@ class Kernel(WorkspaceFiles):
             self.execution_count = 0
             self.start()
 
-    def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._teardown()
-            if self._uid is not None and self.workspace.exists():  # hand the kernel's files back
-                _chown_tree(self.workspace, *self._ws_owner, from_uid=self._uid)
-            if self._own_workspace and getattr(self, "_remove_workspace", False):
-                shutil.rmtree(self.workspace, ignore_errors=True)
-            self._lease.release()
-            _live.discard(self)
+    def _stop(self) -> None:
+        self._teardown()
+        if self._uid is not None and self.workspace.exists():  # hand the kernel's files back
+            _chown_tree(self.workspace, *self._ws_owner, from_uid=self._uid)
+
+    def _after_close(self) -> None:
+        self._lease.release()  # after the workspace is handed back (or removed)
         repair_dead_hosts()
-
-    def __enter__(self) -> "Kernel":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001
-            pass
 
     @property
     def alive(self) -> bool:
@@ -327,25 +232,6 @@ class Kernel(WorkspaceFiles):
             if self._client is not None:
                 msg = self._client.session.msg("interrupt_request", {})
                 self._client.control_channel.send(msg)
-
-    def execute(self, code: str, timeout: float | None = None,
-                on_output: OutputCallback | None = None) -> ExecResult:
-        """Run `code`; never raises for anything the code does."""
-        if not isinstance(code, str):
-            raise ValueError(f"code must be a str, got {type(code).__name__}")
-        timeout = check_timeout(self.timeout if timeout is None else timeout)
-        with self._lock:
-            note = None
-            if not self.alive:
-                if self._closed:
-                    raise KernelError("this kernel was closed; create a new one")
-                note = "The kernel had died; it was restarted and its earlier state was lost."
-                self.restart()
-            res = self._run(code, float(timeout), on_output)
-            if note and res.status != "died":
-                res.state_lost = True
-                res.message = note + (f" {res.message}" if res.message else "")
-            return res
 
     def _run(self, code: str, timeout: float, on_output: OutputCallback | None) -> ExecResult:
         client = self._client
@@ -396,91 +282,6 @@ class Kernel(WorkspaceFiles):
             if reply["parent_header"].get("msg_id") == msg_id:
                 return reply
 
-    def _handle(self, msg: dict, res: ExecResult, streams: dict[str, CappedStream],
-                on_output: OutputCallback | None) -> bool:
-        kind, content = msg["msg_type"], msg["content"]
-        if kind == "status":
-            return content["execution_state"] == "idle"
-        if kind == "stream":
-            name = content.get("name", "stdout")
-            streams.get(name, streams["stdout"]).write(content["text"])
-            if on_output:
-                on_output(name, content["text"])
-        elif kind in ("execute_result", "display_data"):
-            data = content.get("data", {})
-            data = data if isinstance(data, dict) else {}
-            budget = self._budget_for(res)
-            if kind == "display_data" and set(data) - {"text/plain"} and not budget.admit():
-                return False  # past the cell's number of displays: counted, said in the message
-            outs = self._save_rich(data)
-            res.outputs.extend(budget.take(outs))
-            if kind == "execute_result":
-                res.execution_count = content.get("execution_count")
-                if "text/plain" in data:
-                    res.result = strip_ansi(clip(as_text(data["text/plain"]), self.limits.output_chars, "result"))
-                    if on_output:
-                        on_output("result", res.result)
-            elif not outs and "text/plain" in data:
-                streams["stdout"].write(data["text/plain"] + "\n")
-            if on_output:
-                for o in outs:
-                    on_output("display", o)
-        elif kind == "error":
-            res.status = "error" if res.status == "ok" else res.status
-            limit = self.limits.output_chars
-            res.error_name = clip(as_text(content.get("ename", "")), 200, "error name")
-            res.error_value = strip_ansi(clip(as_text(content.get("evalue", "")), limit // 2, "error message"))
-            tb = content.get("traceback", [])
-            tb = "\n".join(map(as_text, tb)) if isinstance(tb, list) else as_text(tb)
-            res.traceback = strip_ansi(clip(tb, limit, "traceback"))
-            if on_output:
-                on_output("error", res.traceback)
-        elif kind == "execute_input":
-            res.execution_count = content.get("execution_count")
-        return False
-
-    def _budget_for(self, res: ExecResult) -> CellBudget:
-        """The rich-output budget of the cell that `res` belongs to."""
-        budget = getattr(self, "_budget", None)
-        if budget is None or budget[0] is not res:
-            budget = self._budget = (res, CellBudget(2 * self.limits.output_chars))
-        return budget[1]
-
-    def _finish(self, res: ExecResult, streams: dict[str, CappedStream], t0: float,
-                timed_out_after: float | None) -> ExecResult:
-        res.stdout, res.stdout_file = streams["stdout"].value()
-        res.stderr, res.stderr_file = streams["stderr"].value()
-        res.duration = time.monotonic() - t0
-        if res.execution_count:
-            self.execution_count = res.execution_count
-        if timed_out_after is not None:
-            res.status = "timeout"
-            res.message = (f"The cell ran past its {timed_out_after:g} s timeout and was interrupted; "
-                           "the kernel's state is kept.")
-        res.stderr, notices = take_notices(res.stderr)  # what boot.py's Guard saw
-        budget = self._budget_for(res)
-        self._budget = None
-        self._cell_notes += [sentence(n) for n in notices] + ([budget.note()] if budget.note() else [])
-        self._fold_notes(res)
-        return res
-
-    def _after_hang(self, res: ExecResult, streams, t0: float, timeout: float) -> ExecResult:
-        self.restart()
-        res = self._finish(res, streams, t0, None)
-        res.status, res.state_lost = "timeout", True
-        res.message = (f"The cell ran past its {timeout:g} s timeout and did not stop when interrupted; "
-                       "the kernel was restarted and its state (variables, imports) was lost.")
-        return res
-
     def _after_death(self, res: ExecResult, streams, t0: float) -> ExecResult:
         code = self._proc.returncode if self._proc else None
         return self._report_death(res, streams, t0, death_reason(code, self.isolation, self.limits.cpu_seconds))
-
-    def _report_death(self, res: ExecResult, streams, t0: float, why: str) -> ExecResult:
-        """Restart, and say plainly that the state is gone (`why`: what killed it, if known)."""
-        self.restart()
-        res = self._finish(res, streams, t0, None)
-        res.status, res.state_lost = "died", True
-        res.message = (f"The kernel died while running this cell{f' ({why})' if why else ''}. It was restarted: "
-                       "its state (variables, imports) was lost; re-run the earlier cells that are needed.")
-        return res

@@ -1,0 +1,73 @@
+"""The one interface every model backend implements, and what a backend declares it can do.
+
+A backend has one abstract method, `stream`; `complete` is a convenience built on it. What the loop
+may ask of a backend beyond plain chat is declared in `capabilities`, never probed.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass
+from typing import Any, Iterator, Protocol, runtime_checkable
+
+from agent.core.messages import Done, Message, Reply, StreamEvent, TextDelta
+
+
+class BackendError(RuntimeError):
+    """A request failed for a reason the user can act on; the message is one clear sentence."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, declared by the backend. The defaults: a tool-calling chat model that
+    streams and takes no decoding guides."""
+
+    # Takes tool schemas and answers with structured tool calls. False: a model without tool
+    # training, which writes ```python blocks (the loop's small-model mode is on by default for it).
+    tools: bool = True
+    # Text arrives as it is generated. False: a whole reply, cut into pieces (scripted, replayed).
+    streaming: bool = True
+    # `stream(numbers=set_of_number_strings)`: numbers written in code are held to these.
+    grounds_numbers: bool = False
+    # `stream(favour=text, bonus=float)`: a logit bonus for the tokens of a text, in code.
+    favours_tokens: bool = False
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A model. Implementations subclass this (so they inherit `complete`) or just match it."""
+
+    model: str                  # the model name as the user gave it (e.g. "gpt-4o-mini", "hf:smollm2")
+    context_window: int         # tokens
+    capabilities: Capabilities
+
+    @abstractmethod
+    def stream(self, messages: list[Message], tools: list[dict[str, Any]] | None = None, *,
+               max_tokens: int | None = None, temperature: float | None = None,
+               **guides: Any) -> Iterator[StreamEvent]:
+        """Yield TextDelta as the text arrives, then one Done with the whole Reply. `guides` are the
+        decoding guides the capabilities declare (numbers=, favour=, bonus=); a backend ignores
+        the ones it does not declare."""
+
+    @abstractmethod
+    def count_prompt_tokens(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> int:
+        """Pre-flight prompt-token count of this request."""
+
+    def complete(self, messages: list[Message], tools: list[dict[str, Any]] | None = None, *,
+                 max_tokens: int | None = None, temperature: float | None = None, **guides: Any) -> Reply:
+        """The whole reply at once (for benchmarks and scripts; the loop streams)."""
+        for event in self.stream(messages, tools, max_tokens=max_tokens, temperature=temperature, **guides):
+            if isinstance(event, Done):
+                return event.reply
+        raise BackendError(f"the stream from {self.model} ended without a reply")
+
+
+def stream_reply(reply: Reply, chunk: int = 8) -> Iterator[StreamEvent]:
+    """A reply that is already whole, as the events a stream of it would yield."""
+    text = reply.message.content or ""
+    for i in range(0, len(text), chunk):
+        yield TextDelta(text=text[i:i + chunk])
+    yield Done(reply=reply)
+
+
+__all__ = ["Backend", "BackendError", "Capabilities", "stream_reply"]

@@ -1,0 +1,329 @@
+"""`Session`: a conversation tree, a backend, tools and a sandboxed kernel that follows the active
+branch. It knows no model by name: `agent.chat.Chat` resolves model strings and prices and picks
+the turn strategy."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal
+
+from sandbox import Kernel
+from tools.python_tool import PythonTool
+from tools.schema import Runnable, Tool, as_tool
+
+from agent.core import store
+from agent.core.backend import Backend
+from agent.core.budget import Budget, BudgetTracker, Price, PriceHelp
+from agent.core.events import AnswerEvent, Event, NoticeEvent
+from agent.core.loop import COMPLETION_ALLOWANCE, PLAIN, TurnStrategy, user_message
+from agent.core.messages import Message, ToolCall, Usage
+from agent.core.prompts import DEFAULT_SYSTEM
+from agent.core.tree import Branch, Node, Tree
+
+Sync = Literal["replay", "keep", "reset"]
+Approve = Callable[[str], "bool | str | None"]
+# Text to (text without the calls, calls), for replies written as text (a server without tool support).
+ParseCalls = Callable[[str, list[str]], tuple[str, list[ToolCall]]]
+PriceOf = Callable[[str], "Price | None"]
+PYTHON = PythonTool()
+
+
+class Session:
+    """A conversation with a backend that runs Python in a sandboxed kernel (see `agent.Chat`)."""
+
+    def __init__(self, backend: Backend, *, system: str | None = None, tools: list[Callable | Tool] = (),
+                 budget: Budget | None = None, max_steps: int = 10, use_python: bool = True,
+                 kernel: Kernel | None = None, workspace: str | Path | None = None, isolation: str | None = None,
+                 network: bool = False, gpu: bool = False, timeout: float = 120.0, memory_mb: int | None = -1,
+                 sync: Sync = "replay", approve: Approve | None = None, temperature: float | None = None,
+                 path: str | Path | None = None, progress: bool = True, strategy: TurnStrategy = PLAIN,
+                 price_of: PriceOf | None = None, price_help: PriceHelp | None = None,
+                 parse_calls: ParseCalls | None = None, **kernel_options: Any):
+        """`strategy`: how a turn runs (the plain tool loop by default). `price_of`: a model's price
+        (None: unknown), for money budgets and `price`; `price_help`: where to give a missing one.
+        `parse_calls`: makes a reply's python blocks calls, for models that write no tool calls."""
+        if sync not in ("replay", "keep", "reset"):
+            raise ValueError(f"sync must be 'replay', 'keep' or 'reset', got {sync!r}")
+        if max_steps < 1:
+            raise ValueError(f"max_steps must be at least 1, got {max_steps}")
+        self.tracker = BudgetTracker(price_help=price_help)
+        self.price_of, self.parse_calls, self.strategy = price_of, parse_calls, strategy
+        self.use_backend(backend)
+        self.tracker.budget = budget or Budget()  # max_usd for a model without a price: ValueError
+        self.system = system if system is not None else DEFAULT_SYSTEM
+        self.tools: dict[str, Tool] = {t.name: t for t in map(as_tool, tools)}
+        self.use_python = use_python
+        self.max_steps, self.timeout, self.sync, self.approve = max_steps, timeout, sync, approve
+        self.temperature, self.progress = temperature, progress
+        # Anything else goes to the Kernel: limits, env, gateway_url/gateway_token for remote kernels.
+        self._kernel_options = dict(workspace=workspace, isolation=isolation, network=network, gpu=gpu,
+                                    timeout=timeout, memory_mb=memory_mb, **kernel_options)
+        self._kernel: Kernel | None = kernel
+        self._kernel_cells: list[str] = []  # the cell nodes the live kernel has executed, in order
+        self.id = uuid.uuid4().hex[:12]
+        self.tree = Tree()
+        self.tree.add(Message(role="system", content=self.system))
+        self.path = Path(path) if path else None
+        self.notices: list[str] = []  # written from the first message on: no file for a run without a prompt
+
+    def use_backend(self, backend: Backend) -> None:
+        """Talk to another model from the next request on; the system prompt stays. A money budget
+        needs the model's price: a model without one is refused (ValueError) and nothing changes."""
+        self.tracker.set_model(backend.model, self.price_of(backend.model) if self.price_of else None)
+        self.backend, self.model = backend, backend.model
+        self.max_tokens_per_step = COMPLETION_ALLOWANCE
+
+    # -- the turn ------------------------------------------------------------------------------
+
+    def run(self, prompt: str) -> Iterator[Event]:
+        """Add a prompt and run the loop, yielding events; the last is an AnswerEvent."""
+        self.append(user_message(prompt))
+        yield from self._turn()
+
+    def _turn(self) -> Iterator[Event]:
+        self.tree.repair_interrupted()  # a call whose cell failed or was cut off: servers want its result
+        while self.notices:
+            yield NoticeEvent(text=self.notices.pop(0))
+        yield from self.strategy.run_turn(self)
+
+    def __call__(self, prompt: str, on_event: Callable[[Event], None] | None = None) -> str:
+        """Run the loop; return the final answer."""
+        return self._consume(self.run(prompt), on_event)
+
+    async def acall(self, prompt: str, on_event: Callable[[Event], None] | None = None) -> str:
+        """The async form, for batch use (`asyncio.gather` over several chats)."""
+        # run_in_executor, not to_thread: to_thread copies context variables, and jupyter_client
+        # would then find this (running) event loop in the worker thread and refuse to block on it.
+        return await asyncio.get_running_loop().run_in_executor(None, self.__call__, prompt, on_event)
+
+    @staticmethod
+    def _consume(events: Iterator[Event], on_event: Callable[[Event], None] | None) -> str:
+        answer = ""
+        for ev in events:
+            if on_event:
+                on_event(ev)
+            if isinstance(ev, AnswerEvent):
+                answer = ev.text
+        return answer
+
+    # -- edit instead of continuing ----------------------------------------------------------
+
+    def edit(self, i: int, text: str, on_event: Callable[[Event], None] | None = None) -> str:
+        """Replace prompt `i` (0 = the first on this branch) on a new branch, and regenerate."""
+        return self._consume(self.edit_events(i, text), on_event)
+
+    def edit_events(self, i: int, text: str) -> Iterator[Event]:
+        node = self.tree.user_node(i)
+        msg = user_message(text)
+        self._move_to(node.parent)
+        self.append(msg)
+        yield from self._turn()
+
+    def retry(self, on_event: Callable[[Event], None] | None = None) -> str:
+        """Regenerate the last answer as a sibling of the old one."""
+        return self._consume(self.retry_events(), on_event)
+
+    def retry_events(self) -> Iterator[Event]:
+        node = self.tree.user_node(-1)
+        self._move_to(node.id)
+        yield from self._turn()
+
+    def undo(self) -> None:
+        """Drop the last exchange (it stays in the tree as a branch)."""
+        node = self.tree.user_node(-1)
+        self._move_to(node.parent)
+
+    def switch(self, branch: str) -> None:
+        """Make another branch (an id from `branches()`, or a unique prefix) the active one."""
+        self.tree.switch(branch)
+        self._sync_kernel()
+        self._save()
+
+    def branches(self) -> list[Branch]:
+        return self.tree.branches()
+
+    def _move_to(self, node_id: str | None) -> None:
+        if node_id is None:
+            raise ValueError("cannot move above the system prompt")
+        self.tree.switch(node_id)
+        self._sync_kernel()
+        self._save()
+
+    # -- the kernel follows the branch -------------------------------------------------------
+
+    def kernel(self, follow_branch: bool = True) -> Kernel:
+        """The sandbox kernel, started on first use with the active branch's cells replayed
+        (`follow_branch=False`: as it is, whatever branch its state came from)."""
+        if self._kernel is None:
+            self._kernel = Kernel(**self._kernel_options)
+            self._kernel_cells = []
+        if not self._kernel.alive:
+            self._kernel.start()
+        if follow_branch:
+            self._sync_kernel()
+        return self._kernel
+
+    def record_cell(self, node_id: str) -> None:
+        """The live kernel has run the cell of this node (the loop says so after each cell)."""
+        self._kernel_cells.append(node_id)
+
+    def forget_kernel_cells(self) -> None:
+        """The kernel restarted by itself: none of the cells it ran is in its state any more."""
+        self._kernel_cells = []
+
+    @property
+    def started_kernel(self) -> Kernel | None:
+        """The kernel if it has been started, else None (looking must not start one)."""
+        return self._kernel
+
+    @property
+    def workspace(self) -> Path | None:
+        """The kernel's workspace: the started kernel's, else the one it will get (None: a temporary one)."""
+        if self._kernel is not None:
+            return self._kernel.workspace
+        ws = self._kernel_options.get("workspace")
+        return Path(ws) if ws else None
+
+    def _sync_kernel(self) -> None:
+        if self._kernel is None:
+            return  # started lazily, replaying then
+        wanted = [n.id for n in self.tree.cells()]
+        have = self._kernel_cells
+        if have == wanted[:len(have)] and self.sync != "reset":
+            todo = wanted[len(have):]  # a pure continuation: nothing to undo
+            if todo and self.sync == "replay":
+                self._replay(todo)
+            return
+        if self.sync == "keep":
+            self.notices.append("kernel state kept (sync='keep'): variables from the other branch may still be defined")
+            self._kernel_cells = wanted
+            return
+        self._kernel.restart()
+        self._kernel_cells = []
+        if self.sync == "reset":
+            self.notices.append("kernel reset: it starts clean, without this branch's earlier state")
+            self._kernel_cells = wanted
+            return
+        self._replay(wanted)
+
+    def _replay(self, node_ids: list[str]) -> None:
+        from rich.progress import Progress
+
+        cells = [self.tree.nodes[i] for i in node_ids]
+        failed = 0
+        with Progress(transient=True, disable=not self.progress or len(cells) < 3) as bar:
+            task = bar.add_task("replaying the branch's cells", total=len(cells))
+            for node in cells:
+                res = self._kernel.execute(node.cell.code, timeout=self.timeout)
+                failed += res.status not in ("ok", "error")
+                self._kernel_cells.append(node.id)
+                bar.advance(task)
+        if not cells:
+            self.notices.append("kernel restarted: this branch has run no code yet")
+            return
+        self.notices.append(f"kernel brought to this branch: {len(cells)} cell(s) replayed"
+                            + (f", {failed} did not finish" if failed else ""))
+
+    def restart_kernel(self, mode: Literal["replay", "reset"] = "replay") -> None:
+        """Restart the kernel; `replay` re-runs the branch's cells, `reset` starts clean."""
+        if self._kernel is None:
+            return
+        self._kernel.restart()
+        self._kernel_cells = []
+        if mode == "replay":
+            self._replay([n.id for n in self.tree.cells()])
+        else:
+            self._kernel_cells = [n.id for n in self.tree.cells()]
+
+    def close(self) -> None:
+        if self._kernel is not None:
+            self._kernel.close()
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- tools, messages, usage --------------------------------------------------------------
+
+    def all_tools(self) -> dict[str, Runnable]:
+        """The tools offered to the model by name: python (unless `use_python` is off) and yours."""
+        builtin: dict[str, Runnable] = {PYTHON.name: PYTHON} if self.use_python else {}
+        return builtin | {name: t for name, t in self.tools.items() if name not in builtin}
+
+    def tool_schemas(self) -> list[dict]:
+        return [t.schema for t in self.all_tools().values()]
+
+    def messages(self) -> list[Message]:
+        return self.tree.messages()
+
+    @property
+    def price(self) -> Price | None:
+        """The model's price per 1M tokens (zero for local models); None when unknown."""
+        return self.tracker.price
+
+    @property
+    def usage(self) -> Usage:
+        return self.tracker.spent
+
+    @property
+    def answer(self) -> str | None:
+        leaf = self.tree.nodes[self.tree.leaf]
+        return leaf.message.content if leaf.message.role == "assistant" else None
+
+    def append(self, message: Message, **meta: Any) -> Node:
+        """Add a message after the active leaf (meta: the Node's usage, cell) and save."""
+        node = self.tree.add(message, **meta)
+        self._save()
+        return node
+
+    # -- persistence -------------------------------------------------------------------------
+
+    def conversation(self) -> store.ConversationFile:
+        """The whole conversation as saved: tree, usage, settings."""
+        settings = {"max_steps": self.max_steps, "sync": self.sync,
+                    "usages": [u.model_dump() for u in self.tracker.usages]}
+        return store.ConversationFile(id=self.id, model=self.model, system=self.system, tree=self.tree,
+                                      usage=self.usage, settings=settings)
+
+    def _save(self) -> None:
+        if self.path is not None:
+            store.save(self.path, self.conversation())
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Save now (and after every message from now on) to `path`."""
+        if path is not None:
+            self.path = Path(path)
+        if self.path is None:
+            self.path = store.conversations_dir() / f"{self.id}.json"
+        self._save()
+        return self.path
+
+    @classmethod
+    def load(cls, path: str | Path, **options: Any) -> "Session":
+        """Resume a saved conversation; its active branch is replayed into a fresh kernel on first use.
+        A file that is not a sound conversation raises store.ConversationError (a ValueError).
+        `options` are the constructor's; `saved_options` are the defaults."""
+        conv = store.load(Path(path))
+        session = cls(**{**cls.saved_options(conv), **options})
+        session.id, session.tree, session.path = conv.id, conv.tree, Path(path)
+        session.tracker.usages = list(conv.settings.usages)
+        return session
+
+    @classmethod
+    def saved_options(cls, conv: store.ConversationFile) -> dict[str, Any]:
+        """What `load` takes from the file unless given: the system prompt, max_steps and sync."""
+        return {"system": conv.system, "max_steps": conv.settings.max_steps, "sync": conv.settings.sync}
+
+    def export(self, fmt: Literal["md", "html"], path: str | Path) -> Path:
+        if fmt not in ("md", "html"):
+            raise ValueError(f"export format must be 'md' or 'html', got {fmt!r}")
+        text = store.to_markdown(self.conversation()) if fmt == "md" else store.to_html(self.conversation())
+        store.atomic_write(Path(path), text)
+        return Path(path)
+
+
+__all__ = ["Session", "Sync", "Approve", "ParseCalls"]

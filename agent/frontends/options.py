@@ -1,0 +1,125 @@
+"""The command-line options every front end shares, and what they become.
+
+The flag groups (model, budget, sandbox, gateway) are added to a parser here, and parsed flags turn
+into keyword arguments here, once: `kernel_options` for a Kernel, `chat_options` for a Chat (which
+include the kernel's). The one shot, the terminal chat and `kernelchat run` all go through them, so
+a flag cannot reach one front end and miss another. `--save` is checked here too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Protocol
+
+from agent.core.budget import Budget
+from agent.core.dirs import conversations_dir
+
+
+class Arguments(Protocol):
+    """A parser or one of its argument groups."""
+
+    def add_argument(self, *names: str, **kwargs: Any) -> argparse.Action: ...
+
+
+# -- the flags -------------------------------------------------------------------------------------
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", "-m", default=None,
+                   help="gpt-4o-mini, openai:NAME, hf:smollm2 (default without OPENAI_API_KEY), hf:NAME, a folder or .gguf")
+    g.add_argument("--base-url", default=None, help="an OpenAI-compatible server (vLLM, llama.cpp, Ollama, ...)")
+    g.add_argument("--api-key", default=None, help="default: $OPENAI_API_KEY")
+    g.add_argument("--system", default=None, help="replace the default system prompt")
+
+
+def add_budget_args(p: argparse.ArgumentParser) -> None:
+    b = p.add_argument_group("budget")
+    b.add_argument("--max-steps", type=int, default=10, help="model requests per prompt (default 10)")
+    b.add_argument("--max-tokens", type=int, default=None, help="token budget for the conversation")
+    b.add_argument("--max-usd", type=float, default=None, help="money budget in USD")
+    b.add_argument("--max-seconds", type=float, default=None, help="time budget")
+
+
+GATEWAY_HELP = "run the kernel on a Jupyter Kernel Gateway / Enterprise Gateway (implies --isolation gateway)"
+
+
+def add_gateway_args(p: Arguments, help_text: str = GATEWAY_HELP) -> None:
+    p.add_argument("--gateway", metavar="URL", default=None, help=help_text)
+    p.add_argument("--gateway-token", metavar="TOKEN", default=None,
+                   help="the gateway's auth token (or KERNELCHAT_GATEWAY_TOKEN)")
+
+
+def add_sandbox_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sandbox")
+    g.add_argument("--isolation", choices=["bwrap", "none", "gateway"], default=None,
+                   help="bwrap (default where it runs), none (trusted code only), or gateway (see --gateway)")
+    add_gateway_args(g)
+    g.add_argument("--network", action="store_true", help="let the kernel reach the network")
+    g.add_argument("--gpu", action="store_true", help="pass the NVIDIA devices through")
+    g.add_argument("--workspace", default=None, help="the kernel's working folder (default: a temporary one)")
+    g.add_argument("--timeout", type=float, default=120.0, help="seconds per cell (default 120)")
+    g.add_argument("--memory-mb", type=int, default=-1, help="memory limit for the kernel")
+    g.add_argument("--disk-mb", type=int, default=-1,
+                   help="disk quota for the workspace (default: what it holds plus 25%% of the free space)")
+
+
+# -- what they become ------------------------------------------------------------------------------
+
+
+def gateway_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Kernel options for --gateway URL / --gateway-token (else KERNELCHAT_GATEWAY_URL / _TOKEN)."""
+    if getattr(args, "gateway", None) or getattr(args, "isolation", None) == "gateway":
+        return {"isolation": "gateway", "gateway_url": args.gateway, "gateway_token": args.gateway_token}
+    return {}
+
+
+def kernel_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Kernel keyword arguments from the sandbox flags."""
+    return {**dict(workspace=args.workspace, isolation=args.isolation, network=args.network, gpu=args.gpu,
+                   timeout=args.timeout, memory_mb=args.memory_mb, disk_mb=args.disk_mb),
+            **gateway_options(args)}
+
+
+def chat_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Chat keyword arguments from the model, budget and sandbox flags (progress bars unless --json)."""
+    budget = Budget(max_tokens=args.max_tokens, max_usd=args.max_usd, max_seconds=args.max_seconds)
+    return dict(model=args.model, system=args.system, base_url=args.base_url, api_key=args.api_key,
+                budget=budget, max_steps=args.max_steps, progress=not getattr(args, "json", False),
+                **kernel_options(args))
+
+
+# -- --save ----------------------------------------------------------------------------------------
+
+
+def check_save_path(path: str | Path, what: str = "--save") -> Path:
+    """Where a conversation is to be saved, checked before a model loads or anything runs: a file
+    (not a folder) whose folder exists or can be made, and can be written (probed for real: as root,
+    permission bits say nothing). Raises ValueError with one sentence."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise ValueError(f"{what} {path}: that is a folder; give a file name, e.g. {p / 'conversation.json'}")
+    if p.is_symlink() or (p.exists() and not p.is_file()):
+        raise ValueError(f"{what} {path}: that is not a regular file; give another file name")
+    folder = p.parent
+    while not folder.exists() and folder != folder.parent:  # the folders still to be made
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"{what} {path}: {folder} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".kernelchat-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"{what} {path}: cannot write in {folder} ({e.strerror or e})") from None
+    return p
+
+
+def conversation_path(chat: Any, save: str | Path | None) -> Path:
+    """Point `chat` at its file without writing it: the file appears with the first prompt, so a
+    run that never got that far (a model that fails to load, a kernel or budget refusal) leaves none."""
+    chat.path = Path(save).expanduser() if save else conversations_dir() / f"{chat.id}.json"
+    return chat.path

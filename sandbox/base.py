@@ -1,0 +1,309 @@
+"""`Kernel`: what every kernel kind shares, and the factory that picks the kind.
+
+`Kernel(...)` returns a `LocalKernel` (isolation "bwrap" or "none": sandbox/local.py) or a
+`GatewayKernel` (isolation "gateway", or a gateway_url: sandbox/gateway.py). Each kind names
+itself when its class is defined (`class LocalKernel(Kernel, kind="local")`), so this module
+imports neither; `sandbox/__init__.py` imports both.
+
+Shared here: option checks, the workspace, locks and counters, the registry that closes live
+kernels at exit, `execute()` (restarting a dead kernel first), turning Jupyter messages into an
+`ExecResult`, and the close sequence.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+import threading
+import time
+import weakref
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from .capture import CappedStream, strip_ansi
+from .hostfiles import WorkspaceFiles
+from .options import check_bool, check_env, check_fraction, check_gpu, check_timeout, limits_from
+from .quota import DiskQuota
+from .result import ExecResult, RichOutput
+from .trim import CellBudget, as_text, clip, sentence, take_notices
+
+OutputCallback = Callable[[str, "str | RichOutput"], None]
+BOOT = Path(__file__).with_name("boot.py")
+
+
+class KernelError(RuntimeError):
+    """The kernel could not be started or reached."""
+
+
+_live: "weakref.WeakSet[Kernel]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for k in list(_live):
+        try:
+            k.close()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+
+
+def resolve_workspace(workspace: str | os.PathLike | None) -> tuple[Path, bool]:
+    """The workspace folder, and whether we made it (a temporary one)."""
+    if workspace is None:
+        return Path(tempfile.mkdtemp(prefix="kernelchat-ws-")), True
+    path = Path(workspace).expanduser().resolve()
+    if not path.is_dir():
+        raise ValueError(f"workspace {str(path)!r} does not exist or is not a folder; "
+                         "create it first or pass workspace=None for a temporary one")
+    return path, False
+
+
+def kind_for(isolation: object, gateway_url: object) -> str:
+    """The kernel kind that `Kernel(isolation=..., gateway_url=...)` makes."""
+    return "gateway" if isolation == "gateway" or (isolation is None and gateway_url) else "local"
+
+
+class Kernel(WorkspaceFiles, ABC):
+    """A persistent IPython kernel in a sandbox; `Kernel(...)` makes the kind the options ask for.
+
+    >>> with Kernel() as k:
+    ...     k.execute("x = 2**100")
+    ...     print(k.execute("x").result)
+
+    Keyword arguments beyond the shared ones are the kind's own (`gateway_url=`, `kernel_name=`, ...
+    of `GatewayKernel`).
+    """
+
+    kinds: ClassVar[dict[str, type[Kernel]]] = {}
+    isolation: str
+
+    def __init_subclass__(cls, kind: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if kind is not None:
+            Kernel.kinds[kind] = cls
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Kernel:
+        if cls is Kernel:
+            isolation = kwargs.get("isolation", args[1] if len(args) > 1 else None)
+            cls = Kernel.kinds[kind_for(isolation, kwargs.get("gateway_url"))]
+        return super().__new__(cls)
+
+    def __init__(self, workspace: str | os.PathLike | None = None, isolation: str | None = None,
+                 network: bool = False, gpu: bool = False, env: dict[str, str] | None = None, *,
+                 timeout: float = 120.0, memory_mb: int | None = -1, max_procs: int | None = -1,
+                 max_file_mb: int | None = -1, cpu_seconds: int | None = None, tmp_mb: int | None = None,
+                 output_chars: int | None = None, disk_mb: int | None = -1,
+                 idle_cpu_limit: float | None = None, start: bool = True, **kind_options: Any):
+        self._configure(isolation, **kind_options)  # first: a bad option makes no temporary folder
+        self.network, self.gpu = check_bool("network", network), check_gpu(gpu)
+        self.env, self.timeout = check_env(env), check_timeout(timeout)
+        # A share of one core that leftovers of a cell may use while the kernel is idle; more is stopped.
+        self.idle_cpu_limit = check_fraction("idle_cpu_limit", idle_cpu_limit)
+        check_bool("start", start)
+        self.limits = limits_from(memory_mb=memory_mb, max_procs=max_procs, max_file_mb=max_file_mb,
+                                  cpu_seconds=cpu_seconds, tmp_mb=tmp_mb, output_chars=output_chars,
+                                  disk_mb=disk_mb)
+        self.workspace, self._own_workspace = resolve_workspace(workspace)
+        self.outputs_dir = self.workspace / "outputs"
+        self._init_bookkeeping()
+        self._prepare(default_disk=disk_mb == -1)
+        if start:
+            self.start()
+
+    def _init_bookkeeping(self) -> None:
+        """State every kernel kind shares; registered so atexit can close it."""
+        self._lock = threading.RLock()
+        self._control_lock = threading.Lock()
+        self._closed = False
+        self._remove_workspace = False
+        self.restarts = 0
+        self.execution_count = 0
+        self._quota: DiskQuota | None = None
+        self._cell_notes: list[str] = []  # said in the result's message (figures not saved, quota)
+        self._over_quota = False
+        _live.add(self)
+
+    # -- what each kind provides ---------------------------------------------------------------
+
+    @abstractmethod
+    def _configure(self, isolation: str | None, **kind_options: Any) -> None:
+        """Check and keep the kind's own options (before the shared ones)."""
+
+    @abstractmethod
+    def _prepare(self, default_disk: bool) -> None:
+        """Set the kind's state up once the shared options and the workspace are known
+        (`default_disk`: disk_mb was left at its default)."""
+
+    @abstractmethod
+    def _launch(self, ready_timeout: float) -> None:
+        """Start the kernel and wait until it answers."""
+
+    @abstractmethod
+    def _stop(self) -> None:
+        """On close: stop the kernel for good (the workspace is handled by `close`)."""
+
+    @abstractmethod
+    def restart(self) -> None:
+        """Start a fresh kernel: all state (variables, imports) is lost."""
+
+    @property
+    @abstractmethod
+    def alive(self) -> bool: ...
+
+    @abstractmethod
+    def interrupt(self) -> None:
+        """Interrupt the running cell."""
+
+    @abstractmethod
+    def _run(self, code: str, timeout: float, on_output: OutputCallback | None) -> ExecResult:
+        """Run one cell on a live kernel."""
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, ready_timeout: float = 60.0) -> Kernel:
+        with self._lock:
+            if self._closed:
+                raise KernelError("this kernel was closed; create a new one")
+            if not self.alive:
+                self._launch(ready_timeout)
+        return self
+
+    def remove_workspace_on_close(self) -> None:
+        """Remove the workspace on close if this kernel made it (a temporary one, as in a pool);
+        a folder the caller passed is never removed."""
+        self._remove_workspace = True
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._stop()
+            if self._own_workspace and self._remove_workspace:
+                shutil.rmtree(self.workspace, ignore_errors=True)
+            _live.discard(self)
+        self._after_close()
+
+    def _after_close(self) -> None:
+        """After close, outside the lock (a kind may override)."""
+
+    def __enter__(self) -> Kernel:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+    # -- execution ---------------------------------------------------------------------------
+
+    def execute(self, code: str, timeout: float | None = None,
+                on_output: OutputCallback | None = None) -> ExecResult:
+        """Run `code`; never raises for anything the code does."""
+        if not isinstance(code, str):
+            raise ValueError(f"code must be a str, got {type(code).__name__}")
+        timeout = check_timeout(self.timeout if timeout is None else timeout)
+        with self._lock:
+            note = None
+            if not self.alive:
+                if self._closed:
+                    raise KernelError("this kernel was closed; create a new one")
+                note = "The kernel had died; it was restarted and its earlier state was lost."
+                self.restart()
+            res = self._run(code, float(timeout), on_output)
+            if note and res.status != "died":
+                res.state_lost = True
+                res.message = note + (f" {res.message}" if res.message else "")
+            return res
+
+    def _handle(self, msg: dict, res: ExecResult, streams: dict[str, CappedStream],
+                on_output: OutputCallback | None) -> bool:
+        kind, content = msg["msg_type"], msg["content"]
+        if kind == "status":
+            return content["execution_state"] == "idle"
+        if kind == "stream":
+            name = content.get("name", "stdout")
+            streams.get(name, streams["stdout"]).write(content["text"])
+            if on_output:
+                on_output(name, content["text"])
+        elif kind in ("execute_result", "display_data"):
+            data = content.get("data", {})
+            data = data if isinstance(data, dict) else {}
+            budget = self._budget_for(res)
+            if kind == "display_data" and set(data) - {"text/plain"} and not budget.admit():
+                return False  # past the cell's number of displays: counted, said in the message
+            outs = self._save_rich(data)
+            res.outputs.extend(budget.take(outs))
+            if kind == "execute_result":
+                res.execution_count = content.get("execution_count")
+                if "text/plain" in data:
+                    res.result = strip_ansi(clip(as_text(data["text/plain"]), self.limits.output_chars, "result"))
+                    if on_output:
+                        on_output("result", res.result)
+            elif not outs and "text/plain" in data:
+                streams["stdout"].write(data["text/plain"] + "\n")
+            if on_output:
+                for o in outs:
+                    on_output("display", o)
+        elif kind == "error":
+            res.status = "error" if res.status == "ok" else res.status
+            limit = self.limits.output_chars
+            res.error_name = clip(as_text(content.get("ename", "")), 200, "error name")
+            res.error_value = strip_ansi(clip(as_text(content.get("evalue", "")), limit // 2, "error message"))
+            tb = content.get("traceback", [])
+            tb = "\n".join(map(as_text, tb)) if isinstance(tb, list) else as_text(tb)
+            res.traceback = strip_ansi(clip(tb, limit, "traceback"))
+            if on_output:
+                on_output("error", res.traceback)
+        elif kind == "execute_input":
+            res.execution_count = content.get("execution_count")
+        return False
+
+    def _budget_for(self, res: ExecResult) -> CellBudget:
+        """The rich-output budget of the cell that `res` belongs to."""
+        budget = getattr(self, "_budget", None)
+        if budget is None or budget[0] is not res:
+            budget = self._budget = (res, CellBudget(2 * self.limits.output_chars))
+        return budget[1]
+
+    def _finish(self, res: ExecResult, streams: dict[str, CappedStream], t0: float,
+                timed_out_after: float | None) -> ExecResult:
+        res.stdout, res.stdout_file = streams["stdout"].value()
+        res.stderr, res.stderr_file = streams["stderr"].value()
+        res.duration = time.monotonic() - t0
+        if res.execution_count:
+            self.execution_count = res.execution_count
+        if timed_out_after is not None:
+            res.status = "timeout"
+            res.message = (f"The cell ran past its {timed_out_after:g} s timeout and was interrupted; "
+                           "the kernel's state is kept.")
+        res.stderr, notices = take_notices(res.stderr)  # what boot.py's Guard saw
+        budget = self._budget_for(res)
+        self._budget = None
+        self._cell_notes += [sentence(n) for n in notices] + ([budget.note()] if budget.note() else [])
+        self._fold_notes(res)
+        return res
+
+    def _after_hang(self, res: ExecResult, streams, t0: float, timeout: float) -> ExecResult:
+        self.restart()
+        res = self._finish(res, streams, t0, None)
+        res.status, res.state_lost = "timeout", True
+        res.message = (f"The cell ran past its {timeout:g} s timeout and did not stop when interrupted; "
+                       "the kernel was restarted and its state (variables, imports) was lost.")
+        return res
+
+    def _report_death(self, res: ExecResult, streams, t0: float, why: str) -> ExecResult:
+        """Restart, and say plainly that the state is gone (`why`: what killed it, if known)."""
+        self.restart()
+        res = self._finish(res, streams, t0, None)
+        res.status, res.state_lost = "died", True
+        res.message = (f"The kernel died while running this cell{f' ({why})' if why else ''}. It was restarted: "
+                       "its state (variables, imports) was lost; re-run the earlier cells that are needed.")
+        return res

@@ -1,0 +1,84 @@
+"""One options module: every model, budget and sandbox flag reaches Chat and Kernel, in every front end."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from agent.chat import Chat
+from agent.core.budget import Budget
+from agent.frontends import options
+from agent.frontends.cli import build_parser, prompt_parser
+from agent.models.scripted import ScriptedBackend
+
+# Every flag of the model, budget and sandbox groups, with a value other than its default.
+FLAGS = ["--model", "gpt-4o-mini", "--base-url", "http://models.example", "--api-key", "sk-test",
+         "--system", "be brief", "--max-steps", "3", "--max-tokens", "5000", "--max-usd", "1.5",
+         "--max-seconds", "60", "--isolation", "gateway", "--gateway", "http://gw.example:8888",
+         "--gateway-token", "tok", "--network", "--gpu", "--workspace", "/tmp/ws", "--timeout", "9",
+         "--memory-mb", "512", "--disk-mb", "256"]
+KERNEL = dict(workspace="/tmp/ws", isolation="gateway", network=True, gpu=True, timeout=9.0, memory_mb=512,
+              disk_mb=256, gateway_url="http://gw.example:8888", gateway_token="tok")
+# Flags of the prompt parser that are not Chat options: what the front end itself does.
+FRONT_END_FLAGS = {"-h", "--help", "--json", "--save", "--no-save", "--confirm"}
+
+
+def option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    return {s for a in parser._actions for s in a.option_strings}
+
+
+def test_the_test_sets_every_flag():
+    """A new flag must be added to FLAGS (and so reach the options) or be named a front-end flag."""
+    flags = {f for f in FLAGS if f.startswith("-")}
+    assert option_strings(prompt_parser()) - FRONT_END_FLAGS - {"-m"} == flags
+
+
+def test_every_flag_reaches_chat_and_kernel():
+    args = prompt_parser().parse_args(FLAGS)
+    assert options.kernel_options(args) == KERNEL
+    assert options.chat_options(args) == dict(
+        model="gpt-4o-mini", system="be brief", base_url="http://models.example", api_key="sk-test",
+        budget=Budget(max_tokens=5000, max_usd=1.5, max_seconds=60.0), max_steps=3, progress=True, **KERNEL)
+
+
+def test_exec_takes_the_same_sandbox_flags():
+    sandbox = FLAGS[FLAGS.index("--isolation"):]
+    args = build_parser().parse_args(["exec", "print(1)", *sandbox])
+    assert options.kernel_options(args) == KERNEL
+
+
+def test_run_takes_the_gateway_flags():
+    args = build_parser().parse_args(["run", "t.toml", "--gateway", "http://gw.example:8888", "--gateway-token", "tok"])
+    assert options.gateway_options(args) == dict(isolation="gateway", gateway_url="http://gw.example:8888",
+                                                 gateway_token="tok")
+
+
+def test_json_turns_the_progress_bars_off():
+    assert options.chat_options(prompt_parser().parse_args(["hi", "--json"]))["progress"] is False
+
+
+def test_no_gateway_flag_no_gateway_options():
+    assert "gateway_url" not in options.chat_options(prompt_parser().parse_args([]))
+
+
+def test_the_terminal_chat_honours_gateway():
+    """The terminal chat's options (no prompt: the same parser) send its kernel to the gateway: with
+    nothing listening at the URL, the first cell's kernel fails naming it."""
+    args = prompt_parser().parse_args(["--gateway", "http://127.0.0.1:9", "--gateway-token", "t"])
+    assert args.prompt is None  # what opens the terminal chat
+    opts = options.chat_options(args)
+    with Chat(**{**opts, "backend": ScriptedBackend(["unused"])}) as chat:
+        with pytest.raises(RuntimeError, match="kernel gateway at http://127.0.0.1:9"):
+            chat.kernel()
+
+
+@pytest.mark.parametrize("name", ["c.json", "new/folder/c.json"])
+def test_check_save_path_accepts_a_writable_file(tmp_path, name):
+    assert options.check_save_path(tmp_path / name) == tmp_path / name
+    assert not (tmp_path / name).exists()  # checked, not written
+
+
+def test_check_save_path_refuses_a_folder(tmp_path):
+    with pytest.raises(ValueError, match="that is a folder"):
+        options.check_save_path(tmp_path)
