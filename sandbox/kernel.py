@@ -9,6 +9,7 @@ import queue
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -31,7 +32,7 @@ from .leases import RUNTIME_PREFIX, Lease
 from .leases import sweep as sweep_leases
 from .options import check_bool, check_env, check_fraction, check_gpu, check_timeout, limits_from
 from .procs import death_reason, kill_descendants
-from .trim import CellBudget, as_text, clip, sentence, take_notices
+from .trim import CellBudget, as_text, clip, count, parent_id, receive, sentence, take_notices
 from .hostfiles import WorkspaceFiles
 from .quota import DiskQuota, default_disk_mb
 from .result import ExecResult, RichOutput
@@ -67,7 +68,8 @@ _chown_tree = safefs.chown_tree
 def repair_dead_hosts() -> int:
     """Undo what hosts killed before close() left: processes, workspace owners, runtime dirs,
     cgroups (see leases.py). Runs at each kernel start and close; returns how many were repaired."""
-    return sweep_leases(lambda path, uid, gid, from_uid: _chown_tree(path, uid, gid, from_uid=from_uid))
+    return sweep_leases(lambda path, uid, gid, from_uid: _chown_tree(path, uid, gid, from_uid=from_uid,
+                                                                     hard_linked=True))
 
 
 def resolve_workspace(workspace: str | os.PathLike | None) -> tuple[Path, bool]:
@@ -130,7 +132,8 @@ class Kernel(WorkspaceFiles):
         self.outputs_dir = self.workspace / "outputs"
         self._uid = pick_sandbox_uid() if (os.getuid() == 0 and isolation == "bwrap") else None
         repair_dead_hosts()  # first: a killed host may have left this very workspace to its sandbox uid
-        self._ws_owner = (self.workspace.stat().st_uid, self.workspace.stat().st_gid)
+        ws = self.workspace.stat()
+        self._ws_owner, self._ws_mode = (ws.st_uid, ws.st_gid), stat.S_IMODE(ws.st_mode)
         self._proc: subprocess.Popen | None = None
         self._client: BlockingKernelClient | None = None
         self._runtime: Path | None = None
@@ -165,11 +168,19 @@ class Kernel(WorkspaceFiles):
                 return self
             self._spawn()
             self._wait_ready(ready_timeout)
+            if self._uid is not None and self._runtime is not None:
+                # The runtime folder is on the host's /tmp and holds the sockets the host connects
+                # to: from now on (before any cell runs) the sandbox uid may add, swap or remove
+                # nothing there (a link in place of a socket would be followed by root).
+                os.chown(self._runtime, os.getuid(), os.getgid())
+                os.chmod(self._runtime, 0o755)
         return self
 
     def _spawn(self) -> None:
         rt = Path(tempfile.mkdtemp(prefix=RUNTIME_PREFIX, dir="/tmp" if os.path.isdir("/tmp") else None))
         self._runtime = rt
+        if self._quota is not None:  # the sandbox writes there too (as an ordinary user: all along)
+            self._quota.extra = [rt]
         self._lease.update(rt, None)  # before anything changes owner
         conn = rt / "kernel.json"
         transport = "ipc" if os.name == "posix" else "tcp"
@@ -292,7 +303,8 @@ class Kernel(WorkspaceFiles):
             self._closed = True
             self._teardown()
             if self._uid is not None and self.workspace.exists():  # hand the kernel's files back
-                _chown_tree(self.workspace, *self._ws_owner, from_uid=self._uid)
+                _chown_tree(self.workspace, *self._ws_owner, from_uid=self._uid, hard_linked=True)
+                safefs.restore_mode(self.workspace, self._ws_mode)  # the sandbox may have opened it to all
             if self._own_workspace and getattr(self, "_remove_workspace", False):
                 shutil.rmtree(self.workspace, ignore_errors=True)
             self._lease.release()
@@ -368,7 +380,7 @@ class Kernel(WorkspaceFiles):
             elif now >= deadline:
                 return self._after_hang(res, streams, t0, timeout)
             try:
-                msg = client.get_iopub_msg(timeout=min(POLL_S, max(deadline - now, 0.001)))
+                msg = receive(client.get_iopub_msg, min(POLL_S, max(deadline - now, 0.001)))
             except queue.Empty:
                 if self._proc.poll() is not None:
                     return self._after_death(res, streams, t0)
@@ -378,7 +390,7 @@ class Kernel(WorkspaceFiles):
                 if reply_seen_at is not None and time.monotonic() - reply_seen_at > 1.0:
                     break
                 continue
-            if msg["parent_header"].get("msg_id") != msg_id:
+            if msg is None or parent_id(msg) != msg_id:  # undecodable, malformed or another cell's
                 continue
             idle = self._handle(msg, res, streams, on_output)
         if reply_seen_at is None:
@@ -390,22 +402,23 @@ class Kernel(WorkspaceFiles):
         end = time.monotonic() + wait
         while True:
             try:
-                reply = client.get_shell_msg(timeout=max(end - time.monotonic(), 0))
+                reply = receive(client.get_shell_msg, max(end - time.monotonic(), 0))
             except queue.Empty:
                 return None
-            if reply["parent_header"].get("msg_id") == msg_id:
+            if reply is not None and parent_id(reply) == msg_id:
                 return reply
 
     def _handle(self, msg: dict, res: ExecResult, streams: dict[str, CappedStream],
                 on_output: OutputCallback | None) -> bool:
-        kind, content = msg["msg_type"], msg["content"]
+        kind, content = msg["msg_type"], msg["content"]  # both checked by parent_id()
         if kind == "status":
-            return content["execution_state"] == "idle"
+            return content.get("execution_state") == "idle"
         if kind == "stream":
-            name = content.get("name", "stdout")
-            streams.get(name, streams["stdout"]).write(content["text"])
+            name = "stderr" if content.get("name") == "stderr" else "stdout"
+            text = as_text(content.get("text", ""))
+            streams[name].write(text)
             if on_output:
-                on_output(name, content["text"])
+                on_output(name, text)
         elif kind in ("execute_result", "display_data"):
             data = content.get("data", {})
             data = data if isinstance(data, dict) else {}
@@ -415,13 +428,13 @@ class Kernel(WorkspaceFiles):
             outs = self._save_rich(data)
             res.outputs.extend(budget.take(outs))
             if kind == "execute_result":
-                res.execution_count = content.get("execution_count")
+                res.execution_count = count(content)
                 if "text/plain" in data:
                     res.result = strip_ansi(clip(as_text(data["text/plain"]), self.limits.output_chars, "result"))
                     if on_output:
                         on_output("result", res.result)
             elif not outs and "text/plain" in data:
-                streams["stdout"].write(data["text/plain"] + "\n")
+                streams["stdout"].write(as_text(data["text/plain"]) + "\n")
             if on_output:
                 for o in outs:
                     on_output("display", o)
@@ -436,7 +449,7 @@ class Kernel(WorkspaceFiles):
             if on_output:
                 on_output("error", res.traceback)
         elif kind == "execute_input":
-            res.execution_count = content.get("execution_count")
+            res.execution_count = count(content)
         return False
 
     def _budget_for(self, res: ExecResult) -> CellBudget:
