@@ -188,3 +188,17 @@ def test_a_users_hard_link_and_the_workspace_mode_survive_a_run(tmp_path):
     assert (twin.stat().st_uid, twin.stat().st_gid) == (user, user)
     st = ws.stat()
     assert (st.st_uid, oct(st.st_mode & 0o777)) == (user, oct(0o750))
+
+
+def test_a_sparse_file_stays_sparse_when_downloaded(kernel, tmp_path):
+    """1 GB apparent, a few KB used: within the quota in the workspace, and it must not become
+    1 GB on the host's disk when downloaded."""
+    r = bounded(lambda: kernel.execute("f = open('sparse.bin', 'wb'); f.seek(1 * 2**30); f.write(b'end'); f.close()"), 40)
+    assert r.ok, r
+    dest = bounded(lambda: kernel.download("sparse.bin", tmp_path / "sparse.bin"), 120)
+    st = dest.stat()
+    assert st.st_size == 1 * 2**30 + 3
+    assert st.st_blocks * 512 < 16 * 2**20, f"{st.st_blocks * 512:,} bytes on disk"
+    with open(dest, "rb") as f:
+        f.seek(1 * 2**30)
+        assert f.read() == b"end"
