@@ -28,7 +28,7 @@ from .hostfiles import WorkspaceFiles
 from .options import check_bool, check_env, check_fraction, check_gpu, check_timeout, limits_from
 from .quota import DiskQuota
 from .result import ExecResult, RichOutput
-from .trim import CellBudget, as_text, clip, sentence, take_notices
+from .trim import CellBudget, as_text, clip, count, sentence, take_notices
 
 OutputCallback = Callable[[str, "str | RichOutput"], None]
 BOOT = Path(__file__).with_name("boot.py")
@@ -225,14 +225,15 @@ class Kernel(WorkspaceFiles, ABC):
 
     def _handle(self, msg: dict, res: ExecResult, streams: dict[str, CappedStream],
                 on_output: OutputCallback | None) -> bool:
-        kind, content = msg["msg_type"], msg["content"]
+        kind, content = msg["msg_type"], msg["content"]  # both checked by trim.parent_id()
         if kind == "status":
-            return content["execution_state"] == "idle"
+            return content.get("execution_state") == "idle"
         if kind == "stream":
-            name = content.get("name", "stdout")
-            streams.get(name, streams["stdout"]).write(content["text"])
+            name = "stderr" if content.get("name") == "stderr" else "stdout"
+            text = as_text(content.get("text", ""))
+            streams[name].write(text)
             if on_output:
-                on_output(name, content["text"])
+                on_output(name, text)
         elif kind in ("execute_result", "display_data"):
             data = content.get("data", {})
             data = data if isinstance(data, dict) else {}
@@ -242,13 +243,13 @@ class Kernel(WorkspaceFiles, ABC):
             outs = self._save_rich(data)
             res.outputs.extend(budget.take(outs))
             if kind == "execute_result":
-                res.execution_count = content.get("execution_count")
+                res.execution_count = count(content)
                 if "text/plain" in data:
                     res.result = strip_ansi(clip(as_text(data["text/plain"]), self.limits.output_chars, "result"))
                     if on_output:
                         on_output("result", res.result)
             elif not outs and "text/plain" in data:
-                streams["stdout"].write(data["text/plain"] + "\n")
+                streams["stdout"].write(as_text(data["text/plain"]) + "\n")
             if on_output:
                 for o in outs:
                     on_output("display", o)
@@ -263,7 +264,7 @@ class Kernel(WorkspaceFiles, ABC):
             if on_output:
                 on_output("error", res.traceback)
         elif kind == "execute_input":
-            res.execution_count = content.get("execution_count")
+            res.execution_count = count(content)
         return False
 
     def _budget_for(self, res: ExecResult) -> CellBudget:

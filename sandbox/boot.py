@@ -220,6 +220,11 @@ class Guard:
                 self.notify(f"the cell ran into the process limit (max_procs={self.max_procs}): its {n} "
                             "leftover processes were killed so that the kernel keeps working")
                 snap = self.snapshot()
+            if self.max_procs - sum(v[2] for v in snap.values()) - 2 < HEADROOM:  # threads of the kernel itself
+                left = [t for t in threading.enumerate() if t.native_id not in (self.own_threads or ())]
+                self.notify(f"the cell left {len(left)} threads running in the kernel, at the process limit "
+                            f"(max_procs={self.max_procs}): new threads and processes fail until they end "
+                            "(restart the kernel to stop them)")
         with self.lock:
             self.gen += 1
             self.idle_since, self.idle_snap = time.monotonic(), snap

@@ -103,7 +103,14 @@ class KernelChannels:
                 raw = self.ws.recv()
                 if not raw:  # a close frame
                     break
-                self.inbox.put(json.loads(raw))
+                try:
+                    msg = json.loads(raw)
+                except (ValueError, RecursionError):  # a hostile kernel or server sent garbage: drop it
+                    continue
+                # Only messages with the shape the readers index (dict header and content) get in.
+                if isinstance(msg, dict) and isinstance(msg.get("parent_header"), dict) \
+                        and isinstance(msg.get("content"), dict) and isinstance(msg.get("msg_type"), str):
+                    self.inbox.put(msg)
         except Exception:  # noqa: BLE001 - any failure means the connection is gone
             pass
         self.closed = True

@@ -17,6 +17,8 @@ from .quota import DiskQuota
 from .result import ExecResult, RichOutput
 from .rich import OUTPUTS, save_rich
 
+MAX_NOTES = 10  # notes on figures per cell (each kind once)
+
 
 class WorkspaceFiles:
     """Needs `workspace`, `outputs_dir`, `limits`, `interrupt()`; `_uid` when the kernel runs
@@ -55,7 +57,9 @@ class WorkspaceFiles:
     def _save_rich(self, data: dict) -> list[RichOutput]:
         outs, notes = save_rich(data, self.workspace, max_bytes=self._max_file_bytes,
                                 text_chars=self.limits.output_chars, owner=self._owner)
-        self._cell_notes.extend(notes)
+        for note in notes:  # one per kind: a cell can make millions of unusable displays
+            if note not in self._cell_notes and len(self._cell_notes) < MAX_NOTES:
+                self._cell_notes.append(note)
         return outs
 
     # -- disk quota ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import queue
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -26,9 +27,10 @@ from .launch import start_process
 from .leases import RUNTIME_PREFIX, Lease
 from .leases import sweep as sweep_leases
 from .procs import death_reason, kill_descendants
+from .trim import parent_id, receive
 from .quota import DiskQuota, default_disk_mb
 from .result import ExecResult
-from .safechown import chown_tree
+from .safechown import chown_tree, restore_mode
 
 log = logging.getLogger("kernelchat.sandbox")
 
@@ -43,7 +45,8 @@ _chown_tree = chown_tree
 def repair_dead_hosts() -> int:
     """Undo what hosts killed before close() left: processes, workspace owners, runtime dirs,
     cgroups (see leases.py). Runs at each kernel start and close; returns how many were repaired."""
-    return sweep_leases(lambda path, uid, gid, from_uid: _chown_tree(path, uid, gid, from_uid=from_uid))
+    return sweep_leases(lambda path, uid, gid, from_uid: _chown_tree(path, uid, gid, from_uid=from_uid,
+                                                                     hard_linked=True))
 
 
 class LocalKernel(Kernel, kind="local"):
@@ -68,7 +71,8 @@ class LocalKernel(Kernel, kind="local"):
             self.limits.disk_mb = default_disk_mb(self.workspace)
         self._uid = pick_sandbox_uid() if (os.getuid() == 0 and self.isolation == "bwrap") else None
         repair_dead_hosts()  # first: a killed host may have left this very workspace to its sandbox uid
-        self._ws_owner = (self.workspace.stat().st_uid, self.workspace.stat().st_gid)
+        ws = self.workspace.stat()
+        self._ws_owner, self._ws_mode = (ws.st_uid, ws.st_gid), stat.S_IMODE(ws.st_mode)
         self._proc: subprocess.Popen | None = None
         self._client: BlockingKernelClient | None = None
         self._runtime: Path | None = None
@@ -88,10 +92,18 @@ class LocalKernel(Kernel, kind="local"):
     def _launch(self, ready_timeout: float) -> None:
         self._spawn()
         self._wait_ready(ready_timeout)
+        if self._uid is not None and self._runtime is not None:
+            # The runtime folder is on the host's /tmp and holds the sockets the host connects
+            # to: from now on (before any cell runs) the sandbox uid may add, swap or remove
+            # nothing there (a link in place of a socket would be followed by root).
+            os.chown(self._runtime, os.getuid(), os.getgid())
+            os.chmod(self._runtime, 0o755)
 
     def _spawn(self) -> None:
         rt = Path(tempfile.mkdtemp(prefix=RUNTIME_PREFIX, dir="/tmp" if os.path.isdir("/tmp") else None))
         self._runtime = rt
+        if self._quota is not None:  # the sandbox writes there too (as an ordinary user: all along)
+            self._quota.extra = [rt]
         self._lease.update(rt, None)  # before anything changes owner
         conn = rt / "kernel.json"
         transport = "ipc" if os.name == "posix" else "tcp"
@@ -210,7 +222,8 @@ class LocalKernel(Kernel, kind="local"):
     def _stop(self) -> None:
         self._teardown()
         if self._uid is not None and self.workspace.exists():  # hand the kernel's files back
-            _chown_tree(self.workspace, *self._ws_owner, from_uid=self._uid)
+            _chown_tree(self.workspace, *self._ws_owner, from_uid=self._uid, hard_linked=True)
+            restore_mode(self.workspace, self._ws_mode)  # the sandbox may have opened it to all
 
     def _after_close(self) -> None:
         self._lease.release()  # after the workspace is handed back (or removed)
@@ -254,7 +267,7 @@ class LocalKernel(Kernel, kind="local"):
             elif now >= deadline:
                 return self._after_hang(res, streams, t0, timeout)
             try:
-                msg = client.get_iopub_msg(timeout=min(POLL_S, max(deadline - now, 0.001)))
+                msg = receive(client.get_iopub_msg, min(POLL_S, max(deadline - now, 0.001)))
             except queue.Empty:
                 if self._proc.poll() is not None:
                     return self._after_death(res, streams, t0)
@@ -264,7 +277,7 @@ class LocalKernel(Kernel, kind="local"):
                 if reply_seen_at is not None and time.monotonic() - reply_seen_at > 1.0:
                     break
                 continue
-            if msg["parent_header"].get("msg_id") != msg_id:
+            if msg is None or parent_id(msg) != msg_id:  # undecodable, malformed or another cell's
                 continue
             idle = self._handle(msg, res, streams, on_output)
         if reply_seen_at is None:
@@ -276,10 +289,10 @@ class LocalKernel(Kernel, kind="local"):
         end = time.monotonic() + wait
         while True:
             try:
-                reply = client.get_shell_msg(timeout=max(end - time.monotonic(), 0))
+                reply = receive(client.get_shell_msg, max(end - time.monotonic(), 0))
             except queue.Empty:
                 return None
-            if reply["parent_header"].get("msg_id") == msg_id:
+            if reply is not None and parent_id(reply) == msg_id:
                 return reply
 
     def _after_death(self, res: ExecResult, streams, t0: float) -> ExecResult:

@@ -42,6 +42,7 @@ class DiskQuota:
         self.cost = 0.0
         self.used = 0
         self.in_cell = False
+        self.extra: list[Path] = []  # other folders the sandbox can write, counted too (its runtime dir)
 
     def start_cell(self) -> None:
         """Restart the interval (the next check comes MIN_INTERVAL_S or more from now)."""
@@ -69,6 +70,11 @@ class DiskQuota:
             self.used = safefs.tree_bytes(self.root)
         except OSError:
             return None
+        for folder in self.extra:
+            try:
+                self.used += safefs.tree_bytes(folder)
+            except OSError:  # removed (a restart): nothing to count
+                pass
         self.last = time.monotonic()
         self.cost = self.last - t0
         if self.used <= self.limit:

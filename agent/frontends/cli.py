@@ -33,7 +33,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     with Kernel(**kernel_options(args)) as kernel:
         res = kernel.execute(code)
     if args.json:
-        print(res.model_dump_json(indent=2))
+        print(json.dumps(res.model_dump(mode="json"), indent=2))  # ASCII only: no raw C1 or bidi control
         return 0 if res.ok else 1
     console.print(code_panel(code, title="cell", border_style="none"))
     body = res.stdout + (res.stderr if res.stderr else "")
