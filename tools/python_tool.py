@@ -26,7 +26,11 @@ SCHEMA = {"type": "function", "function": {
 
 # A ```python (```py, ```python3) block; group 1 is its code. A block left open at the very end
 # (a reply cut by max_tokens) counts: models without tool training answer in these.
-PYTHON_FENCE = re.compile(r"```[ \t]*(?:python3?|py)[ \t]*\n(.*?)(?:\n[ \t]*```|$)", re.DOTALL | re.IGNORECASE)
+# The one definition of a ```python block (also ```py, ```python3), for every parser of model text.
+_OPENING = r"```[ \t]*(?:python3?|py)[ \t]*\n"
+PYTHON_FENCE_OPENING = re.compile(_OPENING, re.IGNORECASE)
+PYTHON_FENCE = re.compile(_OPENING + r"(.*?)(?:\n[ \t]*```|$)", re.DOTALL | re.IGNORECASE)  # open at the end counts
+PYTHON_FENCE_CLOSED = re.compile(_OPENING + r".*?\n[ \t]*```", re.DOTALL | re.IGNORECASE)
 
 MAX_TRACEBACK_LINES = 12
 

@@ -20,7 +20,8 @@ from typing import Iterable
 import torch
 from transformers import LogitsProcessor
 
-_OPEN_FENCE = re.compile(r"```[ \t]*(?:python3?|py)[ \t]*\n", re.IGNORECASE)
+from tools.python_tool import PYTHON_FENCE_OPENING
+
 # The literal being written: digits (and a decimal point) not glued to a name or an attribute.
 _TRAILING_LITERAL = re.compile(r"(?<![\w.])\d[\d.]*$")
 _AFTER_NAME = re.compile(r"[\w.]$")
@@ -59,7 +60,7 @@ class GroundedCode(LogitsProcessor):
         """The code written so far inside an open ```python block, or None outside one."""
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         opening = None
-        for opening in _OPEN_FENCE.finditer(text):
+        for opening in PYTHON_FENCE_OPENING.finditer(text):
             pass
         if opening is None:
             return None

@@ -29,6 +29,7 @@ from agent.core.backend import Backend, BackendError, Capabilities
 from agent.core.messages import Done, Message, Reply, StreamEvent, TextDelta, ToolCall, Usage
 from agent.models.toolparse import parse_tool_calls
 from agent.models.grounding import GroundedCode
+from tools.python_tool import PYTHON_FENCE_CLOSED
 
 EMBEDDED_ALIASES = {"hf:smollm2", "smollm2", "hf:embedded", "embedded"}
 # Tokens that end an assistant turn, or start a new one (a model that runs on into the next turn).
@@ -78,7 +79,7 @@ class _FenceStop(StoppingCriteria):
     """For models that write code as ```python blocks (no tool training): stop once the first block
     is closed. What they write after it is imagined output, and it costs seconds to generate."""
 
-    FENCE = re.compile(r"```[ \t]*(?:python3?|py)[ \t]*\n.*?\n[ \t]*```", re.DOTALL | re.IGNORECASE)
+    FENCE = PYTHON_FENCE_CLOSED
 
     def __init__(self, tokenizer, n_prompt: int) -> None:
         self.tokenizer, self.n_prompt = tokenizer, n_prompt

@@ -19,12 +19,12 @@ import uuid
 from typing import Any, Iterable
 
 from agent.core.messages import ToolCall
+from tools.python_tool import PYTHON_FENCE as PY_FENCE_RE
 
 HERMES_RE = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 PYTHON_TAG = "<|python_tag|>"
 LLAMA_END_RE = re.compile(r"<\|(?:eom_id|eot_id|end_of_text)\|>")
 # ```python / ```py / ```python3 blocks; an unclosed block at the very end (cut by max_tokens) counts.
-PY_FENCE_RE = re.compile(r"```[ \t]*(?:python3?|py)[ \t]*\n(.*?)(?:\n[ \t]*```|$)", re.DOTALL | re.IGNORECASE)
 JSON_FENCE_RE = re.compile(r"```[ \t]*json[ \t]*\n(.*?)\n[ \t]*```", re.DOTALL | re.IGNORECASE)
 NAME_RE = re.compile(r"""["']name["']\s*:\s*["']([^"']+)["']""")
 _LITERALS = {"True": "true", "False": "false", "None": "null"}

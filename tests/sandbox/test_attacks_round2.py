@@ -9,34 +9,15 @@ import json
 import os
 import socket
 import tempfile
-import threading
 from pathlib import Path
 
 import pytest
 
 from sandbox import Kernel, safefs
+from test_hostile_workspace import bounded  # fails the test if the host blocks
 
 ROOT = os.getuid() == 0
 SEND = "k = get_ipython().kernel\nk.session.send(k.iopub_socket, {kind!r}, {content}, parent=k.get_parent('shell'))\n"
-
-
-def bounded(fn, seconds: float):
-    """fn() in a thread; fail if it runs past `seconds`, re-raise what it raised."""
-    box: dict = {}
-
-    def run():
-        try:
-            box["value"] = fn()
-        except BaseException as e:  # noqa: BLE001 - re-raised below
-            box["error"] = e
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(seconds)
-    assert not t.is_alive(), f"still running after {seconds} s"
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
 
 
 @pytest.fixture(scope="module")

