@@ -4,14 +4,16 @@ The check runs BEFORE a request: if even the estimated prompt plus a minimal com
 limit, BudgetExceeded is raised and nothing is sent; otherwise the completion's max_tokens is clipped to
 what remains. So the only overshoot possible is the drift between our pre-flight estimate and the
 server's count, within one clipped completion (a server that bills more than it was asked for is
-counted as it reports, and the next check stops). A cell gets at most the time the time budget leaves.
+counted as it reports, and the next check stops). A cell gets at most the time the time budget leaves;
+the time budget counts time in model requests and cells (and replays) only, not idle time.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Protocol
+from contextlib import contextmanager
+from typing import Callable, Iterator, Protocol
 
 from pydantic import BaseModel, Field
 
@@ -60,7 +62,10 @@ class BudgetTracker:
     def __init__(self, budget: Budget | None = None, price: Price | None = None, model: str = "?",
                  price_help: PriceHelp | None = None):
         self.usages: list[Usage] = []
-        self._started = time.monotonic()
+        # Time counts only while busy (a model request, a cell, a replay), never idle at the prompt.
+        self._busy_seconds = 0.0
+        self._busy_since: float | None = None
+        self._busy_depth = 0
         self._price, self._model = price, model
         self.price_help = price_help
         self.budget = budget or Budget()
@@ -93,7 +98,24 @@ class BudgetTracker:
 
     @property
     def elapsed(self) -> float:
-        return time.monotonic() - self._started
+        """Seconds spent in model requests and cells (replays included), what max_seconds limits:
+        time waiting at the prompt or reading an answer does not count."""
+        running = time.monotonic() - self._busy_since if self._busy_since is not None else 0.0
+        return self._busy_seconds + running
+
+    @contextmanager
+    def busy(self) -> Iterator[None]:
+        """Count the time inside as spent; nested spans (a replay within a cell) count once."""
+        if self._busy_depth == 0:
+            self._busy_since = time.monotonic()
+        self._busy_depth += 1
+        try:
+            yield
+        finally:
+            self._busy_depth -= 1
+            if self._busy_depth == 0 and self._busy_since is not None:
+                self._busy_seconds += time.monotonic() - self._busy_since
+                self._busy_since = None
 
     def seconds_left(self) -> float | None:
         """What the time budget leaves (never negative); None without one."""

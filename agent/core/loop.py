@@ -16,7 +16,7 @@ from tools.text import clip
 from agent.core.budget import BudgetExceeded, fit_context
 from agent.core.events import (AnswerEvent, Event, NoticeEvent, TextEvent, ToolCallEvent, ToolOutputEvent,
                                ToolResultEvent, UsageEvent)
-from agent.core.messages import Done, Message, Reply, TextDelta, ToolCall, tool_result
+from agent.core.messages import Done, Message, Reply, TextDelta, ToolCall, Usage, tool_result
 from agent.core.tree import CellRecord, figures_of
 
 if TYPE_CHECKING:
@@ -91,12 +91,20 @@ def _send(session: "Session", schemas: list[dict], temperature: float | None) ->
         yield NoticeEvent(text=f"budget exceeded: {e}")
         raise
     reply: Reply | None = None
-    for ev in backend.stream(messages, schemas or None, max_tokens=max_tokens, temperature=temperature,
-                             **extra):
-        if isinstance(ev, TextDelta):
-            yield TextEvent(text=ev.text)
-        elif isinstance(ev, Done):
-            reply = ev.reply
+    received: list[str] = []
+    with session.tracker.busy():
+        try:
+            for ev in backend.stream(messages, schemas or None, max_tokens=max_tokens, temperature=temperature,
+                                     **extra):
+                if isinstance(ev, TextDelta):
+                    received.append(ev.text)
+                    yield TextEvent(text=ev.text)
+                elif isinstance(ev, Done):
+                    reply = ev.reply
+        except BaseException:  # stopped (Ctrl-C, the consumer let go) or failed mid-stream
+            if reply is None and received:
+                session.tracker.record(stopped_usage(session, estimate, "".join(received)))
+            raise
     if reply is None:
         raise RuntimeError("the backend's stream ended without a reply")
     if reply.usage.estimated_prompt_tokens is None:
@@ -108,6 +116,16 @@ def _send(session: "Session", schemas: list[dict], temperature: float | None) ->
         yield NoticeEvent(text=f"the server reported {reply.usage.completion_tokens:,} completion tokens for a "
                                f"request capped at {max_tokens:,}: counted as reported")
     return reply
+
+
+def stopped_usage(session: "Session", prompt_tokens: int, text: str) -> Usage:
+    """What an answer stopped mid-stream cost: the provider bills the prompt and the tokens it
+    generated, and sent no usage, so the prompt estimate and a local count of the text stand in."""
+    completion = max(session.backend.count_prompt_tokens([Message(role="assistant", content=text)])
+                     - session.backend.count_prompt_tokens([Message(role="assistant", content="")]), 1)
+    price = session.tracker.price
+    return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion, estimated_prompt_tokens=prompt_tokens,
+                 cost_usd=price.cost(prompt_tokens, completion) if price is not None else 0.0)
 
 
 def _fenced_calls(session: "Session", msg: Message) -> Message:
@@ -135,14 +153,15 @@ def run_call(session: "Session", call: ToolCall, follow_branch: bool = True) -> 
         context = ToolContext(kernel=lambda: session.kernel(follow_branch=follow_branch),
                               timeout=lambda: cell_timeout(session), approve=session.approve,
                               revise=session.strategy.revise_cell)
-        run = tool.run(call.arguments, context)
-        while True:
-            try:
-                stream, text = next(run)
-            except StopIteration as stop:
-                outcome = stop.value
-                break
-            yield ToolOutputEvent(id=call.id, stream=stream, text=text)
+        with session.tracker.busy():  # the cell's time (and a replay before it) is the time budget's
+            run = tool.run(call.arguments, context)
+            while True:
+                try:
+                    stream, text = next(run)
+                except StopIteration as stop:
+                    outcome = stop.value
+                    break
+                yield ToolOutputEvent(id=call.id, stream=stream, text=text)
     return (yield from _record(session, call, outcome))
 
 
@@ -153,7 +172,10 @@ def _record(session: "Session", call: ToolCall, outcome: Outcome) -> Iterator[Ev
     cell = None
     if outcome.code is not None:  # a cell: run (res), or refused by the user
         ran = dict(images=res.images, figures=figures_of(res), duration=res.duration) if res else {}
-        cell = CellRecord(code=outcome.code, status=outcome.status, output=text,
+        status = outcome.status
+        if res is not None and res.status == "error" and res.error_name == "KeyboardInterrupt":
+            status = "interrupted"  # the kernel reports an interrupt as an error: replay must tell them apart
+        cell = CellRecord(code=outcome.code, status=status, output=text,
                           executed=res is not None and res.status != "died", **ran)
     if res is not None and res.state_lost:
         session.forget_kernel_cells()  # the kernel restarted: nothing before this cell is in it

@@ -23,6 +23,7 @@ from agent.core.prompts import DEFAULT_SYSTEM
 from agent.core.tree import Branch, Node, Tree
 
 Sync = Literal["replay", "keep", "reset"]
+Replay = Literal["completed", "all"]
 Approve = Callable[[str], "bool | str | None"]
 # Text to (text without the calls, calls), for replies written as text (a server without tool support).
 ParseCalls = Callable[[str, list[str]], tuple[str, list[ToolCall]]]
@@ -37,15 +38,20 @@ class Session:
                  budget: Budget | None = None, max_steps: int = 10, use_python: bool = True,
                  kernel: Kernel | None = None, workspace: str | Path | None = None, isolation: str | None = None,
                  network: bool = False, gpu: bool = False, timeout: float = 120.0, memory_mb: int | None = -1,
-                 sync: Sync = "replay", approve: Approve | None = None, temperature: float | None = None,
+                 sync: Sync = "replay", replay: Replay = "completed", approve: Approve | None = None, temperature: float | None = None,
                  path: str | Path | None = None, progress: bool = True, strategy: TurnStrategy = PLAIN,
                  price_of: PriceOf | None = None, price_help: PriceHelp | None = None,
                  parse_calls: ParseCalls | None = None, **kernel_options: Any):
         """`strategy`: how a turn runs (the plain tool loop by default). `price_of`: a model's price
         (None: unknown), for money budgets and `price`; `price_help`: where to give a missing one.
-        `parse_calls`: makes a reply's python blocks calls, for models that write no tool calls."""
+        `parse_calls`: makes a reply's python blocks calls, for models that write no tool calls.
+        `replay`: which of the branch's cells a replay re-runs: "completed" (ok or an ordinary error;
+        not interrupted, timed out or killed ones) or "all"."""
         if sync not in ("replay", "keep", "reset"):
             raise ValueError(f"sync must be 'replay', 'keep' or 'reset', got {sync!r}")
+        if replay not in ("completed", "all"):
+            raise ValueError(f"replay must be 'completed' or 'all', got {replay!r}")
+        self.replay = replay
         if max_steps < 1:
             raise ValueError(f"max_steps must be at least 1, got {max_steps}")
         self.tracker = BudgetTracker(price_help=price_help)
@@ -138,8 +144,10 @@ class Session:
     def switch(self, branch: str) -> None:
         """Make another branch (an id from `branches()`, or a unique prefix) the active one."""
         self.tree.switch(branch)
-        self._sync_kernel()
-        self._save()
+        try:
+            self._sync_kernel()
+        finally:  # a replay stopped with Ctrl-C: the branch is still the active one
+            self._save()
 
     def branches(self) -> list[Branch]:
         return self.tree.branches()
@@ -148,8 +156,10 @@ class Session:
         if node_id is None:
             raise ValueError("cannot move above the system prompt")
         self.tree.switch(node_id)
-        self._sync_kernel()
-        self._save()
+        try:
+            self._sync_kernel()
+        finally:
+            self._save()
 
     # -- the kernel follows the branch -------------------------------------------------------
 
@@ -212,18 +222,34 @@ class Session:
         from rich.progress import Progress
 
         cells = [self.tree.nodes[i] for i in node_ids]
-        failed = 0
-        with Progress(transient=True, disable=not self.progress or len(cells) < 3) as bar:
-            task = bar.add_task("replaying the branch's cells", total=len(cells))
-            for node in cells:
-                res = self._kernel.execute(node.cell.code, timeout=self.timeout)
-                failed += res.status not in ("ok", "error")
-                self._kernel_cells.append(node.id)
-                bar.advance(task)
+        # A cell that did not finish (interrupted, timed out) is skipped: its state is at best partial,
+        # and a `time.sleep(60)` stopped by Ctrl-C must not cost 60 s on every switch. It still counts
+        # as accounted for, so the kernel is taken to be at the branch.
+        run = [n for n in cells if self.replay == "all" or n.cell.completed]
+        skipped = {n.id for n in cells} - {n.id for n in run}
+        failed = done = 0
+        with self.tracker.busy(), Progress(transient=True, disable=not self.progress or len(run) < 3) as bar:
+            task = bar.add_task("replaying the branch's cells", total=len(run))
+            try:
+                for node in cells:
+                    if node.id not in skipped:
+                        res = self._kernel.execute(node.cell.code, timeout=self.timeout)
+                        failed += res.status not in ("ok", "error")
+                        done += 1
+                        bar.advance(task)
+                    self._kernel_cells.append(node.id)
+            except KeyboardInterrupt:
+                # The kernel holds a prefix of the branch's cells (the cell cut short is not counted),
+                # so the next cell that follows the branch replays the rest, from that cell, first.
+                self._kernel.interrupt()
+                self.notices.append(f"replay stopped: the kernel is behind this branch ({done} of {len(run)} "
+                                    "cell(s) replayed); the rest is replayed before the next cell")
+                raise
         if not cells:
             self.notices.append("kernel restarted: this branch has run no code yet")
             return
-        self.notices.append(f"kernel brought to this branch: {len(cells)} cell(s) replayed"
+        self.notices.append(f"kernel brought to this branch: {len(run)} cell(s) replayed"
+                            + (f", {len(skipped)} that did not finish skipped" if skipped else "")
                             + (f", {failed} did not finish" if failed else ""))
 
     def restart_kernel(self, mode: Literal["replay", "reset"] = "replay") -> None:
@@ -318,10 +344,16 @@ class Session:
         """What `load` takes from the file unless given: the system prompt, max_steps and sync."""
         return {"system": conv.system, "max_steps": conv.settings.max_steps, "sync": conv.settings.sync}
 
-    def export(self, fmt: Literal["md", "html"], path: str | Path) -> Path:
-        if fmt not in ("md", "html"):
-            raise ValueError(f"export format must be 'md' or 'html', got {fmt!r}")
-        text = store.to_markdown(self.conversation()) if fmt == "md" else store.to_html(self.conversation())
+    def export(self, fmt: Literal["md", "html", "ipynb"], path: str | Path) -> Path:
+        """Write the active branch as Markdown, one HTML page or a Jupyter notebook (nbformat 4)."""
+        if fmt not in ("md", "html", "ipynb"):
+            raise ValueError(f"export format must be 'md', 'html' or 'ipynb', got {fmt!r}")
+        conv = self.conversation()
+        if fmt == "ipynb":
+            from agent.core.notebook import notebook_json  # here: session.py's imports are another helper's
+            text = notebook_json(conv)
+        else:
+            text = store.to_markdown(conv) if fmt == "md" else store.to_html(conv)
         store.atomic_write(Path(path), text)
         return Path(path)
 

@@ -36,12 +36,21 @@ class CellRecord(BaseModel):
     """A python tool call as it ran: enough to replay it and to show it."""
 
     code: str
+    # ok | error | interrupted (stopped by Ctrl-C / Kernel.interrupt) | timeout | died | rejected | invalid
     status: str
     output: str  # the rendering the model saw
     images: list[str] = Field(default_factory=list)  # where they were saved: shown, never read back
     figures: list[Figure] = Field(default_factory=list)  # the images themselves (older files: none)
     duration: float = 0.0
     executed: bool = True  # False when rejected by the approval hook
+
+    @property
+    def completed(self) -> bool:
+        """The cell ran to its end: ok, or an ordinary error (whose earlier lines may have defined
+        names the later cells use). Interrupted, timed-out and killed cells did not."""
+        if self.status == "error" and any(line.startswith("KeyboardInterrupt") for line in self.output.splitlines()):
+            return False  # saved before "interrupted" was recorded: the traceback tells
+        return self.executed and self.status in ("ok", "error")
 
 
 class Node(BaseModel):

@@ -6,20 +6,28 @@
     kernelchat tokens REQUEST.json --model M     count a request's prompt tokens
     kernelchat models                            what models are configured and available
     kernelchat run TASK.toml [MORE.toml ...]     run task files, check the outcomes, write a report
+    kernelchat --version                         the installed version (`python -m agent` works the same)
+
+Every value is checked before a model loads or a kernel starts; a bad one is one sentence on stderr
+(and `{"error": ...}` on stdout with --json) and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import sys
+import tomllib
+from pathlib import Path
+from typing import NoReturn
 
 from rich.console import Console
 from rich.panel import Panel
 from rich.text import Text
 
 from agent.frontends.options import (add_budget_args, add_model_args, add_sandbox_args, chat_options,
-                                     check_save_path, conversation_path, kernel_options)
+                                     check_options, check_sandbox_options, conversation_path, kernel_options)
 from agent.frontends.render import safe_line, safe_text
 
 
@@ -30,6 +38,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
     console = Console()
     code = sys.stdin.read() if args.code == "-" else args.code
+    check_sandbox_options(args)  # before the kernel starts: its own errors are worded for Python callers
     with Kernel(**kernel_options(args)) as kernel:
         res = kernel.execute(code)
     if args.json:
@@ -57,15 +66,17 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     from agent.core.events import AnswerEvent, ToolResultEvent
     from agent.frontends.render import EventPrinter
 
-    if args.save and not args.no_save:
-        check_save_path(args.save)  # before a model loads: a bad path is a one-line error at once
     if args.prompt is None:  # no prompt: the terminal chat, with the same flags
         if args.json:
             raise ValueError("--json needs a prompt")
+        check_options(args)  # before the model loads: a bad value is one sentence at once
         from agent.frontends.repl import main as chat_main
 
         return chat_main(args)
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if not prompt.strip():
+        raise ValueError("the prompt is empty; ask a question, or run kernelchat without one for the chat")
+    check_options(args)  # before the model loads: a bad value is one sentence at once
     printer = None if args.json else EventPrinter(Console(stderr=False))
     calls: list[dict] = []
     answer, steps, stopped = "", 0, None
@@ -109,8 +120,36 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     return 3 if stopped else 0
 
 
+class UsageError(ValueError):
+    """A command line argparse refused; `main` reports it (as JSON too with --json)."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser, self.message = parser, message
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is raised rather than printed, so --json can report it too.
+    (Subcommand parsers are made of the same class.)"""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(self, message)
+
+
+def version() -> str:
+    """The installed distribution's version, else (run from a checkout) pyproject.toml's."""
+    try:
+        return importlib.metadata.version("kernelchat")
+    except importlib.metadata.PackageNotFoundError:
+        pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+        try:
+            return str(tomllib.loads(pyproject.read_text())["project"]["version"])
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kernelchat", description=__doc__,
+    p = Parser(prog="kernelchat", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command")
     e = sub.add_parser("exec", help="run Python code in the sandboxed kernel")
@@ -128,9 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def prompt_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kernelchat", description="Ask a question; the model answers, running "
-                                "Python in a sandboxed kernel. Subcommands: exec, tokens, models, run (see "
-                                "`kernelchat SUBCOMMAND --help`).")
+    p = Parser(prog="kernelchat", formatter_class=argparse.RawDescriptionHelpFormatter,
+               description="Ask a question; the model answers, running Python in a sandboxed kernel.\n"
+               "Without a question, the terminal chat opens (same flags).", epilog=SUBCOMMAND_HELP)
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     p.add_argument("prompt", nargs="?", default=None,
                    help="the question (- reads it from stdin); without one, the terminal chat opens")
     p.add_argument("--json", action="store_true", help="print one JSON object: answer, steps, tool_calls, usage")
@@ -145,23 +185,47 @@ def prompt_parser() -> argparse.ArgumentParser:
 
 
 SUBCOMMANDS = {"exec", "tokens", "models", "run"}
+SUBCOMMAND_HELP = """subcommands (see `kernelchat SUBCOMMAND --help`):
+  exec CODE               run Python in the sandbox
+  tokens REQUEST.json     count a request's prompt tokens
+  models                  what models are configured and available
+  run TASK.toml ...       run task files, check the outcomes, write a report
+
+exit codes: 0 done, 1 a cell failed (exec), 2 bad input or a failed setup, 3 a budget stopped the run,
+130 interrupted"""
+
+
+def wants_json(argv: list[str]) -> bool:
+    """--json among the options (not after `--`, where it would be a prompt)."""
+    return "--json" in (argv[:argv.index("--")] if "--" in argv else argv)
+
+
+def report(message: str, as_json: bool) -> int:
+    """A setup error: one sentence on stderr, and `{"error": ...}` on stdout with --json. Exit code 2."""
+    if as_json:
+        print(json.dumps({"error": message}))
+    Console(stderr=True).print(Text.assemble(("kernelchat:", "red"), " ", safe_text(message)),
+                               soft_wrap=True)  # one line even when piped: easy to grep
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help")):
-        args = prompt_parser().parse_args(argv)  # no prompt at all: the terminal chat
-    else:
-        args = build_parser().parse_args(argv)
+    try:
+        if not argv or argv[0] not in SUBCOMMANDS:  # a prompt, or none (the chat), or --help / --version
+            args = prompt_parser().parse_args(argv)
+        else:
+            args = build_parser().parse_args(argv)
+    except UsageError as e:
+        e.parser.print_usage(sys.stderr)
+        return report(e.message, wants_json(argv))
     if not getattr(args, "func", None):
         build_parser().print_help()
         return 2
     try:
         return args.func(args)
     except (ValueError, RuntimeError, OSError) as e:  # bad input, a failed setup: one line, exit 2
-        message = safe_text(str(e) or type(e).__name__)
-        Console(stderr=True).print(Text.assemble(("kernelchat:", "red"), " ", message))
-        return 2
+        return report(str(e) or type(e).__name__, getattr(args, "json", False))
     except KeyboardInterrupt:
         Console(stderr=True).print(Text("kernelchat: interrupted", style="yellow"))
         return 130

@@ -60,7 +60,7 @@ class Command:
     name: str
     index: int | None = None          # /edit N (1-based, as shown in "In [N]")
     arg: str | None = None            # /switch ID, /model NAME, /system TEXT, /save PATH, /load PATH, ...
-    fmt: str | None = None            # /export md|html
+    fmt: str | None = None            # /export md|html|ipynb
     options: dict[str, Any] = field(default_factory=dict)  # /budget set key=value ...
 
 
@@ -77,7 +77,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "system": ("/system [TEXT]", "show the system prompt, or replace it (the root of the tree: every branch)"),
     "save": ("/save [PATH]", "save the conversation (and after every message from now on)"),
     "load": ("/load PATH", "resume a saved conversation; its kernel is replayed"),
-    "export": ("/export md|html PATH", "write the conversation as Markdown or one HTML page"),
+    "export": ("/export md|html|ipynb PATH", "write the conversation as Markdown, one HTML page or a notebook"),
     "kernel": ("/kernel restart|reset", "restart the kernel and replay the branch's cells, or start clean"),
     "files": ("/files", "the files in the kernel's workspace"),
     "upload": ("/upload PATH", "copy a file or folder into the workspace"),
@@ -171,8 +171,8 @@ def _parse(name: str, rest: str) -> Command:
         return Command(name, arg=_one_arg(name, rest, required=False))
     if name == "export":
         words = shlex.split(rest)
-        if len(words) != 2 or words[0] not in ("md", "html"):
-            raise CommandError("/export needs a format and a path: /export md|html PATH")
+        if len(words) != 2 or words[0] not in ("md", "html", "ipynb"):
+            raise CommandError("/export needs a format and a path: /export md|html|ipynb PATH")
         return Command("export", fmt=words[0], arg=words[1])
     if name == "kernel":
         if rest not in ("restart", "reset"):
@@ -285,7 +285,9 @@ def _do_budget(repl: ChatView, cmd: Command) -> None:
     if cmd.options:
         tracker.budget = Budget(**{**tracker.budget.model_dump(), **cmd.options})
     b, spent = tracker.budget, tracker.spent
-    t = Table(title="budget", title_justify="left")
+    t = Table(title="budget", title_justify="left",
+              caption="max_seconds counts time spent in model requests and cells (replays included), "
+                      "not time at the prompt", caption_justify="left")
     for col in ("limit", "max", "spent", "left"):
         t.add_column(col, justify="left" if col == "limit" else "right")
     rows = [("max_usd", b.max_usd, spent.cost_usd, "${:.4f}"), ("max_tokens", b.max_tokens, spent.total_tokens, "{:,}"),

@@ -3,12 +3,14 @@
 The flag groups (model, budget, sandbox, gateway) are added to a parser here, and parsed flags turn
 into keyword arguments here, once: `kernel_options` for a Kernel, `chat_options` for a Chat (which
 include the kernel's). The one shot, the terminal chat and `kernelchat run` all go through them, so
-a flag cannot reach one front end and miss another. `--save` is checked here too.
+a flag cannot reach one front end and miss another. `--save` and every flag's value are checked
+here too (`check_options`), before a model loads or a kernel starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -60,7 +62,7 @@ def add_sandbox_args(p: argparse.ArgumentParser) -> None:
     add_gateway_args(g)
     g.add_argument("--network", action="store_true", help="let the kernel reach the network")
     g.add_argument("--gpu", action="store_true", help="pass the NVIDIA devices through")
-    g.add_argument("--workspace", default=None, help="the kernel's working folder (default: a temporary one)")
+    g.add_argument("--workspace", default=None, help="the kernel's working folder, made if missing (default: a temporary one)")
     g.add_argument("--timeout", type=float, default=120.0, help="seconds per cell (default 120)")
     g.add_argument("--memory-mb", type=int, default=-1, help="memory limit for the kernel")
     g.add_argument("--disk-mb", type=int, default=-1,
@@ -90,6 +92,60 @@ def chat_options(args: argparse.Namespace) -> dict[str, Any]:
     return dict(model=args.model, system=args.system, base_url=args.base_url, api_key=args.api_key,
                 budget=budget, max_steps=args.max_steps, progress=not getattr(args, "json", False),
                 **kernel_options(args))
+
+
+# -- checked before anything loads ----------------------------------------------------------------
+
+
+def _positive(flag: str, value: float | None, what: str) -> None:
+    """None (not given) or a positive, finite number; else one sentence naming the flag."""
+    if value is not None and not (0 < value < math.inf):  # NaN fails this too
+        raise ValueError(f"{flag} must be {what} greater than 0, got {value}")
+
+
+def check_budget_options(args: argparse.Namespace) -> None:
+    """The budget flags' values (the Budget model would refuse them too, but later and in pydantic's words)."""
+    _positive("--max-steps", args.max_steps, "a whole number")
+    _positive("--max-tokens", args.max_tokens, "a whole number")
+    _positive("--max-usd", args.max_usd, "an amount in USD")
+    _positive("--max-seconds", args.max_seconds, "a number of seconds")
+
+
+def check_sandbox_options(args: argparse.Namespace) -> None:
+    """The sandbox flags' values, then the workspace: made when missing (with its parents), refused
+    when it is a file or cannot be made. The workspace comes last, so a bad value makes no folder."""
+    _positive("--timeout", args.timeout, "a number of seconds")
+    for flag, value in (("--memory-mb", args.memory_mb), ("--disk-mb", args.disk_mb)):
+        if value != -1:  # -1: the default (argparse's type=int already refused anything but a whole number)
+            _positive(flag, value, "a whole number of MB")
+    if args.workspace is not None:
+        make_workspace(args.workspace)
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Every value the one shot and the chat take, checked before a model loads: one sentence (ValueError)."""
+    if args.save and not args.no_save:
+        check_save_path(args.save)
+    check_budget_options(args)
+    check_sandbox_options(args)
+
+
+def make_workspace(workspace: str | Path) -> Path:
+    """The --workspace folder, made (with its parents) when it does not exist yet. Raises ValueError with
+    one sentence when the path is a file (or another non-folder) or the folder cannot be made."""
+    p = Path(workspace).expanduser()
+    if p.is_dir():
+        return p
+    if p.exists() or p.is_symlink():  # a file, a device, a dangling link: never replaced
+        raise ValueError(f"--workspace {workspace}: that is a file, not a folder; give a folder (made if missing)")
+    try:
+        p.mkdir(parents=True)
+    except FileExistsError:  # made by someone else in between, or a file on the way
+        if not p.is_dir():
+            raise ValueError(f"--workspace {workspace}: cannot make that folder (a file is in the way)") from None
+    except OSError as e:
+        raise ValueError(f"--workspace {workspace}: cannot make that folder ({e.strerror or e})") from None
+    return p
 
 
 # -- --save ----------------------------------------------------------------------------------------

@@ -286,6 +286,7 @@ class Repl:
             commands.handle(self, commands.parse(text))
         except KeyboardInterrupt:
             self.notice("stopped")
+            self.flush_notices()  # e.g. a stopped replay: the kernel is behind the branch
         except Exception as e:  # noqa: BLE001 - one line, and the conversation goes on
             self.error(str(e) or type(e).__name__)
 

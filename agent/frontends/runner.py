@@ -1,8 +1,9 @@
 """`kernelchat run TASK.toml ...`: run task files, check the outcomes, write a report folder.
 
 Each task gets its own workspace (inside the report folder) and kernel. Per task the folder holds
-transcript.json, transcript.md, report.html (plots inline) and usage.json; beside them summary.json
-and summary.md. Exit code: 0 all passed, 1 some failed, 2 invalid input or setup error.
+transcript.json, transcript.md, transcript.ipynb (a Jupyter notebook), report.html (plots inline)
+and usage.json; beside them summary.json and summary.md. Exit code: 0 all passed, 1 some failed,
+2 invalid input or setup error.
 
 The workspace (OUT/TASK/workspace) is the only part of the report folder the sandbox can write: bwrap
 binds just that folder (and its runtime folder) into the kernel, and `/` is read-only there, so the
@@ -33,6 +34,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.core import store
+from agent.core.notebook import notebook_json
 from agent.core.budget import BudgetExceeded
 from agent.models.cassette import Cassette, CassetteError, RecordingBackend, ReplayBackend
 from agent.frontends.checks import CheckResult, run_check
@@ -192,6 +194,7 @@ def _write_task_report(chat, task: Task, result: TaskResult, folder: Path) -> No
     store.atomic_write(folder / "transcript.md", _results_md(result) + "\n" + store.to_markdown(conv))
     page = store.to_html(conv).replace("<body>", "<body>" + _results_html(result), 1)
     store.atomic_write(folder / "report.html", page)
+    store.atomic_write(folder / "transcript.ipynb", notebook_json(conv))
     usage = {"task": task.name, "model": chat.model, "steps": chat.tracker.steps, "seconds": round(result.seconds, 3),
              "total": chat.usage.model_dump(), "requests": [u.model_dump() for u in chat.tracker.usages]}
     store.atomic_write(folder / "usage.json", json.dumps(usage, indent=1))

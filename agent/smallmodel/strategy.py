@@ -102,10 +102,10 @@ def attempts(strategy: SmallModelStrategy, session: "Session") -> Iterator[Event
         msg = yield from request(session, schemas, temperature)
         value = None
         for call in msg.tool_calls:
-            # Later attempts run in the kernel as the first left it: restarting it for each would
-            # cost more than the attempt. The session records them, so the branch's next cell
-            # brings the kernel to the branch first.
-            result = yield from run_call(session, call, follow_branch=attempt == 1)
+            # Every attempt's cells run on its branch: the kernel follows it before each cell, which
+            # costs nothing when it is already there (attempt 1, or after attempts that ran no
+            # code) and a restart and replay when an earlier attempt left its variables behind.
+            result = yield from run_call(session, call)
             if result.value is not None:
                 value = result.value
                 break

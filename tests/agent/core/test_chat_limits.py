@@ -109,3 +109,19 @@ def test_a_cell_gets_at_most_the_time_the_budget_leaves(tmp_path):
         assert any(isinstance(e, ToolOutputEvent) and e.stream == "notice" and "time budget" in e.text
                    for e in events)
         assert len(backend.requests) == 1
+
+
+def test_the_time_budget_counts_requests_and_cells_not_idle_time(tmp_path):
+    backend = ScriptedBackend([python_call("import time\ntime.sleep(1)"), "slept", "still here",
+                               python_call("time.sleep(5)"), "never"])
+    with Chat(backend=backend, budget=Budget(max_seconds=3), workspace=tmp_path) as chat:
+        chat.kernel()  # started outside any request or cell: not counted
+        assert chat.tracker.elapsed == 0
+        assert chat("sleep a bit") == "slept"
+        busy = chat.tracker.elapsed
+        assert 1 <= busy < 3  # the cell's time counted
+        time.sleep(3.5)  # at the prompt, longer than the whole budget: not the budget's
+        assert chat.tracker.elapsed == busy
+        assert chat("a question after reading") == "still here"
+        with pytest.raises(BudgetExceeded, match="time budget reached"):
+            chat("sleep again")  # this cell uses up what was left, and the next request is refused

@@ -3,7 +3,14 @@ and a run that never reached the model leaves no conversation file."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import os
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -161,3 +168,112 @@ def test_tokens_of_a_good_request(capsys, tmp_path):
     p.write_text(json.dumps({"messages": [GOOD], "tools": [tool]}))
     assert cli.main(["tokens", str(p)]) == 0
     assert int(capsys.readouterr().out) > 10
+
+
+# -- the real command, as a subprocess: everything is checked before a model loads ----------------
+
+FAST = 10.0  # seconds: starting Python and importing the CLI; loading any model takes longer
+
+
+def kernelchat(*argv: str, stdin: str = "", cwd=None) -> tuple[subprocess.CompletedProcess, float]:
+    """Run `python -m agent ARGV` (the real CLI, default model and all); its result and seconds taken."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "agent", *argv], input=stdin, capture_output=True, text=True,
+                          timeout=120, env=env, cwd=cwd)
+    return done, time.monotonic() - start
+
+
+def bad_inputs(tmp_path) -> list[tuple[list[str], str]]:
+    (tmp_path / "file.txt").write_text("x")
+    f = str(tmp_path / "file.txt")
+    return [
+        (["", ], "the prompt is empty; ask a question"),
+        (["  \n\t"], "the prompt is empty"),
+        (["hi", "--workspace", f], f"--workspace {f}: that is a file, not a folder"),
+        (["hi", "--workspace", f + "/sub"], f"--workspace {f}/sub: cannot make that folder (Not a directory)"),
+        (["hi", "--max-steps", "0"], "--max-steps must be a whole number greater than 0, got 0"),
+        (["hi", "--max-tokens", "-5"], "--max-tokens must be a whole number greater than 0, got -5"),
+        (["hi", "--max-usd", "nan"], "--max-usd must be an amount in USD greater than 0, got nan"),
+        (["hi", "--max-seconds", "0"], "--max-seconds must be a number of seconds greater than 0"),
+        (["hi", "--timeout", "inf"], "--timeout must be a number of seconds greater than 0, got inf"),
+        (["hi", "--disk-mb", "0"], "--disk-mb must be a whole number of MB greater than 0, got 0"),
+        (["hi", "--memory-mb", "-3"], "--memory-mb must be a whole number of MB greater than 0, got -3"),
+        (["hi", "--save", str(tmp_path)], "that is a folder; give a file name"),
+        (["--workspace", f], "that is a file, not a folder"),  # the chat checks the same, before its model
+        (["exec", "print(1)", "--workspace", f], "that is a file, not a folder"),  # and exec, before its kernel
+    ]
+
+
+def test_bad_input_fails_at_once_with_one_sentence(tmp_path):
+    for argv, says in bad_inputs(tmp_path):
+        done, took = kernelchat(*argv)
+        assert done.returncode == 2 and took < FAST, (argv, took, done.stderr)
+        err = done.stderr.strip()
+        assert err.startswith("kernelchat: ") and "\n" not in err and "Traceback" not in err, (argv, err)
+        assert says in err and done.stdout == "", (argv, err)
+
+
+def test_json_reports_a_setup_error_as_json(tmp_path):
+    for argv, says in bad_inputs(tmp_path)[:12]:  # the one-shot ones (--json needs a prompt)
+        done, took = kernelchat(*argv, "--json")
+        assert done.returncode == 2 and took < FAST, (argv, took, done.stderr)
+        assert says in json.loads(done.stdout)["error"], (argv, done.stdout)
+    for argv, says in [(["--json"], "--json needs a prompt"),
+                       (["hi", "--json", "--memory-mb", "x"], "argument --memory-mb: invalid int value: 'x'"),
+                       (["exec", "--json"], "the following arguments are required: code")]:
+        done, _ = kernelchat(*argv)
+        assert done.returncode == 2 and json.loads(done.stdout) == {"error": says}, (argv, done.stdout)
+        assert f"kernelchat: {says}" in done.stderr
+
+
+def test_an_empty_prompt_on_stdin_is_refused(tmp_path):
+    done, took = kernelchat("-", stdin=" \n")
+    assert done.returncode == 2 and took < FAST and "the prompt is empty" in done.stderr
+
+
+def test_a_bad_value_makes_no_workspace(tmp_path):
+    done, _ = kernelchat("hi", "--workspace", str(tmp_path / "ws"), "--timeout", "0")
+    assert done.returncode == 2 and not (tmp_path / "ws").exists()
+
+
+def test_a_missing_workspace_is_made(model, capsys, tmp_path):
+    model(["hello"])
+    ws = tmp_path / "new" / "ws"
+    assert cli.main(["hi", "--workspace", str(ws), "--no-save", "--isolation", "none"]) == 0
+    assert ws.is_dir() and "hello" in capsys.readouterr().out
+
+
+def test_exec_makes_a_missing_workspace_and_works_in_it(tmp_path):
+    ws = tmp_path / "a" / "b"
+    done, _ = kernelchat("exec", "open('made.txt', 'w').write('x')", "--workspace", str(ws), "--isolation", "none",
+                         "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["status"] == "ok" and (ws / "made.txt").read_text() == "x"
+
+
+def test_help_lists_the_one_shot_and_chat_flags_and_the_subcommands():
+    done, took = kernelchat("--help")
+    assert done.returncode == 0 and took < FAST
+    for word in ("--json", "--save", "--confirm", "--model", "--max-steps", "--workspace", "--version",
+                 "exec CODE", "tokens REQUEST.json", "models", "run TASK.toml", "exit codes"):
+        assert word in done.stdout, word
+    done, _ = kernelchat("exec", "--help")  # the subcommands keep their own help
+    assert done.returncode == 0 and "usage: kernelchat exec" in done.stdout
+
+
+def test_version(tmp_path):
+    done, took = kernelchat("--version", cwd=tmp_path)
+    assert done.returncode == 0 and took < FAST
+    assert done.stdout.strip() == f"kernelchat {importlib.metadata.version('kernelchat')}"
+    assert cli.version() == importlib.metadata.version("kernelchat")
+
+
+def test_version_without_an_installed_distribution(monkeypatch):
+    """Run from a checkout that was never installed: pyproject.toml's version."""
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", missing)
+    pyproject = Path(cli.__file__).resolve().parents[2] / "pyproject.toml"
+    assert cli.version() == tomllib.loads(pyproject.read_text())["project"]["version"]

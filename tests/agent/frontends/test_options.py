@@ -21,7 +21,7 @@ FLAGS = ["--model", "gpt-4o-mini", "--base-url", "http://models.example", "--api
 KERNEL = dict(workspace="/tmp/ws", isolation="gateway", network=True, gpu=True, timeout=9.0, memory_mb=512,
               disk_mb=256, gateway_url="http://gw.example:8888", gateway_token="tok")
 # Flags of the prompt parser that are not Chat options: what the front end itself does.
-FRONT_END_FLAGS = {"-h", "--help", "--json", "--save", "--no-save", "--confirm"}
+FRONT_END_FLAGS = {"-h", "--help", "--version", "--json", "--save", "--no-save", "--confirm"}
 
 
 def option_strings(parser: argparse.ArgumentParser) -> set[str]:
@@ -82,3 +82,36 @@ def test_check_save_path_accepts_a_writable_file(tmp_path, name):
 def test_check_save_path_refuses_a_folder(tmp_path):
     with pytest.raises(ValueError, match="that is a folder"):
         options.check_save_path(tmp_path)
+
+
+# -- check_options: every value, before a model loads ---------------------------------------------
+
+def test_the_defaults_pass_the_checks():
+    options.check_options(prompt_parser().parse_args(["hi"]))
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--max-steps", "0"], "--max-steps must be a whole number greater than 0, got 0"),
+    (["--max-usd", "-1"], "--max-usd must be an amount in USD greater than 0, got -1.0"),
+    (["--max-seconds", "inf"], "--max-seconds must be a number of seconds greater than 0, got inf"),
+    (["--timeout", "nan"], "--timeout must be a number of seconds greater than 0, got nan"),
+    (["--memory-mb", "0"], "--memory-mb must be a whole number of MB greater than 0, got 0"),
+])
+def test_check_options_refuses_bad_values(flags, says):
+    with pytest.raises(ValueError) as e:
+        options.check_options(prompt_parser().parse_args(["hi", *flags]))
+    assert str(e.value) == says
+
+
+def test_make_workspace(tmp_path):
+    assert options.make_workspace(tmp_path) == tmp_path  # an existing folder: kept as it is
+    new = tmp_path / "a" / "b"
+    assert options.make_workspace(new) == new and new.is_dir()
+    (tmp_path / "f").write_text("x")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for path, says in [(tmp_path / "f", "that is a file, not a folder"),
+                       (tmp_path / "dangling", "that is a file, not a folder"),
+                       (tmp_path / "f" / "sub", "cannot make that folder")]:
+        with pytest.raises(ValueError, match=says):
+            options.make_workspace(path)
+    assert not (tmp_path / "nowhere").exists()  # a dangling link is not followed

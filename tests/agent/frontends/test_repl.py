@@ -128,7 +128,7 @@ def test_prompt_edit_branches_and_commands(term):
     t.send("/he\t")               # Tab completes the command
     t.expect("/help")
     t.send("\r")
-    t.expect("/export md|html PATH")
+    t.expect("/export md|html|ipynb PATH")
     t.line("/undo")
     t.expect("undone")
     t.expect("In [1]: ")

@@ -1,0 +1,82 @@
+"""Replay re-runs only the cells that completed: an interrupted or timed-out cell is recorded as such
+in the tree and skipped when the kernel is brought to a branch (real kernels, a scripted model)."""
+
+import _thread
+import threading
+import time
+
+import pytest
+
+from agent import Chat
+from agent.core.events import ToolCallEvent
+from agent.models.scripted import ScriptedBackend, python_call
+
+SLEEP = "import time\ntime.sleep(60)  # {}"
+
+
+def interrupt_soon(chat):
+    """An on_event hook that interrupts the cell marked `# interrupt` one second after it starts."""
+    def hook(ev):
+        if isinstance(ev, ToolCallEvent) and ev.code and "# interrupt" in ev.code:
+            threading.Timer(1.0, lambda: chat.started_kernel.interrupt()).start()
+    return hook
+
+
+def turn_one():
+    return [python_call("x = 41"), python_call(SLEEP.format("interrupt")), python_call(SLEEP.format("timeout")),
+            "slept"]
+
+
+def test_cells_that_did_not_finish_are_recorded_and_not_replayed(tmp_path):
+    backend = ScriptedBackend(turn_one() + [python_call("y = x"), "y set", python_call("print(x + 1)"), "42"])
+    with Chat(backend=backend, workspace=tmp_path, timeout=3) as chat:
+        chat("define x, then sleep", on_event=interrupt_soon(chat))
+        assert [n.cell.status for n in chat.tree.cells()] == ["ok", "interrupted", "timeout"]
+        assert [n.cell.completed for n in chat.tree.cells()] == [True, False, False]
+        chat("now y")
+        t0 = time.monotonic()
+        assert chat.edit(1, "print x + 1") == "42"  # the edit restarts the kernel and replays turn one
+        assert time.monotonic() - t0 < 20  # neither sleep ran again
+        assert "print(x + 1)" in chat.tree.cells()[-1].cell.code and chat.tree.cells()[-1].cell.output == "42"
+
+
+def test_switch_skips_unfinished_cells_and_replay_all_runs_them(tmp_path):
+    backend = ScriptedBackend(turn_one() + [python_call("junk = 1"), "other"])
+    with Chat(backend=backend, workspace=tmp_path, timeout=3) as chat:
+        chat("define x, then sleep", on_event=interrupt_soon(chat))
+        first = next(b.id for b in chat.branches() if b.active)
+        chat.edit(0, "something else")
+        t0 = time.monotonic()
+        chat.switch(first)
+        assert time.monotonic() - t0 < 20
+        assert any("2 that did not finish skipped" in n for n in chat.notices)
+        res = chat.kernel().execute("print(x, 'junk' in globals())")
+        assert res.stdout.strip() == "41 False"
+        chat.replay = "all"
+        chat.restart_kernel()  # the timed-out sleep runs again and times out (3 s): all means all
+        assert chat.kernel().execute("print(x)").stdout.strip() == "41"
+
+
+def test_replay_option_is_checked(tmp_path):
+    with pytest.raises(ValueError, match="replay must be 'completed' or 'all'"):
+        Chat(backend=ScriptedBackend([]), workspace=tmp_path, replay="some")
+
+
+def test_a_long_replay_can_be_interrupted_and_the_kernel_catches_up_later(tmp_path):
+    backend = ScriptedBackend([python_call("x = 1"), python_call("import time\ntime.sleep(4)\ny = 2"), "done",
+                               python_call("z = 3"), "other"])
+    with Chat(backend=backend, workspace=tmp_path) as chat:
+        chat("slow")
+        first = next(b.id for b in chat.branches() if b.active)
+        chat.edit(0, "else")
+        chat.notices.clear()
+        threading.Timer(1.5, _thread.interrupt_main).start()  # Ctrl-C during the replay
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            chat.switch(first)
+        assert time.monotonic() - t0 < 4
+        assert any("the kernel is behind this branch (1 of 2 cell(s) replayed)" in n for n in chat.notices)
+        assert next(b for b in chat.branches() if b.active).id == first
+        # The next use that follows the branch replays the rest (the slow cell, in full) first.
+        res = chat.kernel().execute("print(x, y, 'z' in globals())")
+        assert res.stdout.strip() == "1 2 False"
