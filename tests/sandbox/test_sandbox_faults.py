@@ -138,8 +138,8 @@ BIG_CELLS = {
     "a 2 MB error message": "raise ValueError('y' * 2_000_000)",
     "a deep recursion": "def f(n):\n    return f(n + 1)\nf(0)",
     "a 2 MB exception name": "raise type('E' * 2_000_000, (Exception,), {})()",
-    "10,000 displays": "from IPython.display import display, HTML, Markdown\n"
-                       "for i in range(10_000):\n    display(HTML('<b>%d</b>' % i + 'z' * 3000))",
+    "2,000 displays": "from IPython.display import display, HTML, Markdown\n"
+                       "for i in range(2_000):\n    display(HTML('<b>%d</b>' % i + 'z' * 3000))",
 }
 
 
@@ -164,9 +164,9 @@ def test_result_fields_are_capped(small_kernel, name):
         assert "characters of the traceback cut" in r.traceback
     if name == "a deep recursion":
         assert r.error_name == "RecursionError"
-    if name == "10,000 displays":
+    if name == "2,000 displays":
         assert 0 < len(r.outputs) <= 100
-        assert "10,000 displays" in r.message and "dropped" in r.message
+        assert "2,000 displays" in r.message and "dropped" in r.message
     assert small_kernel.execute("1+1").result == "2"
 
 
