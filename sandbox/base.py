@@ -293,18 +293,19 @@ class Kernel(WorkspaceFiles, ABC):
         return res
 
     def _after_hang(self, res: ExecResult, streams, t0: float, timeout: float) -> ExecResult:
-        self.restart()
-        res = self._finish(res, streams, t0, None)
-        res.status, res.state_lost = "timeout", True
-        res.message = (f"The cell ran past its {timeout:g} s timeout and did not stop when interrupted; "
-                       "the kernel was restarted and its state (variables, imports) was lost.")
-        return res
+        return self._restarted(res, streams, t0, "timeout",
+                               f"The cell ran past its {timeout:g} s timeout and did not stop when interrupted; "
+                               "the kernel was restarted and its state (variables, imports) was lost.")
 
     def _report_death(self, res: ExecResult, streams, t0: float, why: str) -> ExecResult:
         """Restart, and say plainly that the state is gone (`why`: what killed it, if known)."""
+        return self._restarted(res, streams, t0, "died",
+                               f"The kernel died while running this cell{f' ({why})' if why else ''}. It was "
+                               "restarted: its state (variables, imports) was lost; re-run the earlier cells "
+                               "that are needed.")
+
+    def _restarted(self, res: ExecResult, streams, t0: float, status: str, message: str) -> ExecResult:
         self.restart()
         res = self._finish(res, streams, t0, None)
-        res.status, res.state_lost = "died", True
-        res.message = (f"The kernel died while running this cell{f' ({why})' if why else ''}. It was restarted: "
-                       "its state (variables, imports) was lost; re-run the earlier cells that are needed.")
+        res.status, res.state_lost, res.message = status, True, message
         return res

@@ -64,16 +64,20 @@ def descendants(pid: int) -> list[int]:
 def kill_descendants(pid: int, rounds: int = 100) -> None:
     """SIGKILL everything below `pid`, again until nothing is left (a fork loop may still be
     adding children while we kill). `pid` should be a subreaper, so orphans stay below it."""
+    _kill_until_gone(lambda: descendants(pid), rounds, 0.01)
+
+
+def _kill_until_gone(list_pids, rounds: int, pause: float) -> None:
     for _ in range(rounds):
-        below = descendants(pid)
-        if not below:
+        pids = list_pids()
+        if not pids:
             return
-        for p in below:
+        for p in pids:
             try:
                 os.kill(p, signal.SIGKILL)
             except OSError:
                 pass
-        time.sleep(0.01)
+        time.sleep(pause)
 
 
 def pids_of_uid(uid: int) -> list[int]:
@@ -92,16 +96,7 @@ def kill_uid(uid: int, rounds: int = 50) -> None:
     """SIGKILL every process of `uid` (only for a sandbox's own, dedicated uid)."""
     if uid == 0 or uid == os.getuid():
         raise ValueError(f"refusing to kill every process of uid {uid}")
-    for _ in range(rounds):
-        pids = pids_of_uid(uid)
-        if not pids:
-            return
-        for p in pids:
-            try:
-                os.kill(p, signal.SIGKILL)
-            except OSError:
-                pass
-        time.sleep(0.02)
+    _kill_until_gone(lambda: pids_of_uid(uid), rounds, 0.02)
 
 
 def death_reason(code: int | None, isolation: str, cpu_seconds: int | None) -> str:

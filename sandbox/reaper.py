@@ -14,6 +14,8 @@ import signal
 import sys
 import time
 
+from procs import descendants  # beside this file: the script's folder is sys.path[0]
+
 PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
 
 
@@ -25,29 +27,9 @@ def _stop(*_):
     raise Stop
 
 
-def below_me():
-    """Every process below this one (each thread lists the children it forked)."""
-    out, todo = [], [os.getpid()]
-    while todo:
-        pid = todo.pop()
-        try:
-            tids = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
-                    kids = [int(c) for c in f.read().split()]
-            except OSError:
-                continue
-            out += kids
-            todo += kids
-    return out
-
-
 def kill_all():
     for _ in range(200):
-        pids = below_me()
+        pids = descendants(os.getpid())
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from sandbox import ExecResult, Kernel, KernelPool
+from sandbox.procs import pids_of_uid
 
 
 def test_state_persists_and_results(shared_kernel):
@@ -139,18 +140,6 @@ def test_upload_download_and_escape(kernel, tmp_path):
         kernel.upload(src, "../escape.csv")
 
 
-def _procs_of(uid: int) -> list[int]:
-    out = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                if entry.stat().st_uid == uid:
-                    out.append(int(entry.name))
-            except OSError:
-                pass
-    return out
-
-
 def test_no_orphans_after_close_even_with_escaped_children(tmp_path):
     k = Kernel(workspace=tmp_path)
     k.execute("import subprocess\nsubprocess.Popen(['sleep', '1000'], start_new_session=True)\n"
@@ -161,7 +150,7 @@ def test_no_orphans_after_close_even_with_escaped_children(tmp_path):
     assert not Path(f"/proc/{pid}").exists()
     if uid is not None:
         time.sleep(0.2)
-        assert _procs_of(uid) == []
+        assert pids_of_uid(uid) == []
 
 
 HOST_SCRIPT = """
@@ -189,7 +178,7 @@ def test_no_orphans_when_host_dies(how):
         time.sleep(0.1)
     assert not Path(f"/proc/{pid}").exists()
     if uid != "None":
-        assert _procs_of(int(uid)) == []
+        assert pids_of_uid(int(uid)) == []
 
 
 def test_pool_hands_out_started_kernels():
