@@ -56,6 +56,8 @@ class AnswerEvent(BaseModel):
     kind: Literal["answer"] = "answer"
     text: str
     steps: int
+    # How the turn ended (the statuses of agent.core.tree.TurnOutcome); `text` is then what to show
+    outcome: str = "answered"
 
 
 Event = TextEvent | ToolCallEvent | ToolOutputEvent | ToolResultEvent | UsageEvent | NoticeEvent | AnswerEvent

@@ -58,14 +58,16 @@ def steps(session: "Session") -> Iterator[Event]:
         msg = yield from request(session, schemas, session.temperature)
         last_text = msg.content or last_text
         if not msg.tool_calls:
+            session.end_turn("answered")
             yield AnswerEvent(text=(msg.content or "").strip(), steps=step)
             return
         for call in msg.tool_calls:
             yield from run_call(session, call)
-    text = (last_text.strip() + "\n\n" if last_text.strip() else "") + \
-        f"[stopped after {session.max_steps} steps without a final answer]"
+    note = f"stopped after {session.max_steps} steps without a final answer"
+    session.end_turn("max_steps", note)
+    text = (last_text.strip() + "\n\n" if last_text.strip() else "") + f"[{note}]"
     yield NoticeEvent(text=f"max_steps ({session.max_steps}) reached")
-    yield AnswerEvent(text=text, steps=session.max_steps)
+    yield AnswerEvent(text=text, steps=session.max_steps, outcome="max_steps")
 
 
 def request(session: "Session", schemas: list[dict], temperature: float | None) -> Iterator[Event]:
@@ -171,7 +173,8 @@ def _record(session: "Session", call: ToolCall, outcome: Outcome) -> Iterator[Ev
     res = outcome.cell
     cell = None
     if outcome.code is not None:  # a cell: run (res), or refused by the user
-        ran = dict(images=res.images, figures=figures_of(res), duration=res.duration) if res else {}
+        ran = dict(images=res.images, figures=figures_of(res), duration=res.duration,
+                   execution_count=res.execution_count) if res else {}
         status = outcome.status
         if res is not None and res.status == "error" and res.error_name == "KeyboardInterrupt":
             status = "interrupted"  # the kernel reports an interrupt as an error: replay must tell them apart

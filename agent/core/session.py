@@ -15,12 +15,12 @@ from tools.schema import Runnable, Tool, as_tool
 
 from agent.core import store
 from agent.core.backend import Backend
-from agent.core.budget import Budget, BudgetTracker, Price, PriceHelp
+from agent.core.budget import Budget, BudgetExceeded, BudgetTracker, Price, PriceHelp
 from agent.core.events import AnswerEvent, Event, NoticeEvent
 from agent.core.loop import COMPLETION_ALLOWANCE, PLAIN, TurnStrategy, user_message
 from agent.core.messages import Message, ToolCall, Usage
 from agent.core.prompts import DEFAULT_SYSTEM
-from agent.core.tree import Branch, Node, Tree
+from agent.core.tree import Branch, Node, OutcomeStatus, Tree, TurnOutcome
 
 Sync = Literal["replay", "keep", "reset"]
 Replay = Literal["completed", "all"]
@@ -73,6 +73,7 @@ class Session:
         self.tree.add(Message(role="system", content=self.system))
         self.path = Path(path) if path else None
         self.notices: list[str] = []  # written from the first message on: no file for a run without a prompt
+        self.turn_ended = False  # the running turn's outcome is stored
 
     def use_backend(self, backend: Backend) -> None:
         """Talk to another model from the next request on; the system prompt stays. A money budget
@@ -92,7 +93,37 @@ class Session:
         self.tree.repair_interrupted()  # a call whose cell failed or was cut off: servers want its result
         while self.notices:
             yield NoticeEvent(text=self.notices.pop(0))
-        yield from self.strategy.run_turn(self)
+        # However a turn ends, the tree says so (the strategies mark answers, max_steps and stops;
+        # a caller that lets go after the answer has not interrupted anything).
+        self.turn_ended = False
+        try:
+            yield from self.strategy.run_turn(self)
+        except BudgetExceeded as e:
+            self.end_turn("budget", f"budget exceeded: {e}")
+            raise
+        except (KeyboardInterrupt, GeneratorExit):  # Ctrl-C, or the caller stopped reading the events
+            if not self.turn_ended:
+                self.end_turn("interrupted", "interrupted before the turn ended")
+            raise
+        except Exception as e:
+            if not self.turn_ended:
+                self.end_turn("failed", f"failed: {type(e).__name__}: {e}"[:500])
+            raise
+
+    def end_turn(self, status: OutcomeStatus, note: str = "") -> TurnOutcome:
+        """Store how the turn ended on the message it ended at (a tool call left without its result
+        is answered first, so the outcome sits on the branch's real end) and save."""
+        self.tree.repair_interrupted()
+        outcome = TurnOutcome(status=status, note=note)
+        self.tree.nodes[self.tree.leaf].outcome = outcome
+        self.turn_ended = True
+        self._save()
+        return outcome
+
+    @property
+    def last_outcome(self) -> TurnOutcome | None:
+        """How the active branch's last turn ended (None: no turn yet, or one still running)."""
+        return self.tree.turn_outcome() if self.tree.leaf is not None else None
 
     def __call__(self, prompt: str, on_event: Callable[[Event], None] | None = None) -> str:
         """Run the loop; return the final answer."""
@@ -149,8 +180,10 @@ class Session:
         finally:  # a replay stopped with Ctrl-C: the branch is still the active one
             self._save()
 
-    def branches(self) -> list[Branch]:
-        return self.tree.branches()
+    def branches(self, all: bool = False) -> list[Branch]:  # noqa: A002 - /branches --all
+        """The user's branches, oldest first; a small model's attempts that were not taken are
+        folded under their turn (`all=True` lists them too)."""
+        return self.tree.branches(all=all)
 
     def _move_to(self, node_id: str | None) -> None:
         if node_id is None:
@@ -210,13 +243,23 @@ class Session:
             self.notices.append("kernel state kept (sync='keep'): variables from the other branch may still be defined")
             self._kernel_cells = wanted
             return
-        self._kernel.restart()
-        self._kernel_cells = []
+        self._restart_kernel(len(wanted))
         if self.sync == "reset":
             self.notices.append("kernel reset: it starts clean, without this branch's earlier state")
             self._kernel_cells = wanted
             return
         self._replay(wanted)
+
+    def _restart_kernel(self, behind: int) -> None:
+        """Restart, forgetting the cells first: a restart cut short by Ctrl-C leaves a kernel that
+        holds none of them, and the next cell that follows the branch replays them all."""
+        self._kernel_cells = []
+        try:
+            self._kernel.restart()
+        except KeyboardInterrupt:
+            self.notices.append(f"replay stopped: the kernel is behind this branch (0 of {behind} cell(s) replayed); "
+                                "the rest is replayed before the next cell")
+            raise
 
     def _replay(self, node_ids: list[str]) -> None:
         from rich.progress import Progress
@@ -256,8 +299,7 @@ class Session:
         """Restart the kernel; `replay` re-runs the branch's cells, `reset` starts clean."""
         if self._kernel is None:
             return
-        self._kernel.restart()
-        self._kernel_cells = []
+        self._restart_kernel(len(self.tree.cells()))
         if mode == "replay":
             self._replay([n.id for n in self.tree.cells()])
         else:
@@ -323,8 +365,11 @@ class Session:
         """Save now (and after every message from now on) to `path`."""
         if path is not None:
             self.path = Path(path)
-        if self.path is None:
-            self.path = store.conversations_dir() / f"{self.id}.json"
+        if self.path is None:  # a readable name, decided once: the file is never renamed after
+            prompts = self.tree.user_nodes()
+            created = self.tree.nodes[self.tree.root].created if self.tree.root else None
+            self.path = store.conversations_dir() / store.file_name(
+                self.id, created, prompts[0].message.content if prompts else None)
         self._save()
         return self.path
 
@@ -345,16 +390,17 @@ class Session:
         return {"system": conv.system, "max_steps": conv.settings.max_steps, "sync": conv.settings.sync}
 
     def export(self, fmt: Literal["md", "html", "ipynb"], path: str | Path) -> Path:
-        """Write the active branch as Markdown, one HTML page or a Jupyter notebook (nbformat 4)."""
+        """Write the active branch as Markdown (its images in `<stem>_files/` beside it), one HTML
+        page or a Jupyter notebook (nbformat 4)."""
         if fmt not in ("md", "html", "ipynb"):
             raise ValueError(f"export format must be 'md', 'html' or 'ipynb', got {fmt!r}")
+        from agent.core import export  # here: session.py's imports are another helper's
+        from agent.core.notebook import notebook_json
+
         conv = self.conversation()
-        if fmt == "ipynb":
-            from agent.core.notebook import notebook_json  # here: session.py's imports are another helper's
-            text = notebook_json(conv)
-        else:
-            text = store.to_markdown(conv) if fmt == "md" else store.to_html(conv)
-        store.atomic_write(Path(path), text)
+        if fmt == "md":  # its images go into the folder `<stem>_files` beside it
+            return export.write_markdown(path, conv)
+        store.atomic_write(Path(path), notebook_json(conv) if fmt == "ipynb" else export.to_html(conv))
         return Path(path)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 from pathlib import PurePath
+from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -43,6 +44,7 @@ class CellRecord(BaseModel):
     figures: list[Figure] = Field(default_factory=list)  # the images themselves (older files: none)
     duration: float = 0.0
     executed: bool = True  # False when rejected by the approval hook
+    execution_count: int | None = None  # the kernel's count for it (In [n]); None: not known
 
     @property
     def completed(self) -> bool:
@@ -53,12 +55,31 @@ class CellRecord(BaseModel):
         return self.executed and self.status in ("ok", "error")
 
 
+OutcomeStatus = Literal["answered", "stopped", "max_steps", "budget", "interrupted", "failed", "attempt"]
+
+
+class TurnOutcome(BaseModel):
+    """How a turn ended, stored on the message it ended at, so that every view (terminal, exports,
+    transcripts, task reports) tells the same story. No outcome on a turn's last message: an
+    ordinary answer (and files written before outcomes were stored).
+
+    answered: a final answer; stopped: the small-model attempts printed no value; max_steps: the
+    step limit; budget: a budget refused the next request; interrupted: Ctrl-C, or the caller let
+    go of the events; failed: an error (the server, the kernel) ended it; attempt: a small-model
+    attempt that was not taken (folded under its turn in `branches()`)."""
+
+    status: OutcomeStatus
+    note: str = ""  # what the user was told, e.g. "stopped after 5 attempts without printing a value"
+
+
 class Node(BaseModel):
     id: str = Field(default_factory=lambda: uuid.uuid4().hex[:10])
     parent: str | None = None
     message: Message
     usage: Usage | None = None  # for assistant messages: the request that produced it
     cell: CellRecord | None = None  # for tool messages of the python tool
+    outcome: TurnOutcome | None = None  # on the message a turn ended at (see TurnOutcome)
+    attempt: int | None = None  # small-model mode: the attempt (1, 2, ...) this reply starts
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
@@ -70,6 +91,8 @@ class Branch(BaseModel):
     depth: int
     prompts: list[str]  # the user prompts on its path
     last: str  # a preview of its last message
+    outcome: str = "answered"  # how its last turn ended (TurnOutcome.status)
+    attempts: int = 0  # small-model attempts folded under it (not taken; `branches(all=True)` lists them)
 
 
 class Tree(BaseModel):
@@ -186,19 +209,44 @@ class Tree(BaseModel):
         parents = {n.parent for n in self.nodes.values()}
         return [n for n in self.nodes.values() if n.id not in parents]
 
-    def branches(self) -> list[Branch]:
-        """Every leaf, oldest first; after an undo the active point is listed too."""
+    def turn_outcome(self, leaf: str | None = None) -> TurnOutcome | None:
+        """How the last turn on the path to `leaf` (default: the active leaf) ended: the outcome stored
+        on its last message; an assistant answer without one is "answered" (older files); None when
+        there is no turn yet or it has not ended (a message without an outcome that is no answer)."""
+        end = self.nodes[self.leaf if leaf is None else leaf]
+        if end.outcome is not None:
+            return end.outcome
+        m = end.message
+        if m.role == "assistant" and not m.tool_calls:
+            return TurnOutcome(status="answered")
+        return None
+
+    def branches(self, all: bool = False) -> list[Branch]:  # noqa: A002 - /branches --all
+        """Every leaf, oldest first; after an undo the active point is listed too. A small model's
+        attempts that were not taken are folded under their turn (counted in `attempts`) unless `all`."""
         ends = sorted(self.leaves(), key=lambda n: n.created)
-        if self.leaf is not None and all(n.id != self.leaf for n in ends):
+        if self.leaf is not None and self.leaf not in {n.id for n in ends}:
             ends.append(self.nodes[self.leaf])
+        folded: dict[str | None, int] = {}  # the turn's user message: its attempts not taken
+        if not all:
+            kept = []
+            for end in ends:
+                if end.outcome is not None and end.outcome.status == "attempt" and end.id != self.leaf:
+                    turn = next((n.id for n in reversed(self.path(end.id)) if n.message.role == "user"), None)
+                    folded[turn] = folded.get(turn, 0) + 1
+                else:
+                    kept.append(end)
+            ends = kept
         out = []
         for end in ends:
             path = self.path(end.id)
             last = end.message.content or (f"[{len(end.message.tool_calls)} tool call(s)]"
                                            if end.message.tool_calls else "")
+            outcome = self.turn_outcome(end.id)
             out.append(Branch(id=end.id, active=end.id == self.leaf, depth=len(path),
                               prompts=[n.message.content or "" for n in path if n.message.role == "user"],
-                              last=last[:80]))
+                              last=last[:80], outcome=outcome.status if outcome else "unfinished",
+                              attempts=sum(folded.get(n.id, 0) for n in path)))
         return out
 
     def switch(self, node_id: str) -> None:

@@ -58,7 +58,7 @@ class Command:
     """A parsed slash command: its canonical name and its validated arguments."""
 
     name: str
-    index: int | None = None          # /edit N (1-based, as shown in "In [N]")
+    index: int | None = None          # /edit N (1-based, as shown in "You [N]")
     arg: str | None = None            # /switch ID, /model NAME, /system TEXT, /save PATH, /load PATH, ...
     fmt: str | None = None            # /export md|html|ipynb
     options: dict[str, Any] = field(default_factory=dict)  # /budget set key=value ...
@@ -69,7 +69,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "edit": ("/edit [N]", "put prompt N (default: the last) back in the input; Enter regenerates on a new branch"),
     "undo": ("/undo", "step back over the last exchange (it stays in the tree)"),
     "retry": ("/retry", "regenerate the last answer as a new branch"),
-    "branches": ("/branches", "the conversation tree, the active branch marked"),
+    "branches": ("/branches [--all]", "the conversation tree, the active branch marked (--all: with the "
+                 "small model's attempts that were not taken)"),
     "switch": ("/switch ID", "make another branch (an id or unique prefix from /branches) the active one"),
     "tokens": ("/tokens", "tokens and cost per request and in total"),
     "budget": ("/budget [set KEY=VALUE ...]", "show the budget, or set max_usd, max_tokens, max_steps, max_seconds (none clears)"),
@@ -161,7 +162,7 @@ def _parse(name: str, rest: str) -> Command:
         if not rest:
             return Command("edit")
         if not rest.isdigit() or int(rest) < 1:
-            raise CommandError(f"/edit takes a prompt number from 1 (as in In [N]), got {rest!r}")
+            raise CommandError(f"/edit takes a prompt number from 1 (as in You [N]), got {rest!r}")
         return Command("edit", index=int(rest))
     if name in ("system",):
         return Command(name, arg=rest or None)  # free text: no quoting needed
@@ -180,6 +181,10 @@ def _parse(name: str, rest: str) -> Command:
         return Command("kernel", arg=rest)
     if name == "budget":
         return Command("budget", options=_budget_options(rest))
+    if name == "branches":
+        if rest not in ("", "--all"):
+            raise CommandError(f"/branches takes no argument or --all, got {rest!r}")
+        return Command("branches", arg=rest or None)
     _no_args(name, rest)
     return Command(name)
 
@@ -220,33 +225,62 @@ def _do_retry(repl: ChatView, cmd: Command) -> None:
 
 
 def _do_branches(repl: ChatView, cmd: Command) -> None:
-    repl.console.print(branch_tree(repl.chat))
+    repl.console.print(branch_tree(repl.chat, all=cmd.arg == "--all"))
 
 
-def branch_tree(chat) -> RichTree:
-    """A compact tree: the prompts (In [N]) and each branch's end, the active path in bold."""
+def folded_attempts(tree) -> dict[str, set[str]]:
+    """The small model's attempts that were not taken, by the turn's user message: the nodes of
+    each (from the reply that starts it to its end). The active branch is never folded."""
+    active = {n.id for n in tree.path()}
+    out: dict[str, set[str]] = {}
+    for leaf in tree.leaves():
+        if leaf.outcome is None or leaf.outcome.status != "attempt" or leaf.id in active:
+            continue
+        nodes, cur = set(), leaf
+        while cur.parent is not None and cur.attempt is None:
+            nodes.add(cur.id)
+            cur = tree.nodes[cur.parent]
+        if cur.attempt is not None and cur.parent is not None:
+            out.setdefault(cur.parent, set()).update(nodes | {cur.id})
+    return out
+
+
+def branch_tree(chat, all: bool = False) -> RichTree:  # noqa: A002 - /branches --all
+    """A compact tree: the prompts (You [N]) and each branch's end, the active path in bold; a small
+    model's attempts that were not taken folded into a count under their prompt unless `all`."""
     tree = chat.tree
     active = {n.id for n in tree.path()}
     leaves = {n.id for n in tree.leaves()} | {tree.leaf}
+    folded = {} if all else folded_attempts(tree)
+    hidden = set().union(*folded.values()) if folded else set()
     root = RichTree(Text("conversation", style="bold"), guide_style="dim")
 
     def walk(node_id: str, parent: RichTree, depth: int) -> None:
         for child in sorted(tree.children(node_id), key=lambda n: n.created):
+            if child.id in hidden:
+                continue
             branch, d = parent, depth
             on = child.id in active
             if child.message.role == "user":
                 d = depth + 1
                 text = safe_line((child.message.content or "").strip().replace("\n", " "))
-                branch = parent.add(Text(f"In [{d}] ", style="green" if on else "dim") +
-                                    Text(text[:70] + ("…" if len(text) > 70 else ""),
-                                         style="bold" if on else ""))
+                label = Text(f"You [{d}] ", style="green" if on else "dim") + \
+                    Text(text[:70] + ("…" if len(text) > 70 else ""), style="bold" if on else "")
+                attempts = len({n for n in folded.get(child.id, ()) if tree.nodes[n].attempt is not None})
+                if attempts:
+                    label += Text(f"  (+{attempts} attempt{'s' * (attempts > 1)} not taken: /branches --all)",
+                                  style="dim")
+                branch = parent.add(label)
             if child.id in leaves:
                 msg = child.message
                 last = (msg.content or (f"[{len(msg.tool_calls)} tool call(s)]" if msg.tool_calls else "")).strip()
                 last = safe_line(last.replace("\n", " "))
                 mark = "● " if child.id == tree.leaf else "○ "
+                outcome = tree.turn_outcome(child.id)
+                status = Text("") if outcome is None or outcome.status == "answered" else \
+                    Text(f"  [{outcome.status}]", style="yellow")
                 branch.add(Text(mark + safe_line(child.id), style="bold cyan" if child.id == tree.leaf else "cyan") +
-                           Text(f"  {last[:60]}", style="dim"))
+                           status + Text(f"  {last[:60]}", style="dim"))
             walk(child.id, branch, d)
 
     if tree.root is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import PurePath
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from sandbox import ExecResult
@@ -15,6 +16,7 @@ from sandbox import ExecResult
 from agent.core.events import AnswerEvent, Event, NoticeEvent
 from agent.core.loop import TurnStrategy, request, run_call, steps
 from agent.core.messages import Message
+from agent.core.tree import TurnOutcome
 from agent.smallmodel import shots
 
 if TYPE_CHECKING:
@@ -89,17 +91,23 @@ def attempts(strategy: SmallModelStrategy, session: "Session") -> Iterator[Event
     """A small model regenerates instead of repairing: shown its traceback, a 135M model writes the
     same code again or wanders, so each attempt starts afresh from the question, on a sibling
     branch (the model never sees the others). The first is greedy, the rest sampled; the answer is
-    the value most attempts printed (the earliest on a tie), decided once `agree` agree."""
+    the value most attempts printed (the earliest on a tie), decided once `agree` agree.
+
+    The tree keeps every attempt: its first reply carries `attempt`, and the end of each one not
+    taken the outcome "attempt" (folded under the turn in `branches()`)."""
     schemas = session.tool_schemas()
     start = session.tree.leaf
+    earlier = earlier_answers(session)
     # An explicit temperature of 0 asks for determinism: a second greedy attempt would only repeat.
     n = 1 if session.temperature == 0 else min(strategy.attempts, session.max_steps)
     printed: list[tuple[str, str]] = []  # (value, the node holding it) per attempt that printed one
+    ends: list[str] = []  # each attempt's last message
     for attempt in range(1, n + 1):
         if attempt > 1:
             session.tree.switch(start)
         temperature = session.temperature if session.temperature or attempt == 1 else SAMPLE_TEMPERATURE
         msg = yield from request(session, schemas, temperature)
+        session.tree.nodes[session.tree.leaf].attempt = attempt
         value = None
         for call in msg.tool_calls:
             # Every attempt's cells run on its branch: the kernel follows it before each cell, which
@@ -107,35 +115,59 @@ def attempts(strategy: SmallModelStrategy, session: "Session") -> Iterator[Event
             # code) and a restart and replay when an earlier attempt left its variables behind.
             result = yield from run_call(session, call)
             if result.value is not None:
-                value = result.value
+                value = without_stale(result.value, earlier)
                 break
+        ends.append(session.tree.leaf)
         if value is not None:
             printed.append((value, session.tree.leaf))
             if sum(v == value for v, _ in printed) >= strategy.agree:
                 break
+        why = "printed no value" if msg.tool_calls else "wrote no code"
+        if value is not None:
+            why = f"printed {value[:40]!r}, not yet confirmed"
+        session.tree.nodes[session.tree.leaf].outcome = TurnOutcome(status="attempt", note=f"attempt {attempt} {why}")
         if attempt < n:
-            why = "printed no value" if msg.tool_calls else "wrote no code"
-            if value is not None:
-                why = f"printed {value[:40]!r}, not yet confirmed"
             yield NoticeEvent(text=f"attempt {attempt} {why}: attempt {attempt + 1} of at most {n}, afresh")
     if not printed:
+        note = f"stopped after {n} attempt{'s' * (n > 1)} without printing a value"
         yield NoticeEvent(text=f"no attempt of {n} printed a value")
-        yield AnswerEvent(text=f"[stopped after {n} attempt{'s' * (n > 1)} without printing a value]", steps=n)
+        session.end_turn("stopped", note)  # on the last attempt's end: the branch shown
+        yield AnswerEvent(text=f"[{note}]", steps=n, outcome="stopped")
         return
     values = [v for v, _ in printed]
     value, node = max(printed, key=lambda p: (values.count(p[0]), -values.index(p[0])))
     if len(printed) > 1:
         yield NoticeEvent(text=f"answer printed by {values.count(value)} of {attempt} attempts")
+    session.tree.nodes[node].outcome = None  # the attempt taken: its turn goes on to the answer
     session.tree.switch(node)  # the kernel catches up (restart and replay) before this branch's next cell
     # Small models garble what they copy: the value the code computed is the answer.
     session.append(Message(role="assistant", content=value))
+    session.end_turn("answered")
     yield AnswerEvent(text=value, steps=attempt)
+
+
+def earlier_answers(session: "Session") -> set[str]:
+    """The answers of the earlier turns on the branch: a small model often copies an earlier cell
+    into its new one, and the value that prints again is not this turn's answer."""
+    path = session.tree.path()
+    return {line.strip() for node in path[:-1] if node.message.role == "assistant" and not node.message.tool_calls
+            for line in (node.message.content or "").splitlines() if line.strip()}
+
+
+def without_stale(value: str, earlier: set[str]) -> str:
+    """`value` without the lines an earlier turn answered, unless nothing else is left (the same
+    number can be the right answer twice)."""
+    fresh = [line for line in value.splitlines() if line.strip() not in earlier]
+    return "\n".join(fresh).strip() if fresh and len(fresh) < len(value.splitlines()) else value
 
 
 def printed_value(res: ExecResult) -> str | None:
     """The short value a cell printed (or its last expression showed), or None: not after an error,
-    not an object's repr, not a long text."""
+    not an object's repr, not a long text. A cell that drew a figure (and printed nothing else)
+    has the figure as its value: "Plot sin(x)" is answered by the plot."""
     out = (res.stdout or "").strip() or (res.result or "").strip()
+    if res.status == "ok" and res.images and (not out or OBJECT_REPR.search(out)):
+        return "[figure: " + ", ".join(PurePath(p).name for p in res.images) + "]"
     ok = res.status == "ok" and out and not res.stdout_file and len(out) <= 300 and out.count("\n") < 3
     return out if ok and not OBJECT_REPR.search(out) else None
 

@@ -1,6 +1,7 @@
 """Replay re-runs only the cells that completed: an interrupted or timed-out cell is recorded as such
 in the tree and skipped when the kernel is brought to a branch (real kernels, a scripted model)."""
 
+import re
 import _thread
 import threading
 import time
@@ -75,7 +76,8 @@ def test_a_long_replay_can_be_interrupted_and_the_kernel_catches_up_later(tmp_pa
         with pytest.raises(KeyboardInterrupt):
             chat.switch(first)
         assert time.monotonic() - t0 < 4
-        assert any("the kernel is behind this branch (1 of 2 cell(s) replayed)" in n for n in chat.notices)
+        # 1 of 2 as a rule; 0 of 2 when a loaded machine took the 1.5 s to restart the kernel
+        assert any(re.search(r"the kernel is behind this branch \([01] of 2 cell\(s\) replayed\)", n) for n in chat.notices), chat.notices
         assert next(b for b in chat.branches() if b.active).id == first
         # The next use that follows the branch replays the rest (the slow cell, in full) first.
         res = chat.kernel().execute("print(x, y, 'z' in globals())")

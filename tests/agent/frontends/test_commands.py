@@ -12,6 +12,7 @@ from agent.frontends.commands import COMMANDS, Command, CommandError, is_command
     ("/undo", Command("undo")),
     ("/retry", Command("retry")),
     ("/branches", Command("branches")),
+    ("/branches --all", Command("branches", arg="--all")),
     ("/switch ab12", Command("switch", arg="ab12")),
     ("/tokens", Command("tokens")),
     ("/budget", Command("budget")),
@@ -58,6 +59,7 @@ def test_parses(line, expected):
     ("/budget max_tokens=1.5", "integer"),
     ("/budget max_usd=-1", "positive"),
     ("/undo now", "takes no arguments"),
+    ("/branches all", "--all"),
 ])
 def test_bad_commands_explain_in_one_line(line, message):
     with pytest.raises(CommandError) as e:
@@ -74,3 +76,32 @@ def test_every_command_has_a_handler():
     import agent.frontends.commands as c
 
     assert all(callable(getattr(c, f"_do_{name}", None)) for name in COMMANDS)
+
+
+def test_branches_fold_the_attempts_not_taken_and_show_outcomes(tmp_path):
+    from rich.console import Console
+
+    from agent import Chat
+    from agent.core.backend import Capabilities
+    from agent.frontends.commands import branch_tree
+    from agent.models.scripted import ScriptedBackend
+
+    fence = "```python\n{}\n```".format
+    backend = ScriptedBackend([fence("print(nope)"), "no code", fence("print(6 * 7)"), fence("x = 1"), fence("y = 2")],
+                              capabilities=Capabilities(tools=False, streaming=False))
+    with Chat(backend=backend, workspace=tmp_path, progress=False) as chat:
+        chat.attempts = 3
+        assert chat("What is 6 * 7?") == "42"
+        chat.attempts = 2
+        chat("And x?")
+
+        def shown(all_: bool) -> str:
+            console = Console(record=True, width=200)
+            console.print(branch_tree(chat, all=all_))
+            return console.export_text()
+
+        folded, everything = shown(False), shown(True)
+    assert "(+2 attempts not taken: /branches --all)" in folded and "[stopped]" in folded
+    assert "(+1 attempt not taken" in folded
+    assert folded.count("○") + folded.count("●") == 1  # one branch: the active one
+    assert everything.count("○") + everything.count("●") == 4 and "[attempt]" in everything

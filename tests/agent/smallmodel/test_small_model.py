@@ -92,7 +92,8 @@ def test_a_failed_attempt_is_regenerated_afresh_on_a_sibling_branch(tmp_path):
         # The model never sees a failed attempt: each request ends with the example and the question.
         assert [r[-2:] for r in backend.requests[1:]] == [backend.requests[0][-2:]] * 2
         assert backend.temperatures == [None, SAMPLE_TEMPERATURE, SAMPLE_TEMPERATURE]
-        assert len(chat.branches()) == 3  # every attempt stays reachable
+        assert len(chat.branches(all=True)) == 3  # every attempt stays reachable
+        assert [b.attempts for b in chat.branches()] == [2]  # folded under the turn by default
         assert [m.role for m in chat.messages()] == ["system", "user", "assistant", "tool", "assistant"]
         assert "6 * 7" in chat.messages()[2].tool_calls[0].arguments
     notices = [e.text for e in events if isinstance(e, NoticeEvent)]
@@ -108,7 +109,7 @@ def test_with_agree_the_answer_is_the_value_most_attempts_printed(tmp_path):
     with Chat(backend=backend, workspace=tmp_path) as chat:
         chat.agree = 2
         assert chat("Which?", on_event=events.append) == "2"
-        assert len(backend.requests) == 4 and len(chat.branches()) == 4
+        assert len(backend.requests) == 4 and len(chat.branches(all=True)) == 4
         assert chat.messages()[2].tool_calls[0].arguments == '{"code": "print(2)"}'  # the earliest of the two
     assert events[-2].text == "answer printed by 2 of 4 attempts"
     backend = RecordingBackend(["```python\nprint(1)\n```", "```python\nprint(2)\n```"])
