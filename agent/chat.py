@@ -65,6 +65,9 @@ class Chat(Session):
             system = SMALL_MODEL_SYSTEM
         super().__init__(backend, system=system, progress=progress, price_of=pricing.lookup, price_help=price_help,
                          parse_calls=parse_tool_calls, **options)
+        note = getattr(backend, "tools_note", None)  # tools described in the prompt: say so once
+        if note and self.tools:
+            self.notices.append(note)
         if answer_from_output is not None:
             self.small_model_mode(answer_from_output)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -28,6 +29,7 @@ from .hostfiles import WorkspaceFiles
 from .options import check_bool, check_env, check_fraction, check_gpu, check_timeout, limits_from
 from .quota import DiskQuota
 from .result import ExecResult, RichOutput
+from .safefs import Walk, open_root
 from .trim import CellBudget, as_text, clip, count, sentence, take_notices
 
 OutputCallback = Callable[[str, "str | RichOutput"], None]
@@ -59,6 +61,30 @@ def resolve_workspace(workspace: str | os.PathLike | None) -> tuple[Path, bool]:
         raise ValueError(f"workspace {str(path)!r} does not exist or is not a folder; "
                          "create it first or pass workspace=None for a temporary one")
     return path, False
+
+
+def holds_files(root: Path) -> bool:
+    """Whether a regular file lies below `root` (the code's data, a saved figure, a spilled output):
+    what a user may want. Links, FIFOs and sockets are not: nothing is followed (safefs.Walk), so a
+    link to a host folder full of files does not count. A walk cut short counts as holding files."""
+    fd = open_root(root)
+    try:
+        walk = Walk(fd)
+        return any(stat.S_ISREG(st.st_mode) for _, _, _, st in walk) or not walk.complete
+    finally:
+        os.close(fd)
+
+
+def remove_empty_workspace(root: Path) -> bool:
+    """Remove a temporary workspace that holds no regular file; True when it is gone. Nothing is
+    followed: rmtree works on folder descriptors here (`avoids_symlink_attacks`)."""
+    try:
+        if holds_files(root):
+            return False
+    except OSError:
+        return not root.exists()
+    shutil.rmtree(root, ignore_errors=True)
+    return not root.exists()
 
 
 def kind_for(isolation: object, gateway_url: object) -> str:
@@ -96,19 +122,24 @@ class Kernel(WorkspaceFiles, ABC):
                  timeout: float = 120.0, memory_mb: int | None = -1, max_procs: int | None = -1,
                  max_file_mb: int | None = -1, cpu_seconds: int | None = None, tmp_mb: int | None = None,
                  output_chars: int | None = None, disk_mb: int | None = -1,
-                 idle_cpu_limit: float | None = None, start: bool = True, **kind_options: Any):
+                 idle_cpu_limit: float | None = None, start: bool = True, keep_workspace: bool | None = None,
+                 **kind_options: Any):
         self._configure(isolation, **kind_options)  # first: a bad option makes no temporary folder
         self.network, self.gpu = check_bool("network", network), check_gpu(gpu)
         self.env, self.timeout = check_env(env), check_timeout(timeout)
         # A share of one core that leftovers of a cell may use while the kernel is idle; more is stopped.
         self.idle_cpu_limit = check_fraction("idle_cpu_limit", idle_cpu_limit)
         check_bool("start", start)
+        if keep_workspace is not None and not isinstance(keep_workspace, bool):
+            raise ValueError(f"keep_workspace must be None, True or False, got {keep_workspace!r}")
         self.limits = limits_from(memory_mb=memory_mb, max_procs=max_procs, max_file_mb=max_file_mb,
                                   cpu_seconds=cpu_seconds, tmp_mb=tmp_mb, output_chars=output_chars,
                                   disk_mb=disk_mb)
         self.workspace, self._own_workspace = resolve_workspace(workspace)
         self.outputs_dir = self.workspace / "outputs"
         self._init_bookkeeping()
+        # A temporary workspace on close: None removes it unless it holds a file, False always, True never.
+        self.keep_workspace = keep_workspace
         self._prepare(default_disk=disk_mb == -1)
         if start:
             self.start()
@@ -118,7 +149,7 @@ class Kernel(WorkspaceFiles, ABC):
         self._lock = threading.RLock()
         self._control_lock = threading.Lock()
         self._closed = False
-        self._remove_workspace = False
+        self.kept_workspace: Path | None = None  # after close: a temporary workspace left in place
         self.restarts = 0
         self.execution_count = 0
         self._quota: DiskQuota | None = None
@@ -171,19 +202,29 @@ class Kernel(WorkspaceFiles, ABC):
                 self._launch(ready_timeout)
         return self
 
+    @property
+    def temporary_workspace(self) -> bool:
+        """Whether this kernel made its workspace (workspace=None); only such a folder is ever removed."""
+        return self._own_workspace
+
     def remove_workspace_on_close(self) -> None:
-        """Remove the workspace on close if this kernel made it (a temporary one, as in a pool);
-        a folder the caller passed is never removed."""
-        self._remove_workspace = True
+        """Remove a temporary workspace on close whatever it holds (as in a pool): keep_workspace=False."""
+        self.keep_workspace = False
 
     def close(self) -> None:
+        """Stop the kernel. A temporary workspace is then removed unless it holds a file (or
+        keep_workspace=False) and kept otherwise: `kept_workspace` is then its path."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            self._stop()
-            if self._own_workspace and self._remove_workspace:
-                shutil.rmtree(self.workspace, ignore_errors=True)
+            self._stop()  # first: the files are the host user's again, and no code runs to swap them
+            if self._own_workspace and self.workspace.exists():
+                if self.keep_workspace is False:
+                    shutil.rmtree(self.workspace, ignore_errors=True)
+                elif self.keep_workspace is None:
+                    remove_empty_workspace(self.workspace)
+                self.kept_workspace = self.workspace if self.workspace.exists() else None
             _live.discard(self)
         self._after_close()
 

@@ -1,5 +1,6 @@
-"""A conversation as a Jupyter notebook (nbformat 4): prompts and answers as Markdown cells, each
-python cell as a code cell with its outputs, images embedded from the bytes the tree keeps.
+"""A conversation as a Jupyter notebook (nbformat 4): prompts and answers as Markdown cells (the
+answer, attempt labels and how a turn ended marked as the HTML export marks them), each python cell
+as a code cell with its outputs and the HTML's `In [n]` count, images embedded from the tree's bytes.
 
 A `CellRecord` keeps the text the model saw, not the kernel's separate streams, so the outputs are
 taken apart from that text, which `tools.python_tool.render` lays out as: stdout, `[stderr]` and
@@ -14,6 +15,7 @@ import re
 from pathlib import PurePath
 from typing import Any
 
+from agent.core.export import answers, cell_numbers, ending, shown_path
 from agent.core.store import ConversationFile
 from agent.core.tree import CellRecord, Figure
 
@@ -120,29 +122,35 @@ def cell_outputs(cell: CellRecord) -> list[dict[str, Any]]:
 def to_notebook(conv: ConversationFile) -> dict[str, Any]:
     """The active branch as an nbformat 4 notebook (a dict: `json.dumps` it, or `nbformat.from_dict`)."""
     cells: list[dict[str, Any]] = [_markdown(f"# kernelchat conversation {conv.id}\n\nModel: `{conv.model}`")]
-    count = 0
-    for node in conv.tree.path():
+    nodes = shown_path(conv)
+    numbers, answer_ids = cell_numbers(nodes), answers(nodes)  # as the HTML and Markdown exports show them
+    for node in nodes:
         m, cell = node.message, node.cell
+        attempt = f"*attempt {node.attempt}*\n\n" if node.attempt is not None else ""
+        if attempt and not (m.role == "assistant" and m.content):
+            cells.append(_markdown(attempt.strip()))
         if m.role == "user":
             cells.append(_markdown(f"**User**\n\n{m.content or ''}"))
         elif m.role == "assistant" and m.content:
-            cells.append(_markdown(f"**Assistant**\n\n{m.content}"))
+            label = "Answer" if node.id in answer_ids else "Assistant"
+            cells.append(_markdown(f"{attempt}**{label}**\n\n{m.content}"))
         elif m.role == "tool" and cell is not None:
             code = {"cell_type": "code", "id": "", "metadata": {"kernelchat": {"status": cell.status}},
                     "source": _lines(cell.code), "execution_count": None, "outputs": []}
             cells.append(code)
             if cell.status == "rejected":
                 cells.append(_markdown(REJECTED_NOTE))
-                continue
-            count += 1
-            code["execution_count"] = count
-            code["outputs"] = cell_outputs(cell)
-            for o in code["outputs"]:
-                if o["output_type"] == "execute_result":
-                    o["execution_count"] = count
-            code["metadata"]["kernelchat"]["duration"] = round(cell.duration, 3)
+            else:
+                count = code["execution_count"] = numbers[node.id]
+                code["outputs"] = cell_outputs(cell)
+                for o in code["outputs"]:
+                    if o["output_type"] == "execute_result":
+                        o["execution_count"] = count
+                code["metadata"]["kernelchat"]["duration"] = round(cell.duration, 3)
         elif m.role == "tool":  # another tool's result
             cells.append(_markdown(f"**Tool result** ({m.name or 'tool'})\n\n```text\n{(m.content or '').rstrip()}\n```"))
+        if (end := ending(node.outcome)) is not None:
+            cells.append(_markdown(f"> **{end}**"))
     for i, c in enumerate(cells):
         c["id"] = f"cell-{i}"  # nbformat 4.5 wants unique ids; stable ones keep diffs small
     u = conv.usage

@@ -1,19 +1,22 @@
-"""Conversations on disk: atomic JSON saves, loading, and Markdown / self-contained HTML export."""
+"""Conversations on disk: atomic JSON saves and loading (the exports are agent.core.export and
+agent.core.notebook)."""
 
 from __future__ import annotations
 
-import html
 import json
 import os
+import re
 import tempfile
-from pathlib import Path, PurePath
+import unicodedata
+from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.core.dirs import conversations_dir  # noqa: F401 - store.conversations_dir() stays
 from agent.core.messages import Usage
-from agent.core.tree import CellRecord, Figure, Tree
+from agent.core.tree import Tree
 
 FORMAT = "kernelchat.conversation/1"
 
@@ -42,14 +45,28 @@ class ConversationFile(BaseModel):
     tree: Tree
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write-then-rename in the same folder, fsynced: a crash leaves the old file or the new one."""
+def file_name(conv_id: str, created: str | None = None, first_prompt: str | None = None, words: int = 8) -> str:
+    """A readable conversation file name: `2026-12-01-0531-what-is-2-100-use-python-<id>.json`, the
+    creation time (local, from an ISO `created`; now without one), a slug of the first prompt (ASCII,
+    at most `words` words and 48 characters), and the id last, so that lookups by id or prefix work."""
+    try:
+        when = datetime.fromisoformat(created).astimezone() if created else datetime.now()
+    except ValueError:
+        when = datetime.now()
+    ascii_text = unicodedata.normalize("NFKD", first_prompt or "").encode("ascii", "ignore").decode()
+    slug = "-".join(re.findall(r"[a-z0-9]+", ascii_text.lower())[:words])[:48].strip("-")
+    return "-".join(p for p in (when.strftime("%Y-%m-%d-%H%M"), slug, conv_id) if p) + ".json"
+
+
+def atomic_write(path: Path, content: str | bytes) -> None:
+    """Write-then-rename in the same folder, fsynced: a crash leaves the old file or the new one.
+    The rename replaces whatever is at `path` (a link too) and never writes through it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(content.encode("utf-8") if isinstance(content, str) else content)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -109,87 +126,3 @@ def load(path: Path) -> ConversationFile:
         raise ConversationError(f"{path}: not a valid kernelchat conversation (nested too deeply)") from None
     conv.tree.repair_interrupted()
     return conv
-
-
-def _path_items(conv: ConversationFile):
-    """(role, text, cell) along the active branch, tool calls folded into their results."""
-    for node in conv.tree.path():
-        m = node.message
-        if m.role == "system":
-            continue
-        if m.role == "assistant" and m.content:
-            yield "assistant", m.content, None
-        elif m.role == "user":
-            yield "user", m.content or "", None
-        elif m.role == "tool":
-            yield "tool", m.content or "", node.cell
-
-
-def to_markdown(conv: ConversationFile) -> str:
-    out = [f"# kernelchat conversation {conv.id}", "", f"Model: `{conv.model}`", ""]
-    for role, text, cell in _path_items(conv):
-        if role == "user":
-            out += ["## User", "", text, ""]
-        elif role == "assistant":
-            out += ["## Assistant", "", text, ""]
-        elif cell is not None:
-            out += ["```python", cell.code.rstrip(), "```", "", "```text", cell.output.rstrip(), "```", ""]
-            out += [f"![{_alt(f)}]({_data_uri(f)})" for f in cell.figures]
-            out += [f"[image: {p}]" for p in _unstored(cell)]
-            out += [""] if cell.figures or cell.images else []
-        else:
-            out += ["```text", text.rstrip(), "```", ""]
-    u = conv.usage
-    out += ["---", f"Tokens: {u.prompt_tokens:,} prompt, {u.completion_tokens:,} completion; "
-            f"cost ${u.cost_usd:.4f}"]
-    return "\n".join(out) + "\n"
-
-
-def _data_uri(f: Figure) -> str:
-    return f"data:{f.mime};base64,{f.data}"  # both checked by Figure's patterns: nothing to escape
-
-
-def _alt(f: Figure) -> str:
-    return html.escape(f.name or "figure").replace("[", "(").replace("]", ")")
-
-
-def _unstored(cell: CellRecord) -> list[str]:
-    """Images of an older file, which kept only their paths. They are not read back: the sandboxed
-    code could have made any of them a link to a host file, which the export would then inline."""
-    stored = {f.name for f in cell.figures}
-    return [p for p in cell.images if PurePath(p).name not in stored]
-
-
-def _img(f: Figure) -> str:
-    return f'<img alt="{_alt(f)}" src="{_data_uri(f)}">'
-
-
-CSS = """body{font:15px/1.5 system-ui,sans-serif;max-width:52rem;margin:2rem auto;padding:0 1rem;color:#222}
-.user{background:#eef4ff;border-radius:8px;padding:.6rem 1rem;margin:1rem 0}
-.assistant{padding:.2rem 1rem;white-space:pre-wrap}
-pre{background:#f6f6f6;padding:.6rem;border-radius:6px;overflow-x:auto;white-space:pre-wrap}
-pre.code{border-left:3px solid #4a7} pre.out{border-left:3px solid #aaa}
-img{max-width:100%;display:block;margin:.5rem 0} footer{color:#777;margin-top:2rem}"""
-
-
-def to_html(conv: ConversationFile) -> str:
-    """One self-contained page: plots are inlined as data URIs."""
-    body = [f"<h1>kernelchat conversation</h1><p>Model: <code>{html.escape(conv.model)}</code></p>"]
-    for role, text, cell in _path_items(conv):
-        if role == "user":
-            body.append(f'<div class="user"><b>User</b><br>{html.escape(text)}</div>')
-        elif role == "assistant":
-            body.append(f'<div class="assistant">{html.escape(text)}</div>')
-        elif cell is not None:
-            body.append(f'<pre class="code">{html.escape(cell.code)}</pre>')
-            body.append(f'<pre class="out">{html.escape(cell.output)}</pre>')
-            body += [_img(f) for f in cell.figures]
-            body += [f'<p class="missing">[image: {html.escape(p)} (not stored in this conversation)]</p>'
-                     for p in _unstored(cell)]
-        else:
-            body.append(f'<pre class="out">{html.escape(text)}</pre>')
-    u = conv.usage
-    body.append(f"<footer>Tokens: {u.prompt_tokens:,} prompt, {u.completion_tokens:,} completion; "
-                f"cost ${u.cost_usd:.4f}</footer>")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>kernelchat {conv.id}</title>"
-            f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")

@@ -6,6 +6,7 @@
     kernelchat tokens REQUEST.json --model M     count a request's prompt tokens
     kernelchat models                            what models are configured and available
     kernelchat run TASK.toml [MORE.toml ...]     run task files, check the outcomes, write a report
+    kernelchat conversations                     the saved conversations; `kernelchat --resume [ID]` continues one
     kernelchat --version                         the installed version (`python -m agent` works the same)
 
 Every value is checked before a model loads or a kernel starts; a bad one is one sentence on stderr
@@ -26,6 +27,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.text import Text
 
+from agent.frontends import config
 from agent.frontends.options import (add_budget_args, add_model_args, add_sandbox_args, chat_options,
                                      check_options, check_sandbox_options, conversation_path, kernel_options)
 from agent.frontends.render import safe_line, safe_text
@@ -70,9 +72,15 @@ def cmd_prompt(args: argparse.Namespace) -> int:
         if args.json:
             raise ValueError("--json needs a prompt")
         check_options(args)  # before the model loads: a bad value is one sentence at once
+        if args.resume is not None:
+            from agent.frontends.conversations import find_conversation
+
+            find_conversation(args.resume or None)  # no match: one sentence before the model loads
         from agent.frontends.repl import main as chat_main
 
         return chat_main(args)
+    if args.resume is not None:
+        raise ValueError("--resume continues a conversation in the terminal chat; leave out the prompt")
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     if not prompt.strip():
         raise ValueError("the prompt is empty; ask a question, or run kernelchat without one for the chat")
@@ -87,7 +95,7 @@ def cmd_prompt(args: argparse.Namespace) -> int:
             from agent.frontends.repl import confirm_cell
 
             chat.approve = confirm_cell
-        path = None if args.no_save else conversation_path(chat, args.save)
+        path = None if args.no_save else conversation_path(chat, args.save, prompt)
         existed = path is not None and path.exists()
         try:
             for ev in chat.run(prompt):
@@ -116,7 +124,10 @@ def cmd_prompt(args: argparse.Namespace) -> int:
         elif stopped:
             Console(stderr=True).print(Text(f"kernelchat: stopped: {safe_text(stopped)}", style="red"))
         elif chat.path:
-            Console(stderr=True).print(Text(f"saved: {safe_line(str(chat.path))}", style="dim"))
+            Console(stderr=True).print(Text(f"saved: {safe_line(str(chat.path))}", style="dim"), soft_wrap=True)
+    from agent.frontends.workspaces import say_kept_workspace
+
+    say_kept_workspace(chat, Console(stderr=True))  # closed now: a temporary workspace with files stays
     return 3 if stopped else 0
 
 
@@ -148,7 +159,7 @@ def version() -> str:
             return "unknown"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(cfg: config.ConfigFile | None = None) -> argparse.ArgumentParser:
     p = Parser(prog="kernelchat", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command")
@@ -157,12 +168,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print the ExecResult as JSON")
     add_sandbox_args(e)
     e.set_defaults(func=cmd_exec)
+    if cfg is not None:  # the configuration file's sandbox values
+        config.apply(e, cfg, config.SANDBOX_KEYS)
     from agent.frontends.cli_models import register as register_model_commands  # `tokens`, `models`
 
     register_model_commands(sub)
     from agent.frontends.runner import register as register_run  # `run TASK.toml ...`
 
     register_run(sub)
+    from agent.frontends.conversations import register as register_conversations  # `conversations`
+
+    register_conversations(sub)
     return p
 
 
@@ -177,6 +193,8 @@ def prompt_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", default=None, help="where to save the conversation (default: the conversations folder)")
     p.add_argument("--no-save", action="store_true", help="do not save the conversation")
     p.add_argument("--confirm", action="store_true", help="ask before each cell runs: run, skip, or edit it")
+    p.add_argument("--resume", nargs="?", const="", default=None, metavar="ID|PATH",
+                   help="continue a saved conversation in the chat: the newest, or this id (a prefix will do) or file")
     add_model_args(p)
     add_budget_args(p)
     add_sandbox_args(p)
@@ -184,12 +202,13 @@ def prompt_parser() -> argparse.ArgumentParser:
     return p
 
 
-SUBCOMMANDS = {"exec", "tokens", "models", "run"}
+SUBCOMMANDS = {"exec", "tokens", "models", "run", "conversations"}
 SUBCOMMAND_HELP = """subcommands (see `kernelchat SUBCOMMAND --help`):
   exec CODE               run Python in the sandbox
   tokens REQUEST.json     count a request's prompt tokens
   models                  what models are configured and available
   run TASK.toml ...       run task files, check the outcomes, write a report
+  conversations           the saved conversations, newest first (--resume ID continues one)
 
 exit codes: 0 done, 1 a cell failed (exec), 2 bad input or a failed setup, 3 a budget stopped the run,
 130 interrupted"""
@@ -213,12 +232,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         if not argv or argv[0] not in SUBCOMMANDS:  # a prompt, or none (the chat), or --help / --version
-            args = prompt_parser().parse_args(argv)
+            parser = prompt_parser()
+            config.apply(parser, config.load_config())  # the file's values become the flags' defaults
         else:
-            args = build_parser().parse_args(argv)
+            parser = build_parser(config.load_config() if argv[0] == "exec" else None)
+        args = parser.parse_args(argv)
     except UsageError as e:
         e.parser.print_usage(sys.stderr)
         return report(e.message, wants_json(argv))
+    except ValueError as e:  # the configuration file: one sentence naming it and the key
+        return report(str(e), wants_json(argv))
     if not getattr(args, "func", None):
         build_parser().print_help()
         return 2

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from agent.core.budget import Budget
 from agent.core.dirs import conversations_dir
+from agent.core.store import file_name
 
 
 class Arguments(Protocol):
@@ -174,8 +175,13 @@ def check_save_path(path: str | Path, what: str = "--save") -> Path:
     return p
 
 
-def conversation_path(chat: Any, save: str | Path | None) -> Path:
+def conversation_path(chat: Any, save: str | Path | None, prompt: str | None = None) -> Path:
     """Point `chat` at its file without writing it: the file appears with the first prompt, so a
-    run that never got that far (a model that fails to load, a kernel or budget refusal) leaves none."""
-    chat.path = Path(save).expanduser() if save else conversations_dir() / f"{chat.id}.json"
+    run that never got that far (a model that fails to load, a kernel or budget refusal) leaves none.
+    Without `save`: a readable name in the conversations folder, from the time and `prompt`."""
+    if save:
+        chat.path = Path(save).expanduser()
+    else:
+        root = chat.tree.nodes[chat.tree.root] if chat.tree.root else None
+        chat.path = conversations_dir() / file_name(chat.id, root.created if root else None, prompt)
     return chat.path

@@ -16,16 +16,21 @@ a terminal, so that progress bars animate. `\\r\\n` is a plain line end.
 from __future__ import annotations
 
 import re
+import time
+from collections import deque
+from typing import Callable
 
-from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.markdown import Markdown
 from rich.panel import Panel
 from rich.segment import Segment
+from rich.spinner import Spinner
 from rich.syntax import Syntax
 from rich.text import Text
 
 from agent.core.events import (AnswerEvent, Event, NoticeEvent, TextEvent, ToolCallEvent, ToolOutputEvent,
                      ToolResultEvent, UsageEvent)
+from tools.python_tool import PYTHON_FENCE_OPENING
 
 STATUS_STYLE = {"ok": "green", "error": "red", "timeout": "yellow", "died": "red", "rejected": "yellow",
                 "invalid": "red"}
@@ -91,19 +96,97 @@ def code_panel(code: str, title: str = "python", border_style: str = "blue") -> 
                  title=title, title_align="left", border_style=border_style)
 
 
+LIVE_LINES = 8  # lines of a running cell's output shown under its spinner
+
+
+class RunningView:
+    """The live view of a running cell: a spinner, the elapsed time, the last output lines."""
+
+    def __init__(self, label: str):
+        self.label, self.t0 = label, time.monotonic()
+        self.lines: deque[str] = deque(maxlen=LIVE_LINES)
+        self.partial = ""
+        self.spinner = Spinner("dots", style="cyan")
+
+    def feed(self, text: str) -> None:
+        parts = (self.partial + text).split("\n")
+        self.partial = parts.pop()
+        self.lines.extend(parts)
+
+    def __rich__(self) -> Group:
+        self.spinner.text = Text(f"{self.label} · {time.monotonic() - self.t0:.1f} s", style="cyan")
+        tail = [*self.lines, self.partial] if self.partial else list(self.lines)
+        # live_line: the text after a line's last \r (progress bars animate), controls made visible
+        return Group(self.spinner, *(Text("  " + live_line(line)[:200], style="dim") for line in tail))
+
+
+# What may still become a ```python opening: a run of backticks and a word, no newline yet.
+_MAYBE_OPENING = re.compile(r"`{1,3}[ \t]*[A-Za-z0-9]*[ \t]*$")
+_CLOSING = re.compile(r"\n[ \t]*```[ \t]*\n?")
+# Budget refusals are notices of the loop and also end the turn (an exception, or an outcome): the
+# front end reports the stop once, from the latter.
+BUDGET_NOTICE = "budget exceeded:"
+
+
+class FenceFilter:
+    """Streamed text minus its ```python blocks: a model without tool calls writes its code in them,
+    and each becomes a call shown as a code panel, so the raw fence is not shown first. Text that may
+    be the start of an opening is held back until the next delta tells."""
+
+    def __init__(self) -> None:
+        self.buf, self.in_fence = "", False
+
+    def feed(self, text: str) -> str:
+        """The part of the stream so far that is to be shown now."""
+        self.buf += text
+        shown = ""
+        while True:
+            if self.in_fence:
+                m = _CLOSING.search(self.buf)
+                if m is None:
+                    self.buf = self.buf[self.buf.rfind("\n"):] if "\n" in self.buf else self.buf
+                    return shown
+                self.buf, self.in_fence = self.buf[m.end():], False
+                continue
+            m = PYTHON_FENCE_OPENING.search(self.buf)
+            if m is not None:
+                shown += self.buf[:m.start()]
+                self.buf, self.in_fence = self.buf[m.end():], True
+                continue
+            hold = _MAYBE_OPENING.search(self.buf)
+            cut = hold.start() if hold else len(self.buf)
+            shown, self.buf = shown + self.buf[:cut], self.buf[cut:]
+            return shown
+
+    def flush(self) -> str:
+        """What is left to show at the end of a reply (an unclosed fence at the end is a call too)."""
+        rest = "" if self.in_fence else self.buf
+        self.buf, self.in_fence = "", False
+        return rest
+
+
+OUTCOME_TITLE = {"stopped": "stopped: no value printed", "max_steps": "stopped: step limit",
+                 "budget": "stopped: budget", "interrupted": "stopped: interrupted", "failed": "stopped: failed"}
+
+
 class EventPrinter:
-    """Prints events as they come. Text streams raw; the final answer is shown as Markdown."""
+    """Prints events as they come. Text streams dim (less its ```python blocks, which show as the
+    code panel of their call); the final answer is shown as Markdown, a turn that ended otherwise
+    (AnswerEvent.outcome) in yellow, once."""
 
     def __init__(self, console: Console | None = None, show_usage: bool = True):
         self.console = console or Console()
         self.show_usage = show_usage
         self._streamed = ""
+        self._fence = FenceFilter()
+        # The kernel's execution count of the cell just run (its result panel shows `Out [k]`, as
+        # tracebacks say `Cell In[k]` and the exports `In [k]`); None: not shown.
+        self.cell_count: Callable[[], int | None] | None = None
 
     def __call__(self, ev: Event) -> None:
         c = self.console
         if isinstance(ev, TextEvent):
-            self._streamed += ev.text
-            c.print(Text(safe_text(ev.text), style="dim"), end="")
+            self._print_stream(self._fence.feed(ev.text))
         elif isinstance(ev, ToolCallEvent):
             self._end_stream()
             if ev.code is not None:
@@ -112,12 +195,15 @@ class EventPrinter:
                 c.print(Text(f"→ {safe_line(ev.name)}({safe_text(ev.arguments)})", style="cyan"))
         elif isinstance(ev, ToolResultEvent):
             style = STATUS_STYLE.get(ev.status, "white")
-            title = f"{safe_line(ev.status)}" + (f" · {ev.duration * 1000:.0f} ms" if ev.duration else "")
+            count = self.cell_count() if self.cell_count is not None and ev.code is not None else None
+            title = (f"Out [{count}] · " if count else "") + safe_line(ev.status) + \
+                (f" · {ev.duration * 1000:.0f} ms" if ev.duration else "")
             c.print(Panel(Text(safe_text(ev.output.rstrip()) or "(no output)"), title=Text(title),
                           title_align="left", border_style=style))
         elif isinstance(ev, NoticeEvent):
             self._end_stream()
-            c.print(Text(f"[{safe_text(ev.text)}]", style="yellow"))
+            if not ev.text.startswith(BUDGET_NOTICE):  # shown as the turn's stop (see BUDGET_NOTICE)
+                c.print(Text(f"[{safe_text(ev.text)}]", style="yellow"))
         elif isinstance(ev, UsageEvent) and self.show_usage:
             self._end_stream()
             u, t = ev.usage, ev.total
@@ -125,12 +211,32 @@ class EventPrinter:
                          f"total {t.total_tokens:,} tokens ${t.cost_usd:.4f}", style="dim"))
         elif isinstance(ev, AnswerEvent):
             self._end_stream()
-            c.print(Panel(markdown(ev.text or "(no answer)"), title="answer", title_align="left",
-                          border_style="bold green"))
-        elif isinstance(ev, ToolOutputEvent):
-            pass  # the result panel shows it; live output belongs to the terminal chat
+            if ev.outcome == "answered":
+                c.print(Panel(markdown(ev.text or "(no answer)"), title="answer", title_align="left",
+                              border_style="bold green"))
+            else:
+                self.stopped(ev.text, OUTCOME_TITLE.get(ev.outcome, f"stopped: {ev.outcome}"))
+        elif isinstance(ev, ToolOutputEvent) and ev.stream == "notice":
+            # a line of its own (e.g. "added `import time` and ran it again"), never glued to output
+            c.print(Text(f"[{safe_text(ev.text.strip())}]", style="yellow"))
+        # other ToolOutputEvents: the result panel shows them; live output belongs to the terminal chat
+
+    def stopped(self, text: str, title: str = "stopped") -> None:
+        """A turn that ended without an answer: its text in yellow, under what stopped it."""
+        self._end_stream()
+        self.console.print(Panel(markdown(text or title), title=Text(title), title_align="left",
+                                 border_style="yellow"))
+
+    def _print_stream(self, text: str) -> None:
+        if text:
+            self._streamed += text
+            self.console.print(Text(safe_text(text), style="dim"), end="")
 
     def _end_stream(self) -> None:
+        self._print_stream(self._fence.flush())
+        self._end_line()
+
+    def _end_line(self) -> None:
         if self._streamed:
             self.console.print()
             self._streamed = ""

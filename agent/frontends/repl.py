@@ -16,7 +16,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -29,21 +28,20 @@ from prompt_toolkit.filters import has_focus
 from prompt_toolkit.formatted_text import HTML
 from prompt_toolkit.history import FileHistory
 from prompt_toolkit.key_binding import KeyBindings
-from rich.console import Console, Group
+from rich.console import Console
 from rich.live import Live
-from rich.spinner import Spinner
 from rich.text import Text
 
 from agent.frontends import commands
 from agent.core.budget import BudgetExceeded
-from agent.core.dirs import data_dir
-from agent.core.events import Event, NoticeEvent, ToolCallEvent, ToolOutputEvent, ToolResultEvent
+from agent.core.dirs import conversations_dir, data_dir
+from agent.core.events import Event, NoticeEvent, TextEvent, ToolCallEvent, ToolOutputEvent, ToolResultEvent
 from agent.core.prompts import DEFAULT_SYSTEM
 from agent.smallmodel.strategy import SMALL_MODEL_SYSTEM
+from agent.frontends.conversations import find_conversation, resume_options, show_loaded
 from agent.frontends.options import chat_options, check_save_path, conversation_path
-from agent.frontends.render import EventPrinter, code_panel, live_line, safe_line, safe_text
-
-LIVE_LINES = 8  # lines of a running cell's output shown under its spinner
+from agent.frontends.render import EventPrinter, RunningView, code_panel, safe_line, safe_text
+from agent.frontends.workspaces import close_chat
 
 
 def _clock(seconds: float) -> str:
@@ -54,27 +52,6 @@ def _clock(seconds: float) -> str:
 # -- output ----------------------------------------------------------------------------------------
 
 
-class _Running:
-    """The live view of a running cell: a spinner, the elapsed time, the last output lines."""
-
-    def __init__(self, label: str):
-        self.label, self.t0 = label, time.monotonic()
-        self.lines: deque[str] = deque(maxlen=LIVE_LINES)
-        self.partial = ""
-        self.spinner = Spinner("dots", style="cyan")
-
-    def feed(self, text: str) -> None:
-        parts = (self.partial + text).split("\n")
-        self.partial = parts.pop()
-        self.lines.extend(parts)
-
-    def __rich__(self) -> Group:
-        self.spinner.text = Text(f"{self.label} · {time.monotonic() - self.t0:.1f} s", style="cyan")
-        tail = [*self.lines, self.partial] if self.partial else list(self.lines)
-        # live_line: the text after a line's last \r (progress bars animate), controls made visible
-        return Group(self.spinner, *(Text("  " + live_line(line)[:200], style="dim") for line in tail))
-
-
 class ReplPrinter(EventPrinter):
     """EventPrinter plus spinners: while the model thinks, and while a cell runs (with its live output)."""
 
@@ -82,7 +59,7 @@ class ReplPrinter(EventPrinter):
         super().__init__(console)
         self.defer_cells = defer_cells  # --confirm: the cell starts only once approved
         self._live: Live | None = None
-        self._running: _Running | None = None
+        self._running: RunningView | None = None
 
     def _show(self, view: Any) -> None:
         self.stop_live()
@@ -96,10 +73,10 @@ class ReplPrinter(EventPrinter):
 
     def waiting(self, label: str = "thinking") -> None:
         """A spinner until the next event (the model's first token)."""
-        self._show(_Running(f"{label} (Ctrl-C stops)"))
+        self._show(RunningView(f"{label} (Ctrl-C stops)"))
 
     def start_cell(self) -> None:
-        self._running = _Running("running (Ctrl-C interrupts)")
+        self._running = RunningView("running (Ctrl-C interrupts)")
         self._show(self._running)
 
     def interrupting(self) -> None:
@@ -107,9 +84,24 @@ class ReplPrinter(EventPrinter):
             self._running.label = "interrupting…"
 
     def __call__(self, ev: Event) -> None:
-        if isinstance(ev, ToolOutputEvent):
+        if isinstance(ev, ToolOutputEvent) and ev.stream != "notice":
             if self._running is not None:
                 self._running.feed(ev.text if ev.stream != "display" else f"[{ev.text}]\n")
+            return
+        if isinstance(ev, ToolOutputEvent):  # the cell is run again, revised: a line above its live view
+            if self._running is not None:  # cleared first: printing redraws the live view below the line
+                self._running.lines.clear()
+                self._running.partial = ""
+            super().__call__(ev)
+            return
+        if isinstance(ev, TextEvent):
+            shown = self._fence.feed(ev.text)
+            if shown or not self._fence.in_fence:
+                self.stop_live()
+            self._print_stream(shown)
+            if self._fence.in_fence and self._live is None:  # a ```python block: its panel comes once it ends
+                self._end_line()
+                self.waiting("writing code")
             return
         self.stop_live()
         super().__call__(ev)
@@ -227,6 +219,7 @@ class Repl:
         self.chat, self.console, self.options, self.args = chat, console, options, args
         self.confirm = confirm
         self.printer = ReplPrinter(console, defer_cells=confirm)
+        self.printer.cell_count = self._cell_count
         self.editing: int | None = None  # /edit N in progress
         self.prefill = ""
         self.done = False
@@ -263,12 +256,15 @@ class Repl:
             elif editing is not None:
                 self.run_turn(self.chat.edit_events(editing - 1, text))
             else:
+                if self.chat.path is None and not self.args.no_save:  # named after the first prompt
+                    conversation_path(self.chat, None, text)
                 self.run_turn(self.chat.run(text))
 
     def _message(self) -> HTML:
         if self.editing is not None:
             return HTML(f"<ansiyellow>Edit [{self.editing}]: </ansiyellow>")
-        return HTML(f"<ansigreen>In [<b>{len(self.chat.tree.user_nodes()) + 1}</b>]: </ansigreen>")
+        # "You [n]": the prompt's number; "In [k]" is the kernel's, on cells (tracebacks, exports)
+        return HTML(f"<ansigreen>You [<b>{len(self.chat.tree.user_nodes()) + 1}</b>]: </ansigreen>")
 
     def _toolbar(self) -> HTML:
         chat = self.chat
@@ -277,7 +273,7 @@ class Repl:
         tokens = f"{u.total_tokens:,} tok" + (f" ({max(b.max_tokens - u.total_tokens, 0):,} left)" if b.max_tokens else "")
         money = f"${u.cost_usd:.4f}" + (f" (${max(b.max_usd - u.cost_usd, 0):.4f} left)" if b.max_usd else "")
         status = f" {safe_line(chat.model)} · step {t.steps} · {tokens} · {money} · {_clock(t.elapsed)} "
-        keys = (f"Enter regenerates from In [{self.editing}] on a new branch · Ctrl-C cancels"
+        keys = (f"Enter regenerates from You [{self.editing}] on a new branch · Ctrl-C cancels"
                 if self.editing is not None else "Enter send · Esc-Enter newline · /help · Ctrl-D quit")
         return HTML(f"<b>{_esc(status)}</b>│ {keys}")
 
@@ -315,7 +311,7 @@ class Repl:
             self.notice("stopped")
         except BudgetExceeded as e:
             self.printer.end()
-            self.error(f"stopped: {e}")
+            self.printer.stopped(str(e), "stopped: budget")  # the loop's notice of it is not shown: once
         except Exception as e:  # noqa: BLE001 - a failed turn is one line, the chat goes on
             self.printer.end()
             self.error(str(e) or type(e).__name__)
@@ -366,14 +362,20 @@ class Repl:
         self.printer.waiting()
         return False
 
+    def _cell_count(self) -> int | None:
+        """The kernel's execution count of the cell whose result was just recorded (the leaf)."""
+        tree = self.chat.tree
+        cell = tree.nodes[tree.leaf].cell if tree.leaf in tree.nodes else None
+        return cell.execution_count if cell is not None else None
+
     # -- what the commands use -----------------------------------------------------------------
 
     def notice(self, text: str) -> None:
-        self.console.print(Text(safe_text(text), style="yellow"))
+        self.console.print(Text(safe_text(text), style="yellow"), soft_wrap=True)  # paths unbroken when piped
 
     def error(self, text: str) -> None:
         lines = text.split("\n")  # not splitlines(): that also splits at \x1c-\x1e, \x85, \u2028
-        self.console.print(Text(safe_line(lines[0]) if text else "error", style="red"))
+        self.console.print(Text(safe_line(lines[0]) if text else "error", style="red"), soft_wrap=True)
 
     def flush_notices(self) -> None:
         while self.chat.notices:
@@ -429,10 +431,9 @@ class Repl:
             chat = Chat.load(path, **options)
         if self.confirm:
             chat.approve = self._approve
-        self.chat.close()
+        close_chat(self.chat, self.console)  # and say where its temporary workspace is, if it holds files
         self.chat = chat
-        self.notice(f"loaded {path}: {len(chat.tree.user_nodes())} prompt(s) on the active branch, "
-                    f"model {chat.model}; the kernel replays its cells on first use")
+        show_loaded(self.console, path, chat)
 
 
 def _esc(text: str) -> str:
@@ -456,22 +457,26 @@ def main(args: argparse.Namespace, backend: Any = None, console: Console | None 
     options = chat_options(args)
     if backend is not None:
         options["backend"] = backend
-    with console.status(Text(f"loading {safe_line(args.model or 'the model')}…")):
-        chat = Chat(**options)
-    if not args.no_save:
-        conversation_path(chat, args.save)  # written from the first prompt on: no empty files
+    resume = find_conversation(args.resume or None) if getattr(args, "resume", None) is not None else None
+    with console.status(Text(f"loading {safe_line(str(resume or args.model or 'the model'))}…")):
+        chat = Chat.load(resume, **resume_options(args, options)) if resume else Chat(**options)
+    if args.no_save or args.save:  # a resumed conversation's file is left as it was
+        chat.path = None if args.no_save else conversation_path(chat, args.save)  # written from the first prompt on
     repl = Repl(chat, console, options, args, confirm=getattr(args, "confirm", False))
     console.print(Text.assemble(("kernelchat", "bold"), f" · {safe_line(chat.model)} · ",
                                 ("/help for commands · Enter sends · Esc-Enter new line · Ctrl-D leaves", "dim")))
-    if chat.path:
-        console.print(Text(f"saving to {safe_line(str(chat.path))} (from the first prompt on)", style="dim"))
+    if chat.path or not args.no_save:  # without --save the file is named after the first prompt
+        where = chat.path or conversations_dir()
+        console.print(Text(f"saving to {safe_line(str(where))}", style="dim"), soft_wrap=True)
+    if resume:
+        show_loaded(console, resume, chat)
     try:
         repl.loop()
     finally:
-        repl.chat.close()
+        close_chat(repl.chat, console)
     path = repl.chat.path
     if path is not None and path.exists():
-        console.print(Text(f"saved: {safe_line(str(path))}", style="dim"))
-    elif path is not None:
+        console.print(Text(f"saved: {safe_line(str(path))}", style="dim"), soft_wrap=True)  # one line when piped
+    elif not args.no_save:
         console.print(Text("nothing to save: no prompt was sent", style="dim"))
     return 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import os
 import shutil
 import threading
 import time
@@ -33,7 +34,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 from rich.text import Text
 
-from agent.core import store
+from agent.core import export, store
 from agent.core.notebook import notebook_json
 from agent.core.budget import BudgetExceeded
 from agent.models.cassette import Cassette, CassetteError, RecordingBackend, ReplayBackend
@@ -52,6 +53,9 @@ class TaskResult(BaseModel):
     file: str | None = None
     status: Status
     answers: list[str] = Field(default_factory=list)
+    # How each prompt's turn ended, beside `answers`: "answered", or what stopped it, e.g.
+    # "stopped after 5 attempts without printing a value", "max_steps reached", "budget exceeded: ..."
+    outcomes: list[str] = Field(default_factory=list)
     checks: list[CheckResult] = Field(default_factory=list)
     steps: int = 0
     prompt_tokens: int = 0
@@ -149,20 +153,25 @@ def run_task(task: Task, folder: Path, backend: Any, progress: Progress | None =
         answer = ""
         try:
             for i, prompt in enumerate(task.prompts, 1):
-                step = 0
+                step, answer, outcome = 0, "", "no answer"
                 bar.update(f"prompt {i}/{bar.n}")
                 for ev in chat.run(prompt):
                     step = _on_event(ev, bar, i, step)
                     if isinstance(ev, AnswerEvent):
                         answer = ev.text
+                        outcome = outcome_text(ev.outcome, ev.text)
                 result.answers.append(answer)
-                bar.update(f"prompt {i}/{bar.n} answered", advance=1)
+                result.outcomes.append(outcome)
+                bar.update(f"prompt {i}/{bar.n} {'answered' if outcome == 'answered' else 'stopped'}", advance=1)
         except BudgetExceeded as e:
             result.error = f"budget exceeded: {e}"
         except CassetteError as e:
             result.status, result.error = "error", str(e)
         except Exception as e:  # noqa: BLE001 - a failure of this task, not of the run
             result.error = f"{type(e).__name__}: {e}"
+        if result.error:  # the prompt it stopped, with what it had
+            result.answers.append(answer)
+            result.outcomes.append(result.error if result.error.startswith("budget") else f"failed: {result.error}")
         if result.status != "error":
             bar.update("checks")
             try:
@@ -180,6 +189,32 @@ def run_task(task: Task, folder: Path, backend: Any, progress: Progress | None =
     return result
 
 
+NOTICES = {"max_steps": "max_steps reached", "budget": "budget exceeded", "interrupted": "interrupted",
+           "failed": "failed", "stopped": "stopped without an answer"}
+
+
+def outcome_text(status: str, text: str) -> str:
+    """What a turn's outcome reads as in the table and summary.*: "answered", else the notice the
+    answer ends with ("[stopped after 5 attempts without printing a value]" without brackets)."""
+    if status == "answered":
+        return "answered"
+    last = text.rstrip().rsplit("\n", 1)[-1].strip()
+    if last.startswith("[") and last.endswith("]"):
+        return last[1:-1]
+    return NOTICES.get(status, status)
+
+
+def task_outcome(r: TaskResult) -> str:
+    """One cell for a task: its turns' outcomes other than "answered" (with the prompt's number when
+    there are several), "answered" when all were, "not run" when none ran (a setup error)."""
+    if not r.outcomes:
+        return "not run"
+    odd = [(i, o) for i, o in enumerate(r.outcomes, 1) if o != "answered"]
+    if not odd:
+        return "answered"
+    return "; ".join(f"prompt {i}: {o}" if len(r.outcomes) > 1 else o for i, o in odd)
+
+
 def _on_event(ev: Event, bar: _Bar, i: int, step: int) -> int:
     if isinstance(ev, UsageEvent):
         step += 1
@@ -191,8 +226,8 @@ def _on_event(ev: Event, bar: _Bar, i: int, step: int) -> int:
 
 def _write_task_report(chat, task: Task, result: TaskResult, folder: Path) -> None:
     conv = chat.conversation()
-    store.atomic_write(folder / "transcript.md", _results_md(result) + "\n" + store.to_markdown(conv))
-    page = store.to_html(conv).replace("<body>", "<body>" + _results_html(result), 1)
+    export.write_markdown(folder / "transcript.md", conv, header=_results_md(result) + "\n")
+    page = export.to_html(conv).replace("<body>", "<body>" + _results_html(result), 1)
     store.atomic_write(folder / "report.html", page)
     store.atomic_write(folder / "transcript.ipynb", notebook_json(conv))
     usage = {"task": task.name, "model": chat.model, "steps": chat.tracker.steps, "seconds": round(result.seconds, 3),
@@ -201,7 +236,7 @@ def _write_task_report(chat, task: Task, result: TaskResult, folder: Path) -> No
 
 
 def _results_md(r: TaskResult) -> str:
-    lines = [f"# Task {r.task}: {r.status.upper()}", ""]
+    lines = [f"# Task {r.task}: {r.status.upper()}", "", f"Model: {r.model or '?'}; outcome: {task_outcome(r)}", ""]
     lines += [f"- [{'x' if c.passed else ' '}] {c.check}" + (f" ({c.detail})" if c.detail else "") for c in r.checks]
     if r.error:
         lines.append(f"\nError: {r.error}")
@@ -214,6 +249,7 @@ def _results_html(r: TaskResult) -> str:
                    f"<td>{html.escape(c.detail)}</td></tr>" for c in r.checks)
     err = f"<p><b>Error:</b> {html.escape(r.error)}</p>" if r.error else ""
     return (f"<section><h1>Task {html.escape(r.task)}: <span style='color:{colour}'>{r.status}</span></h1>"
+            f"<p>Model: {html.escape(r.model or '?')}; outcome: {html.escape(task_outcome(r))}</p>"
             f"<table>{rows}</table>{err}<p>{r.steps} steps, {r.tokens:,} tokens, ${r.cost_usd:.4f}, "
             f"{r.seconds:.1f} s</p></section><hr>")
 
@@ -255,6 +291,28 @@ def make_backends(tasks: list[Task], out: Path, *, model: str | None = None, bas
     return backends
 
 
+def model_line(task: Task, *, model: str | None = None, replay: str | Path | None = None) -> str:
+    """Which model a task runs on, and why when no one chose it (said before the task starts)."""
+    from agent.models import EMBEDDED, default_model
+
+    if replay:
+        return f"{task.name}: the replies of {replay} (no model is asked)"
+    if model:
+        return f"{task.name}: model {model} (--model)"
+    if task.model:
+        return f"{task.name}: model {task.model} (the task file)"
+    chosen = default_model()
+    if os.environ.get("KERNELCHAT_MODEL"):
+        why = "no model in the task: KERNELCHAT_MODEL"
+    elif chosen == EMBEDDED:
+        why = f"no model in the task and no OPENAI_API_KEY: using the embedded {EMBEDDED}"
+    else:
+        why = "no model in the task: the default"
+        if os.environ.get("OPENAI_API_KEY"):
+            why += " with OPENAI_API_KEY"
+    return f"{task.name}: model {chosen} ({why})"
+
+
 def _workspace(out: Path, task: Task) -> Path:
     return (out / task.name / "workspace").resolve()
 
@@ -293,13 +351,17 @@ def exit_code(results: list[TaskResult]) -> int:
 
 
 def summary_table(results: list[TaskResult]) -> Table:
-    t = Table(title="kernelchat run")
-    for col, just in (("task", "left"), ("result", "left"), ("checks", "right"), ("steps", "right"),
-                      ("tokens", "right"), ("cost", "right"), ("time", "right")):
-        t.add_column(col, justify=just)
+    t = Table(title="kernelchat run", box=None, header_style="bold")  # no rules: room for 9 columns
+    for col, just in (("task", "left"), ("model", "left"), ("result", "left"), ("outcome", "left"),
+                      ("checks", "right"), ("steps", "right"), ("tokens", "right"), ("cost", "right"),
+                      ("time", "right")):
+        # numbers on one line; names and outcomes fold rather than end in "…" on a narrow terminal
+        t.add_column(col, justify=just, no_wrap=col not in ("task", "model", "outcome"), overflow="fold")
     for r in results:
         style = {"passed": "green", "failed": "red", "error": "bold red"}[r.status]
-        t.add_row(Text(safe_line(r.task)), Text(r.status, style=style),
+        outcome = task_outcome(r)
+        t.add_row(Text(safe_line(r.task)), Text(safe_line(r.model or "?")), Text(r.status, style=style),
+                  Text(safe_line(outcome), style="" if outcome == "answered" else "yellow"),
                   f"{sum(c.passed for c in r.checks)}/{len(r.checks)}",
                   str(r.steps), f"{r.tokens:,}", f"${r.cost_usd:.4f}", f"{r.seconds:.1f} s")
     return t
@@ -310,9 +372,11 @@ def write_summary(results: list[TaskResult], out: Path, extra: dict | None = Non
             "passed": sum(r.status == "passed" for r in results), "total": len(results),
             "tasks": [{**r.model_dump(), "tokens": r.tokens} for r in results]}
     store.atomic_write(out / "summary.json", json.dumps(data, indent=1))
-    lines = ["| task | result | checks | steps | tokens | cost | time |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| task | model | result | outcome | checks | steps | tokens | cost | time |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|"]
     for r in results:
-        lines.append(f"| {r.task} | {r.status} | {sum(c.passed for c in r.checks)}/{len(r.checks)} | {r.steps} | "
+        lines.append(f"| {_cell(r.task)} | {_cell(r.model or '?')} | {r.status} | {_cell(task_outcome(r))} | "
+                     f"{sum(c.passed for c in r.checks)}/{len(r.checks)} | {r.steps} | "
                      f"{r.tokens:,} | ${r.cost_usd:.4f} | {r.seconds:.1f} s |")
     for r in results:
         failed = [c for c in r.checks if not c.passed]
@@ -320,6 +384,11 @@ def write_summary(results: list[TaskResult], out: Path, extra: dict | None = Non
             lines.append(f"\n**{r.task}**: " + "; ".join(([r.error] if r.error else [])
                                                         + [f"{c.check} failed ({c.detail})" for c in failed]))
     store.atomic_write(out / "summary.md", safe_text("\n".join(lines)) + "\n")  # often cat in a terminal
+
+
+def _cell(text: str) -> str:
+    """Text for one Markdown table cell: a `|` would start another."""
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 # -- the command ---------------------------------------------------------------------------------
@@ -339,6 +408,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         err.print(Text.assemble(("kernelchat run: invalid task file", "red"), "\n", safe_text(str(e))))
         return 2
     out = Path(args.out) if args.out else default_out()
+    for t in tasks:  # before any weights load: a fallback to the embedded model is no surprise
+        err.print(Text(safe_line(model_line(t, model=args.model, replay=args.replay)), style="dim"))
     try:
         backends = make_backends(tasks, out, model=args.model, base_url=args.base_url, record=args.record,
                                  replay=args.replay)

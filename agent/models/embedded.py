@@ -195,6 +195,22 @@ def convert_gguf(gguf: Path, out: Path, progress: bool = True) -> None:
         console.print(f"[green]cached[/] {gguf.name} -> {out.parent}", highlight=False)
 
 
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """No transformers progress bar while a cached model loads (its "Loading weights 100%" took a
+    line on every start for a second's work); the front ends show a spinner instead. The setting is
+    restored after, for callers who use transformers themselves."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def _silence_gguf_tqdm() -> None:
     """The GGUF dequantizer uses a bare tqdm that ignores disable_progress_bar(); mute that one bar."""
     import functools

@@ -24,10 +24,11 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, LogitsProcessorLi
 
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
-from agent.models.embedded import converted_dir, embedded_model_dir, gguf_cache_dir
+from agent.models.embedded import converted_dir, embedded_model_dir, gguf_cache_dir, quiet_loading
 from agent.core.backend import Backend, BackendError, Capabilities
 from agent.core.messages import Done, Message, Reply, StreamEvent, TextDelta, ToolCall, Usage
-from agent.models.toolparse import parse_tool_calls
+from agent.models.toolparse import ToolCallStream, parse_tool_calls
+from agent.models.toolprompt import described_tools, template_renders_tools, with_tool_prompt
 from agent.models.grounding import GroundedCode
 from tools.python_tool import PYTHON_FENCE_CLOSED
 
@@ -77,16 +78,18 @@ class _Cancel(StoppingCriteria):
 
 class _FenceStop(StoppingCriteria):
     """For models that write code as ```python blocks (no tool training): stop once the first block
-    is closed. What they write after it is imagined output, and it costs seconds to generate."""
+    is closed. What they write after it is imagined output, and it costs seconds to generate.
+    `calls`: likewise after the first `</tool_call>` (tools described in the prompt, toolprompt.py)."""
 
     FENCE = PYTHON_FENCE_CLOSED
 
-    def __init__(self, tokenizer, n_prompt: int) -> None:
-        self.tokenizer, self.n_prompt = tokenizer, n_prompt
+    def __init__(self, tokenizer, n_prompt: int, fences: bool = True, calls: bool = False) -> None:
+        self.tokenizer, self.n_prompt, self.fences, self.calls = tokenizer, n_prompt, fences, calls
 
     def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
         text = self.tokenizer.decode(input_ids[0, self.n_prompt:], skip_special_tokens=True)
-        done = "```" in text[-8:] and bool(self.FENCE.search(text))
+        done = ((self.fences and "```" in text[-8:] and bool(self.FENCE.search(text)))
+                or (self.calls and "</tool_call>" in text[-16:]))
         return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
 
@@ -102,7 +105,8 @@ class LocalBackend(Backend):
         self.device, self.dtype = pick_device(device, dtype)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            self.hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype, local_files_only=True)
+            with quiet_loading():  # no "Loading weights" bar on every start
+                self.hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype, local_files_only=True)
         except OSError as e:
             raise BackendError(f"cannot load local model {model!r}: it is not a folder, a .gguf file, or a "
                                f"Hub id in the local Hugging Face cache (this machine may be offline): {e}") from None
@@ -115,7 +119,7 @@ class LocalBackend(Backend):
         self.context_window: int = int(getattr(cfg, "max_position_embeddings", None)
                                        or min(self.tokenizer.model_max_length, 1 << 20))
         self.capabilities = Capabilities(
-            tools="tools" in (self.tokenizer.chat_template or ""),  # the template renders a `tools` list itself
+            tools=template_renders_tools(self.tokenizer),  # else tools are described in the system prompt
             grounds_numbers=GroundedCode.usable(self.tokenizer),  # see grounding.py
             favours_tokens=True)
         self.stop_ids = self._stop_ids()
@@ -164,9 +168,23 @@ class LocalBackend(Backend):
 
     def render(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> str:
         """The prompt text exactly as the model sees it (chat template + generation prompt)."""
-        kwargs = {"tools": tools} if tools and self.capabilities.tools else {}
-        return self.tokenizer.apply_chat_template(self._template_messages(messages), tokenize=False,
-                                                  add_generation_prompt=True, **kwargs)
+        template = self._template_messages(messages)
+        if tools and self.capabilities.tools:
+            return self.tokenizer.apply_chat_template(template, tokenize=False, add_generation_prompt=True,
+                                                      tools=tools)
+        # The template has no tool section: describe the tools in the system prompt (toolprompt.py).
+        return self.tokenizer.apply_chat_template(with_tool_prompt(template, tools), tokenize=False,
+                                                  add_generation_prompt=True)
+
+    @property
+    def tools_note(self) -> str | None:
+        """Said once to the user when custom tools are offered to this model (see Chat)."""
+        if self.capabilities.tools:
+            return None
+        return (f"{self.model} has no tool support in its chat template: your tools are described in its "
+                f"system prompt and its calls read from its text; a small model may call them wrongly or not at all"
+                + (" (the embedded model made 0 correct calls in 10 tries: bench/tool_call_rate.py)"
+                   if self.model.lower() in EMBEDDED_ALIASES else ""))
 
     def encode(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> list[int]:
         # The template already contains the special tokens: don't let the tokenizer add a BOS again.
@@ -201,7 +219,8 @@ class LocalBackend(Backend):
     def _generate(self, ids: list[int], max_new: int, temperature: float | None,
                   streamer: TextIteratorStreamer | None = None, cancel: _Cancel | None = None,
                   stop_after_code: bool = False, numbers: set[str] | None = None,
-                  favour: str | None = None, bonus: float = 0.0) -> tuple[list[int], int]:
+                  favour: str | None = None, bonus: float = 0.0,
+                  stop_after_call: bool = False) -> tuple[list[int], int]:
         """Run model.generate with the reused cache; returns (generated ids, prompt tokens reused)."""
         cache, reused = self._reusable_cache(ids)
         input_ids = torch.tensor([ids], device=self.device)
@@ -214,7 +233,8 @@ class LocalBackend(Backend):
                 eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id or self.stop_ids[0],
                 use_cache=True, return_dict_in_generate=True, streamer=streamer,
                 stopping_criteria=StoppingCriteriaList(
-                    [c for c in (cancel, _FenceStop(self.tokenizer, len(ids)) if stop_after_code else None) if c]),
+                    [c for c in (cancel, _FenceStop(self.tokenizer, len(ids), stop_after_code, stop_after_call)
+                                    if stop_after_code or stop_after_call else None) if c]),
                 logits_processor=LogitsProcessorList(self._guides(len(ids), numbers, favour, bonus)),
                 **{CACHE_KW: cache}, **sampling)
         seq = out.sequences[0].tolist()
@@ -248,8 +268,7 @@ class LocalBackend(Backend):
         # Special tokens that carry meaning for tool calls (Llama's <|python_tag|>) need the raw text.
         raw = self.tokenizer.decode(body, skip_special_tokens=False) if set(body) & set(
             self.tokenizer.all_special_ids) else text
-        names = [_tool_name(t) for t in tools or []]
-        content, calls = parse_tool_calls(raw, names) if tools else (text, [])
+        content, calls = parse_tool_calls(raw, tools) if tools else (text, [])
         if calls:
             finish = "tool_calls"
         elif cancelled:
@@ -271,20 +290,27 @@ class LocalBackend(Backend):
             max_new = self._max_new(len(ids), max_tokens)
             streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
             cancel = _Cancel()
+            prompted = not self.capabilities.tools and bool(described_tools(tools))  # tools in the system prompt
 
             def work() -> tuple[list[int], int]:
                 try:
                     return self._generate(ids, max_new, temperature, streamer, cancel, self._fenced_python(tools),
-                                          numbers, favour, bonus)
+                                          numbers, favour, bonus, stop_after_call=prompted)
                 except BaseException:
                     streamer.end()  # unblock the consumer; the error is re-raised from the future
                     raise
 
             future = self._worker.submit(work)
+            # Text that may be a call is held back (it is shown as the call); python blocks stream as text.
+            watch = ToolCallStream(tools) if tools and (self.capabilities.tools or prompted) else None
             try:
                 for piece in streamer:
+                    piece = watch.feed(piece) if watch and piece else piece
                     if piece:
                         yield TextDelta(text=piece)
+                tail = watch.finish()[0] if watch else ""
+                if tail:
+                    yield TextDelta(text=tail)
             finally:  # consumer gone (or done): stop generating before releasing the lock
                 if not future.done():
                     cancel.event.set()

@@ -1,217 +1,234 @@
-"""Tool calls out of a local model's text: one parser for the formats small open models emit.
+"""Tool calls out of a model's text: one parser for the formats open models emit.
 
-Native formats: Hermes/Qwen `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`, Llama 3 JSON
-calls (the whole reply is `{"name": ..., "parameters": {...}}`, optionally after `<|python_tag|>`),
-and `<|python_tag|>code` (Llama 3.1's code interpreter). Fallback: models without tool training (the
-embedded SmolLM2) write ```python blocks; when a tool named `python` is offered, those become one call
-`python({"code": ...})`.
+Formats: Hermes / Qwen 2.5 `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` (several
+blocks, or a JSON list in one); Qwen3-Coder / Qwen3.5 XML inside `<tool_call>`:
+`<function=NAME><parameter=KEY>VALUE</parameter></function>`; Llama 3.x `<|python_tag|>` followed by
+JSON calls (separated by `;`, or the tag repeated) or by code (Llama 3.1's code interpreter, a call of
+`python`); Llama 3 bare JSON calls `{"name": ..., "parameters": {...}}` at the start of a line (one or
+several, separated by nothing, spaces, newlines, `,` or `;`; also in a ```json fence); Granite
+`<|tool_call|>[...]`; Mistral `[TOOL_CALLS][...]` and `[TOOL_CALLS]NAME[ARGS]{...}`. Fallback: models
+without tool training (the embedded SmolLM2) write ```python blocks; when a tool named `python` is
+offered, those become one call `python({"code": ...})`.
 
-Malformed JSON is repaired when the fix is unambiguous (trailing commas, single quotes, Python
-literals, missing closing brackets, raw newlines inside strings); otherwise the call keeps the raw
-text as its arguments so the loop can show the JSON error to the model and let it retry.
+Conventions (also in the README, "Tool calls written as text"):
+- `arguments` and `parameters` are the same thing. A call's `arguments` is JSON text: a string that
+  holds a JSON object is decoded once; any other string is kept as a JSON string.
+- After a marker (`<tool_call>`, `<|python_tag|>`, `<|tool_call|>`, `[TOOL_CALLS]`) an object with a
+  `name` and arguments is a call even of a tool not offered (the loop answers which tools exist). A
+  bare JSON object is a call only if it names an offered tool and has no keys but the call's.
+- Text around the calls stays the message's text; text after the calls that is not a call (a lone
+  `{`, prose) too.
+- Malformed JSON is repaired when the fix is unambiguous (trailing commas, single quotes, Python
+  literals, missing closing brackets, raw newlines in strings). Text cut inside a string (a truncated
+  reply) is never completed: a call must not run with a cut-off value. Inside a marker, a call of an
+  offered tool that cannot be repaired keeps its raw text as arguments, so the loop shows the JSON
+  error to the model; other text that holds no call stays text.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import uuid
 from typing import Any, Iterable
 
 from agent.core.messages import ToolCall
+from agent.models.tooljson import Offered, arguments_text, call_from_object, new_call_id, repair_json
 from tools.python_tool import PYTHON_FENCE as PY_FENCE_RE
 
-HERMES_RE = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+__all__ = ["ToolCallStream", "new_call_id", "parse_tool_calls", "repair_json"]
+
+HERMES_RE = re.compile(r"<tool_call>(.*?)(</tool_call>|(?=<tool_call>)|$)", re.DOTALL)
+FUNCTION_RE = re.compile(r"<function=([^>\s]+)\s*>(.*?)(</function>|(?=<function=)|$)", re.DOTALL)
+PARAM_RE = re.compile(r"<parameter=([^>\s]+)\s*>(.*?)(?:</parameter>|(?=<parameter=)|$)", re.DOTALL)
 PYTHON_TAG = "<|python_tag|>"
-LLAMA_END_RE = re.compile(r"<\|(?:eom_id|eot_id|end_of_text)\|>")
-# ```python / ```py / ```python3 blocks; an unclosed block at the very end (cut by max_tokens) counts.
+MARKERS = (PYTHON_TAG, "<|tool_call|>", "[TOOL_CALLS]")  # everything after one of these is calls
+STARTS = ("<tool_call>", "<function=") + MARKERS  # what the stream holds back from
+MISTRAL_ARGS_RE = re.compile(r"\s*([\w.-]+)(?:\[CALL_ID\]\w+)?\[ARGS\]")
+LLAMA_END_RE = re.compile(r"<\|(?:eom_id|eot_id|end_of_text|im_end|endoftext)\|>|</s>")  # turn ends
 JSON_FENCE_RE = re.compile(r"```[ \t]*json[ \t]*\n(.*?)\n[ \t]*```", re.DOTALL | re.IGNORECASE)
-NAME_RE = re.compile(r"""["']name["']\s*:\s*["']([^"']+)["']""")
-_LITERALS = {"True": "true", "False": "false", "None": "null"}
+LINE_JSON_RE = re.compile(r"^[ \t]*[{\[]", re.MULTILINE)  # a line that starts with JSON
+TOP_NAME_RE = re.compile(r"""^\s*\[?\s*\{\s*["']name["']\s*:\s*["']([^"'\n]+)["']""")
+SEPARATORS = re.compile(r"[\s,;]*")
+DECODER = json.JSONDecoder()
 
 
-def new_call_id() -> str:
-    return f"call_{uuid.uuid4().hex[:16]}"
-
-
-def parse_tool_calls(text: str, tool_names: Iterable[str] | None = None) -> tuple[str, list[ToolCall]]:
-    """Split a reply into (text without the calls, calls). `tool_names`: the tools offered; the
+def parse_tool_calls(text: str, tools: Iterable[str | dict[str, Any]] | None = None) -> tuple[str, list[ToolCall]]:
+    """Split a reply into (text without the calls, calls). `tools`: the tools offered, as names or
+    as OpenAI tool schemas (the schemas type Qwen3-Coder's XML values); None = unknown. The
     python-fence fallback applies only when `python` is among them."""
-    names = set(tool_names or ())
-    calls: list[ToolCall] = []
-
-    # 1. Hermes / Qwen: <tool_call>...</tool_call>, possibly several.
-    if "<tool_call>" in text:
-        for m in HERMES_RE.finditer(text):
-            calls.append(_call_from_json_text(m.group(1), names))
-        return _clean(HERMES_RE.sub("", text)), calls
-
-    # 2. Llama 3.1 <|python_tag|>: a JSON call or raw code for the code interpreter.
-    if PYTHON_TAG in text:
-        before, _, after = text.partition(PYTHON_TAG)
-        body = LLAMA_END_RE.split(after, maxsplit=1)[0].strip()
-        obj = _load_call_object(body)
-        if obj is not None:
-            calls.extend(_calls_from_object(obj))
-        elif body.lstrip().startswith("{") and NAME_RE.search(body):
-            calls.append(_call_from_json_text(body, names))
-        else:
-            calls.append(ToolCall(id=new_call_id(), name="python", arguments=json.dumps({"code": body})))
-        return _clean(before), calls
-
-    # 3. Llama 3 bare JSON call(s): the whole reply is the call (prose containing JSON is not a call).
-    stripped = LLAMA_END_RE.sub("", text).strip()
-    fenced = JSON_FENCE_RE.fullmatch(stripped)
-    candidate = fenced.group(1) if fenced else stripped
-    if candidate.startswith(("{", "[")):
-        parts = [p for p in re.split(r";\s*(?=\{)", candidate) if p.strip()]  # `{...}; {...}`
-        objs = [_load_call_object(p) for p in parts]
-        if objs and all(o is not None for o in objs):
-            for o in objs:
-                calls.extend(_calls_from_object(o))
-            return "", calls
-
-    # 4. Fallback: fenced python becomes a call of the `python` tool.
-    if "python" in names:
+    offered = Offered(tools)
+    if "<tool_call>" in text or "<function=" in text:
+        return _hermes(text, offered)
+    for marker in MARKERS:
+        if marker in text:
+            return _after_marker(text, marker, offered)
+    found = _bare_json(text, offered)
+    if found is not None:
+        return found
+    if offered.names and "python" in offered.names:
         blocks = [m.group(1).strip("\n") for m in PY_FENCE_RE.finditer(text)]
         blocks = [b for b in blocks if b.strip()]
         if blocks:
             code = "\n\n".join(blocks)
-            calls.append(ToolCall(id=new_call_id(), name="python", arguments=json.dumps({"code": code})))
-            return _clean(PY_FENCE_RE.sub("", text)), calls
-
-    return text, calls
+            call = ToolCall(id=new_call_id(), name="python", arguments=json.dumps({"code": code}))
+            return _clean(PY_FENCE_RE.sub("", text)), [call]
+    return text, []
 
 
 def _clean(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", LLAMA_END_RE.sub("", text)).strip()
 
 
-def _call_from_json_text(body: str, names: set[str]) -> ToolCall:
-    """One call from JSON text; if unrepairable, keep the raw text as arguments (the loop reports it)."""
-    obj = _load_call_object(body)
-    if obj is not None:
-        calls = _calls_from_object(obj)
-        if len(calls) == 1:
-            return calls[0]
-    m = NAME_RE.search(body)
-    return ToolCall(id=new_call_id(), name=m.group(1) if m else "", arguments=body)
+def _hermes(text: str, offered: Offered) -> tuple[str, list[ToolCall]]:
+    """`<tool_call>` blocks holding JSON or Qwen3-Coder XML; a bare `<function=` too."""
+    calls: list[ToolCall] = []
+    pattern = HERMES_RE if "<tool_call>" in text else FUNCTION_RE
 
-
-def _load_call_object(text: str) -> Any | None:
-    """A call-shaped JSON value ({"name": ...} or a list of them) from possibly malformed text."""
-    fixed = repair_json(text)
-    if fixed is None:
-        return None
-    value = json.loads(fixed)
-    items = value if isinstance(value, list) else [value]
-    if items and all(isinstance(o, dict) and _name_of(o) for o in items):
-        return value
-    return None
-
-
-def _name_of(obj: dict[str, Any]) -> str | None:
-    fn = obj.get("function")
-    name = obj.get("name") or (fn.get("name") if isinstance(fn, dict) else None)
-    return name if isinstance(name, str) and name else None
-
-
-def _calls_from_object(value: Any) -> list[ToolCall]:
-    out = []
-    for obj in value if isinstance(value, list) else [value]:
-        fn = obj.get("function") if isinstance(obj.get("function"), dict) else obj  # OpenAI-shaped too
-        args = fn.get("arguments", fn.get("parameters", {}))
-        if isinstance(args, str):  # arguments given as a JSON string: repair it too
-            fixed = repair_json(args)
-            args = json.loads(fixed) if fixed is not None else args
-        arguments = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
-        out.append(ToolCall(id=new_call_id(), name=_name_of(obj) or "", arguments=arguments))
-    return out
-
-
-def repair_json(text: str) -> str | None:
-    """Valid JSON text for `text`, repairing unambiguous mistakes; None if it cannot be parsed."""
-    text = text.strip()
-    if text.startswith("```"):
-        text = re.sub(r"^```[a-zA-Z]*\s*|\s*```$", "", text)
-    try:
-        json.loads(text)
-        return text
-    except json.JSONDecodeError:
-        pass
-    fixed = _normalize(text)
-    try:
-        json.loads(fixed)
-        return fixed
-    except json.JSONDecodeError:
-        pass
-    # An extra closing bracket after a complete value (`{...}}`) is a common slip.
-    try:
-        value, end = json.JSONDecoder().raw_decode(fixed)
-    except json.JSONDecodeError:
-        return None
-    if re.fullmatch(r"[\s}\];]*", fixed[end:]):
-        return json.dumps(value, ensure_ascii=False)
-    return None
-
-
-def _normalize(text: str) -> str:
-    """One pass over the text: single-quoted strings -> double, raw control chars in strings escaped,
-    Python literals -> JSON, trailing commas dropped, unclosed strings/brackets closed."""
-    out: list[str] = []
-    stack: list[str] = []
-    quote: str | None = None
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if quote:
-            if c == "\\" and i + 1 < n:
-                nxt = text[i + 1]
-                out.append("'" if (quote == "'" and nxt == "'") else c + nxt)
-                i += 2
-                continue
-            if c == quote:
-                out.append('"')
-                quote = None
-            elif c == '"':  # a double quote inside a single-quoted string
-                out.append('\\"')
-            elif c in "\n\r\t":
-                out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t"}[c])
-            else:
-                out.append(c)
-            i += 1
-            continue
-        if c in "\"'":
-            quote = c
-            out.append('"')
-        elif c in "{[":
-            stack.append(c)
-            out.append(c)
-        elif c in "}]":
-            _drop_trailing_comma(out)
-            if stack:
-                stack.pop()
-            out.append(c)
+    def block(m: re.Match) -> str:
+        if pattern is FUNCTION_RE:
+            found = _xml_calls(m.group(0), offered, closed=False)
         else:
-            word = re.match(r"[A-Za-z_]+", text[i:])
-            if word and word.group(0) in _LITERALS:
-                out.append(_LITERALS[word.group(0)])
-                i += len(word.group(0))
-                continue
-            out.append(word.group(0) if word else c)
-            i += len(word.group(0)) if word else 1
-            continue
-        i += 1
-    if quote:
-        out.append('"')
-    _drop_trailing_comma(out)
-    for b in reversed(stack):
-        out.append("}" if b == "{" else "]")
-    return "".join(out)
+            body, closed = m.group(1), bool(m.group(2))
+            found = (_xml_calls(body, offered, closed) if "<function=" in body
+                     else _json_calls(body, offered, marked=True, whole=True)[0])
+        calls.extend(found)
+        return "" if found else m.group(0)  # a block that holds no call stays in the text
+
+    rest = pattern.sub(block, text)
+    return _clean(rest), calls
 
 
-def _drop_trailing_comma(out: list[str]) -> None:
-    s = "".join(out).rstrip()
-    if s.endswith(","):
-        s = s[:-1]
-    out[:] = [s]
+def _xml_calls(body: str, offered: Offered, closed: bool) -> list[ToolCall]:
+    """Qwen3-Coder calls: a function is complete when closed by `</function>` or by its block's end tag."""
+    calls = []
+    for m in FUNCTION_RE.finditer(body):
+        if not (m.group(3) == "</function>" or closed):
+            continue  # cut off: not a call
+        name, args = m.group(1), {}
+        for p in PARAM_RE.finditer(m.group(2)):
+            args[p.group(1)] = _xml_value(p.group(2), offered.param_type(name, p.group(1)))
+        calls.append(ToolCall(id=new_call_id(), name=name, arguments=json.dumps(args, ensure_ascii=False)))
+    return calls
+
+
+def _xml_value(raw: str, kind: Any) -> Any:
+    """A parameter's text: the template puts it between newlines; JSON-decoded unless the schema says
+    string (or says nothing)."""
+    value = raw[1:] if raw.startswith("\n") else raw
+    value = value[:-1] if value.endswith("\n") else value
+    if kind in (None, "string") or (isinstance(kind, list) and "string" in kind):
+        return value
+    fixed = repair_json(value, close_strings=False)
+    return json.loads(fixed) if fixed is not None else value
+
+
+def _after_marker(text: str, marker: str, offered: Offered) -> tuple[str, list[ToolCall]]:
+    """Everything after the first marker is calls (the marker may repeat between them)."""
+    before, *segments = text.split(marker)
+    calls: list[ToolCall] = []
+    kept = [before]
+    for seg in segments:
+        seg = LLAMA_END_RE.sub("", seg)
+        found: list[ToolCall] = []
+        while (m := MISTRAL_ARGS_RE.match(seg)) and marker == "[TOOL_CALLS]":  # NAME[ARGS]{...}
+            try:
+                args, end = DECODER.raw_decode(seg, m.end())
+            except json.JSONDecodeError:
+                break
+            found.append(ToolCall(id=new_call_id(), name=m.group(1), arguments=arguments_text(args)))
+            seg = seg[end:]
+        more, rest = _json_calls(seg, offered, marked=True, whole=True)
+        found += more
+        if not found and marker == PYTHON_TAG and seg.strip() and not seg.lstrip().startswith("{"):
+            found, rest = [ToolCall(id=new_call_id(), name="python", arguments=json.dumps({"code": seg.strip()}))], ""
+        calls += found
+        kept.append(rest if found else seg)
+    return _clean("\n".join(kept)), calls
+
+
+def _json_calls(text: str, offered: Offered, marked: bool, whole: bool) -> tuple[list[ToolCall], str]:
+    """Calls written one after another as JSON values from the start of `text`; returns them and the
+    text left after them. `whole`: the text is one call block (a marker's body), so an unrepairable
+    call there keeps its raw text as arguments."""
+    calls: list[ToolCall] = []
+    pos = SEPARATORS.match(text).end()
+    while pos < len(text) and text[pos] in "{[":
+        try:
+            value, end = DECODER.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            value, end = _repaired(text[pos:]), len(text)
+        found = _calls_in(value, offered, marked)
+        if not found:
+            if whole and not calls and value is None and (m := TOP_NAME_RE.match(text[pos:])) \
+                    and offered.has(m.group(1)):
+                calls.append(ToolCall(id=new_call_id(), name=m.group(1), arguments=text[pos:].strip()))
+                pos = len(text)
+            break
+        calls += found
+        pos = SEPARATORS.match(text, end).end()
+    return calls, text[pos:] if calls else text
+
+
+def _repaired(text: str) -> Any:
+    """The value of `text` up to its end, repaired; None when it cannot be."""
+    fixed = repair_json(text, close_strings=False)
+    return json.loads(fixed) if fixed is not None else None
+
+
+def _calls_in(value: Any, offered: Offered, marked: bool) -> list[ToolCall]:
+    """The calls in one JSON value (an object or a list of them); [] unless all of it is calls."""
+    items = value if isinstance(value, list) else [value]
+    calls = [call_from_object(o, offered, marked) for o in items]
+    return calls if calls and all(calls) else []  # type: ignore[return-value]
+
+
+def _bare_json(text: str, offered: Offered) -> tuple[str, list[ToolCall]] | None:
+    """Llama 3 style: JSON calls at the start of a line (or filling a ```json fence), no marker."""
+    for m in JSON_FENCE_RE.finditer(text):
+        calls, rest = _json_calls(m.group(1), offered, marked=False, whole=False)
+        if calls and not rest.strip():
+            return _clean(text[:m.start()] + "\n" + text[m.end():]), calls
+    cleaned = LLAMA_END_RE.sub("", text)
+    for m in LINE_JSON_RE.finditer(cleaned):
+        calls, rest = _json_calls(cleaned[m.start():], offered, marked=False, whole=False)
+        if calls:
+            return _clean(cleaned[:m.start()] + "\n" + rest), calls
+    return None
+
+
+class ToolCallStream:
+    """The streaming form: feed text as it is generated; `feed` returns the text that is surely not
+    part of a call (show it now), holding back from where a call may begin; `finish` parses the whole
+    reply and returns (held text that turned out not to be a call, content, calls)."""
+
+    def __init__(self, tools: Iterable[str | dict[str, Any]] | None = None) -> None:
+        self.tools = list(tools or [])
+        self.text, self.shown, self.holding = "", 0, False
+
+    def feed(self, piece: str) -> str:
+        self.text += piece
+        if self.holding:
+            return ""
+        start = self._call_start()
+        if start is not None:
+            self.holding = True
+        else:  # keep back a tail that may be the beginning of a marker
+            start = len(self.text)
+            for k in range(1, max(map(len, STARTS))):
+                if any(s.startswith(self.text[-k:]) for s in STARTS):
+                    start = len(self.text) - k
+        start = max(start, self.shown)
+        out, self.shown = self.text[self.shown:start], start
+        return out
+
+    def _call_start(self) -> int | None:
+        found = [i for s in STARTS if (i := self.text.find(s, self.shown)) >= 0]
+        for m in LINE_JSON_RE.finditer(self.text, self.shown):
+            if self.text.count("```", 0, m.start()) % 2 == 0:  # not inside a code block
+                found.append(m.start())
+                break
+        return min(found) if found else None
+
+    def finish(self) -> tuple[str, str, list[ToolCall]]:
+        content, calls = parse_tool_calls(self.text, self.tools)
+        return ("" if calls else self.text[self.shown:]), content, calls

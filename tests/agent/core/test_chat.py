@@ -180,7 +180,7 @@ def test_persistence_and_resume_replays_into_a_fresh_kernel(tmp_path):
     try:
         assert resumed.kernel().execute("secret").result == "42"
         md = resumed.export("md", tmp_path / "c.md").read_text()
-        assert "```python" in md and "made a plot" in md and "](data:image/png;base64," in md
+        assert "```python" in md and "made a plot" in md and "](c_files/figure-1.png)" in md
         page = resumed.export("html", tmp_path / "c.html").read_text()
         assert "data:image/png;base64," in page and "made a plot" in page
     finally:

@@ -8,7 +8,7 @@ import pytest
 
 from agent import Budget, BudgetExceeded, Chat
 
-from agent.core import store
+from agent.core import export, store
 from agent.models.scripted import ScriptedBackend, python_call
 from agent.core.events import ToolOutputEvent, ToolResultEvent
 from tools.text import MAX_MESSAGE_CHARS
@@ -36,12 +36,16 @@ def test_exports_inline_the_figure_bytes_not_a_link_planted_in_their_place(tmp_p
             "import glob, os\np = sorted(glob.glob('outputs/figure-*'))[0]\n"
             f"os.remove(p); os.symlink({str(secret)!r}, p); print(os.readlink(p))")
         assert swap.stdout.strip() == str(secret)
-        pages = [chat.export("md", tmp_path / "c.md").read_text(), chat.export("html", tmp_path / "c.html").read_text()]
-    pages.append(store.to_html(Chat.load(path, backend=ScriptedBackend([])).conversation()))  # as saved
+        md = chat.export("md", tmp_path / "c.md").read_text()
+        pages = [chat.export("html", tmp_path / "c.html").read_text()]
+    pages.append(export.to_html(Chat.load(path, backend=ScriptedBackend([])).conversation()))  # as saved
     sentinel_b64 = base64.b64encode(SENTINEL.encode()).decode()[:16]
     for page in pages:
         assert SENTINEL not in page and sentinel_b64 not in page
         assert base64.b64encode(real).decode() in page and "data:image/png;base64," in page
+    # the Markdown links a copy of the bytes the tree kept, written beside it
+    assert "](c_files/figure-1.png)" in md and SENTINEL not in md
+    assert (tmp_path / "c_files" / "figure-1.png").read_bytes() == real
 
 
 def test_an_older_file_with_only_paths_names_them_and_reads_none(tmp_path):
@@ -57,7 +61,7 @@ def test_an_older_file_with_only_paths_names_them_and_reads_none(tmp_path):
         cell.images, cell.figures = [str(link)], []  # what a file of the previous version holds
         chat.save()
     conv = store.load(path)
-    md, page = store.to_markdown(conv), store.to_html(conv)
+    md, page = export.markdown(conv, "old_files")[0], export.to_html(conv)
     assert f"[image: {link}]" in md and "not stored in this conversation" in page
     assert SENTINEL not in md + page
 

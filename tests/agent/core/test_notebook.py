@@ -40,7 +40,7 @@ def test_conversation_exports_as_a_valid_notebook(tmp_path):
     assert nb.nbformat == 4 and nb.metadata.kernelspec.name == "python3"
     assert nb.metadata.kernelchat.model == "local:scripted" and nb.metadata.kernelchat.usage.prompt_tokens > 0
     md = [c.source for c in nb.cells if c.cell_type == "markdown"]
-    assert md[1] == "**User**\n\nWhat is 6 * 7?" and "**Assistant**\n\nIt is **42**." in md
+    assert md[1] == "**User**\n\nWhat is 6 * 7?" and "**Answer**\n\nIt is **42**." in md
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert [c.execution_count for c in code] == [1, 2, 3, None]
 

@@ -4,6 +4,7 @@
 
 KERNELCHAT_SCRIPT names a JSON list of replies, in request order: a string is a text answer,
 {"python": CODE} calls the python tool. Without it, the real model of --model answers.
+KERNELCHAT_SCRIPT_SMALL=1 scripts a model without tool training (the small-model mode).
 """
 
 from __future__ import annotations
@@ -23,5 +24,11 @@ def main() -> None:
     if os.environ.get("KERNELCHAT_SCRIPT"):
         with open(os.environ["KERNELCHAT_SCRIPT"]) as f:
             items = json.load(f)
-        backend = ScriptedBackend([python_call(i["python"]) if isinstance(i, dict) else i for i in items])
+        replies = [python_call(i["python"]) if isinstance(i, dict) else i for i in items]
+        if os.environ.get("KERNELCHAT_SCRIPT_SMALL"):  # a model without tool training: the small-model mode
+            from agent.core.backend import Capabilities
+
+            backend = ScriptedBackend(replies, capabilities=Capabilities(tools=False, streaming=False))
+        else:
+            backend = ScriptedBackend(replies)
     sys.exit(repl.main(args, backend=backend))

@@ -96,25 +96,25 @@ def term(tmp_path):
 
 def test_prompt_edit_branches_and_commands(term):
     t = term([{"python": "print(6*7)"}, "The answer is 42.", {"python": "print(7*8)"}, "The answer is 56."])
-    t.expect("In [1]: ")
+    t.expect("You [1]: ")
     t.expect("Esc-Enter newline")  # the bottom toolbar shows the keys
     t.line("What is 6*7?")
     t.expect("print(6*7)")        # the cell, before it runs
     t.expect("42")                # its output
     t.expect("The answer is 42.")
-    t.expect("In [2]: ")
+    t.expect("You [2]: ")
     # /edit puts the last prompt back in the input; rewrite it and send: a new branch
     t.line("/edit")
     t.expect("Edit [1]: What is 6*7?")
-    t.expect("regenerates from In [1]")
+    t.expect("regenerates from You [1]")
     t.send(CTRL_A + CTRL_K)
     t.line("What is 7*8?")
     t.expect("The answer is 56.")
-    t.expect("In [2]: ")
+    t.expect("You [2]: ")
     t.line("/branches")
-    t.expect("In [1] What is 6*7?")
+    t.expect("You [1] What is 6*7?")
     t.expect("The answer is 42.")
-    t.expect("In [1] What is 7*8?")
+    t.expect("You [1] What is 7*8?")
     t.expect("● ")
     t.line("/tokens")
     t.expect("total")
@@ -131,27 +131,27 @@ def test_prompt_edit_branches_and_commands(term):
     t.expect("/export md|html|ipynb PATH")
     t.line("/undo")
     t.expect("undone")
-    t.expect("In [1]: ")
+    t.expect("You [1]: ")
     assert t.close() == 0
 
 
 def test_ctrl_c_interrupts_the_running_cell(term):
     t = term([{"python": "import time\nprint('nap' + 'ping', flush=True)\ntime.sleep(60)"},
               {"python": "import time\ntime.sleep(59)"}, {"python": "print(40 + 2)"}, "still alive: 42"])
-    t.expect("In [1]: ")
+    t.expect("You [1]: ")
     t.line("take a nap")
     t.expect("napping")            # live output while the cell runs
     t0 = time.monotonic()
     t.send(CTRL_C)
     t.expect("KeyboardInterrupt", timeout=10)
     t.expect("interrupted")
-    t.expect("In [2]: ")
+    t.expect("You [2]: ")
     assert time.monotonic() - t0 < 10
     t.line("again")                # Ctrl-C as soon as the cell shows, before it runs: still stopped
     t.expect("time.sleep(59)")
     t.send(CTRL_C)
     t.expect("KeyboardInterrupt", timeout=10)
-    t.expect("In [3]: ")
+    t.expect("You [3]: ")
     t.line("add")                  # the program and the kernel go on
     t.expect("still alive: 42")
     assert t.close() == 0
@@ -180,10 +180,10 @@ def test_confirm_skips_or_edits_cells(term, tmp_path):
 @pytest.mark.slow
 def test_real_embedded_model(term):
     t = term(None, "--model", "hf:smollm2")
-    t.expect("In [1]: ", timeout=120)
+    t.expect("You [1]: ", timeout=120)
     t.line("What is 2**10? Use Python.")
     t.expect("1024", timeout=150)
-    t.expect("In [2]: ", timeout=60)
+    t.expect("You [2]: ", timeout=60)
     assert t.close() == 0
 
 
@@ -238,10 +238,10 @@ def test_no_control_sequence_of_the_model_or_kernel_reaches_the_terminal(term, t
               {"python": f"raise ValueError({HOSTILE!r})"}, f"second {HOSTILE}"])
     t.line("go")
     t.expect("answer ")
-    t.expect("In [2]: ")
+    t.expect("You [2]: ")
     t.line("again")
     t.expect("ValueError")
-    t.expect("In [3]: ")
+    t.expect("You [3]: ")
     t.line("/files")
     t.expect("f-␛]0;PWNED-TI")
     t.line("/branches")
@@ -253,7 +253,7 @@ def test_no_control_sequence_of_the_model_or_kernel_reaches_the_terminal(term, t
 
 def test_a_chat_left_before_any_prompt_leaves_no_file(term, tmp_path):
     t = term(["unused"])
-    t.expect("In [1]: ")
+    t.expect("You [1]: ")
     t.send(CTRL_D)
     t.expect("nothing to save: no prompt was sent")
     t.child.expect(pexpect.EOF, timeout=20)
@@ -263,7 +263,51 @@ def test_a_chat_left_before_any_prompt_leaves_no_file(term, tmp_path):
 def test_gateway_flag_sends_the_kernel_to_the_gateway(term):
     """--gateway reaches the terminal chat's kernel: nothing listens at this URL, so the cell says so."""
     t = term([{"python": "print(1)"}, "unused"], "--gateway", "http://127.0.0.1:9", "--gateway-token", "t")
-    t.expect("In [1]: ")
+    t.expect("You [1]: ")
     t.line("go")
     t.expect("kernel gateway at http://127.0.0.1:9")
     assert t.close() == 0
+
+
+def test_a_budget_stop_is_shown_once(term):
+    t = term(["never sent"], "--max-tokens", "5")
+    t.expect("You [1]: ")
+    t.line("hello")
+    t.expect("stopped: budget")
+    t.expect("You [2]: ")
+    assert t.close() == 0
+    assert "[budget exceeded" not in t.screen  # the loop's notice of it is not shown a second time
+
+
+def test_a_fenced_cell_shows_once_and_a_revise_note_on_its_own_line(term):
+    """A model without tool calls writes ```python blocks: the block shows as its code panel only (not
+    streamed raw first); the small-model mode's added import is a line of its own, not glued to the
+    traceback it mends."""
+    reply = "I will compute it.\n```python\nprint(int(time.time() > 0) + 41)\n```\n"
+    t = term([reply] * 5, env={"KERNELCHAT_SCRIPT_SMALL": "1"})
+    t.expect("You [1]: ")
+    t.line("What is 41 + 1?")
+    t.expect("added `import time` and ran it again]")
+    t.expect("42")
+    t.expect("You [2]: ")
+    assert t.close() == 0
+    assert "```python" not in t.screen  # its code panel only, not the raw fence first
+    assert t.screen.count("│ print(int(time.time() > 0) + 41)") == 1
+    assert "definedadded" not in t.screen
+
+
+def test_prompts_and_cells_are_numbered_apart(term):
+    """Prompts are `You [n]`; a cell's result shows the kernel's own count (`Out [k]`), the number its
+    traceback (`Cell In[k]`) and the exports (`In [k]`) use."""
+    t = term([{"python": "print(1)"}, {"python": "1/0"}, "it failed", {"python": "print(2)"}, "two"])
+    t.expect("You [1]: ")
+    t.line("go")
+    t.expect("Out [1] · ok")
+    t.expect("Cell In[2]")
+    t.expect("Out [2] · error")
+    t.expect("You [2]: ")
+    t.line("again")
+    t.expect("Out [3] · ok")
+    t.expect("You [3]: ")
+    assert t.close() == 0
+    assert "In [1]: " not in t.screen

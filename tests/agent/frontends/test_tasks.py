@@ -180,7 +180,7 @@ def test_summary_and_exit_codes(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["exit_code"] == 1 and [t["status"] for t in summary["tasks"]] == ["passed", "failed"]
     md = (out / "summary.md").read_text()
-    assert "| ok | passed | 1/1 |" in md and "| bad | failed | 0/1 |" in md
+    assert "| ok | local:scripted | passed | answered | 1/1 |" in md and "| bad | local:scripted | failed | answered | 0/1 |" in md
 
 
 def test_parallel_tasks_each_have_their_own_kernel(tmp_path):

@@ -209,3 +209,40 @@ def test_abandoned_stream_stops_and_frees_the_backend(local_backend):
     assert time.perf_counter() - start < 5
     r = local_backend.complete([user("Say hi.")], max_tokens=4)
     assert r.usage.completion_tokens <= 4
+
+
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Get the current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+@pytest.mark.slow
+def test_custom_tools_are_described_in_the_prompt_of_a_template_without_tools(local_backend):
+    assert not local_backend.capabilities.tools
+    prompt = local_backend.render([user("What is the weather in Paris?")], [PYTHON_TOOL, WEATHER_TOOL])
+    assert "- get_weather(city: string): Get the current weather in a city" in prompt and "<tool_call>" in prompt
+    assert "- python(" not in prompt  # the python tool is answered with ```python blocks, as before
+    assert local_backend.render([user("hi")], [PYTHON_TOOL]) == local_backend.render([user("hi")])
+    assert "described in its system prompt" in local_backend.tools_note and "0 correct calls" in local_backend.tools_note
+    shown, done = [], None
+    for ev in local_backend.stream([user("What is the weather in Paris? Use get_weather.")], [WEATHER_TOOL],
+                                   max_tokens=12):
+        shown.append(ev.text) if isinstance(ev, TextDelta) else None
+        done = ev if isinstance(ev, Done) else done
+    msg = done.reply.message
+    # Whatever it wrote: calls come back parsed, and text that is no call is streamed whole.
+    assert msg.tool_calls or "".join(shown).strip() == (msg.content or "").strip()
+
+
+@pytest.mark.slow
+def test_chat_says_once_that_custom_tools_go_into_the_prompt(local_backend):
+    from agent import Chat
+
+    def get_weather(city: str) -> str:
+        """Get the weather."""
+        return city
+
+    with Chat(backend=local_backend, tools=[get_weather], workspace=None) as chat:
+        assert chat.notices == [local_backend.tools_note]
+    with Chat(backend=local_backend, workspace=None) as chat:
+        assert chat.notices == []

@@ -150,3 +150,194 @@ def test_unrepairable_call_keeps_raw_text_for_the_loop():
     assert calls[0].name == "python" and calls[0].arguments == body
     with pytest.raises(ValueError, match="not valid JSON"):
         calls[0].parsed_arguments()
+
+
+# --- realistic outputs per format (written for these tests), and the cases servers disagree on -------
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"},
+                                                          "unit": {"type": "string"}}}}}
+ADD = {"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {
+    "a": {"type": "integer"}, "b": {"type": "integer"}, "note": {"type": "string"}}}}}
+SCHEMAS = [WEATHER, ADD, "python"]
+NAMES = ["get_weather", "add", "python"]
+
+
+def pairs(calls):
+    return [(c.name, args(c)) for c in calls]
+
+
+@pytest.mark.parametrize("reply, text, expected", [
+    # Hermes 2 Pro / Qwen 2.5: one block per call, text before.
+    ("I'll look that up for you.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n"
+     "</tool_call>", "I'll look that up for you.", [("get_weather", {"city": "Paris"})]),
+    ("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"unit\": \"celsius\"}}\n</tool_call>\n"
+     "<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 2, \"b\": 3}}\n</tool_call><|im_end|>", "",
+     [("get_weather", {"city": "Paris", "unit": "celsius"}), ("add", {"a": 2, "b": 3})]),
+    # QwQ: thinking first, then the call.
+    ("<think>\nThe user wants 2+3.\n</think>\n\n<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 2, \"b\": 3}}\n"
+     "</tool_call>", "<think>\nThe user wants 2+3.\n</think>", [("add", {"a": 2, "b": 3})]),
+    # A JSON list inside one block.
+    ('<tool_call>[{"name": "add", "arguments": {"a": 1, "b": 1}}, {"name": "add", "arguments": {"a": 2, "b": 2}}]'
+     '</tool_call>', "", [("add", {"a": 1, "b": 1}), ("add", {"a": 2, "b": 2})]),
+    # Llama 3.1 / 3.2: bare JSON with "parameters", one or several.
+    ('{"name": "get_weather", "parameters": {"city": "Tokyo"}}', "", [("get_weather", {"city": "Tokyo"})]),
+    ('{"name": "add", "parameters": {"a": 1, "b": 2}}\n{"name": "add", "parameters": {"a": 3, "b": 4}}', "",
+     [("add", {"a": 1, "b": 2}), ("add", {"a": 3, "b": 4})]),
+    ('{"name": "add", "parameters": {"a": 1, "b": 2}} {"name": "add", "parameters": {"a": 3, "b": 4}}', "",
+     [("add", {"a": 1, "b": 2}), ("add", {"a": 3, "b": 4})]),
+    ('{"name": "add", "parameters": {"a": 1, "b": 2}}, {"name": "add", "parameters": {"a": 3, "b": 4}}', "",
+     [("add", {"a": 1, "b": 2}), ("add", {"a": 3, "b": 4})]),
+    ('{"name": "add", "parameters": {"a": 1, "b": 2}}{"name": "add", "parameters": {"a": 3, "b": 4}}', "",
+     [("add", {"a": 1, "b": 2}), ("add", {"a": 3, "b": 4})]),
+    ('[{"name": "add", "parameters": {"a": 1, "b": 2}}]<|eot_id|>', "", [("add", {"a": 1, "b": 2})]),
+    ("Let me check.\n{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"}}", "Let me check.",
+     [("get_weather", {"city": "Oslo"})]),
+    # Llama 3.x after <|python_tag|>: `;`-separated, a repeated tag.
+    ('<|python_tag|>{"name": "add", "parameters": {"a": 1, "b": 2}}; {"name": "get_weather", "parameters": '
+     '{"city": "Rome"}}<|eom_id|>', "", [("add", {"a": 1, "b": 2}), ("get_weather", {"city": "Rome"})]),
+    ('Checking both.<|python_tag|>{"name": "add", "parameters": {"a": 1, "b": 2}}<|python_tag|>{"name": '
+     '"add", "parameters": {"a": 5, "b": 6}}', "Checking both.", [("add", {"a": 1, "b": 2}), ("add", {"a": 5, "b": 6})]),
+    ('<|python_tag|>{"name": "add", "parameters": {"a": 1, "b": 2}}; <|python_tag|>{"name": "add", '
+     '"parameters": {"a": 3, "b": 4}}', "", [("add", {"a": 1, "b": 2}), ("add", {"a": 3, "b": 4})]),
+    ("<|python_tag|>[x**2 for x in range(3)]<|eom_id|>", "", [("python", {"code": "[x**2 for x in range(3)]"})]),
+    # Granite 3: a JSON list after <|tool_call|>.
+    ('<|tool_call|>[{"name": "get_weather", "arguments": {"city": "Boston"}}]', "",
+     [("get_weather", {"city": "Boston"})]),
+    # Mistral: [TOOL_CALLS] with a list, and the newer NAME[ARGS]{...} form.
+    ('[TOOL_CALLS][{"name": "add", "arguments": {"a": 7, "b": 8}}]</s>', "", [("add", {"a": 7, "b": 8})]),
+    ('[TOOL_CALLS]get_weather[ARGS]{"city": "Lyon"}[TOOL_CALLS]add[ARGS]{"a": 1, "b": 1}', "",
+     [("get_weather", {"city": "Lyon"}), ("add", {"a": 1, "b": 1})]),
+    # A valid call followed by junk keeps the call; the junk stays text.
+    ('{"name": "add", "parameters": {"a": 1, "b": 2}}\n{', "{", [("add", {"a": 1, "b": 2})]),
+    ('{"name": "add", "parameters": {"a": 1, "b": 2}} I used {a} and {b} as inputs.',
+     "I used {a} and {b} as inputs.", [("add", {"a": 1, "b": 2})]),
+    ('<|python_tag|>{"name": "add", "parameters": {"a": 1, "b": 2}} {', "{", [("add", {"a": 1, "b": 2})]),
+])
+def test_formats(reply, text, expected):
+    got_text, calls = parse_tool_calls(reply, SCHEMAS)
+    assert pairs(calls) == expected and got_text == text
+    assert len({c.id for c in calls}) == len(calls)
+
+
+QWEN_XML = """I'll check the weather and add.
+<tool_call>
+<function=get_weather>
+<parameter=city>
+New York
+</parameter>
+</function>
+</tool_call>
+<tool_call>
+<function=add>
+<parameter=a>
+12
+</parameter>
+<parameter=b>
+30
+</parameter>
+<parameter=note>
+first line
+second line
+</parameter>
+</function>
+</tool_call>"""
+
+
+def test_qwen3_coder_xml_calls_typed_by_schema():
+    text, calls = parse_tool_calls(QWEN_XML, SCHEMAS)
+    assert text == "I'll check the weather and add."
+    assert pairs(calls) == [("get_weather", {"city": "New York"}),
+                            ("add", {"a": 12, "b": 30, "note": "first line\nsecond line"})]
+
+
+def test_qwen3_coder_xml_without_schema_keeps_strings():
+    _, calls = parse_tool_calls(QWEN_XML, NAMES)
+    assert args(calls[1])["a"] == "12"
+
+
+def test_qwen3_coder_xml_python_code_is_kept_verbatim():
+    code = 'for i in range(3):\n    print("<b>", i)\n'
+    _, calls = parse_tool_calls(f"<tool_call>\n<function=python>\n<parameter=code>\n{code}\n</parameter>\n"
+                                "</function>\n</tool_call>", [PYTHON := {"type": "function", "function": {
+                                    "name": "python", "parameters": {"properties": {"code": {"type": "string"}}}}}])
+    assert args(calls[0]) == {"code": code}
+
+
+def test_qwen3_coder_xml_cut_off_is_not_a_call():
+    reply = "<tool_call>\n<function=get_weather>\n<parameter=city>\nPar"
+    assert parse_tool_calls(reply, SCHEMAS) == (reply, [])
+
+
+@pytest.mark.parametrize("reply", [
+    '{"name": "Alice", "age": 30}',                    # a payload, not a call
+    '{"name": "Alice"}',
+    '{"name": "get_w',                                  # truncated
+    '<tool_call>{"name": "get_w',
+    '<|python_tag|>{"name": "get_w',
+    '<tool_call>{"name": "unknown_tool"}</tool_call>',  # no arguments and not offered
+    'See <function=add> for the details.',
+    '{"name": "get_weather", "parameters": {"city": "Par',   # cut inside a value: never completed
+    '[{"id": 1, "user": {"name": "get_weather"}}]',      # a nested name is not a call
+    '{"name": "get_weather", "parameters": {"city": "Paris"}, "reason": "asked"}',  # extra keys, no marker
+    'Use the format {"name": "add", "parameters": {"a": 1, "b": 2}} to call it.',  # inside prose
+])
+def test_not_calls(reply):
+    text, calls = parse_tool_calls(reply, SCHEMAS)
+    assert calls == [] and text.strip()
+
+
+def test_bare_json_needs_an_offered_name_but_a_marker_does_not():
+    assert parse_tool_calls('{"name": "delete_all", "parameters": {}}', SCHEMAS)[1] == []
+    _, calls = parse_tool_calls('<tool_call>{"name": "delete_all", "arguments": {}}</tool_call>', SCHEMAS)
+    assert calls[0].name == "delete_all"  # the loop answers which tools exist
+
+
+def test_name_only_object_is_a_call_of_an_offered_tool():
+    _, calls = parse_tool_calls('{"name": "get_weather"}', SCHEMAS)
+    assert pairs(calls) == [("get_weather", {})]
+
+
+@pytest.mark.parametrize("value, expected", [
+    ('"{\\"city\\": \\"Paris\\"}"', '{"city": "Paris"}'),  # a JSON-encoded object: decoded once
+    ('"Paris"', '"Paris"'),                                # a plain string: a JSON string
+    ("null", "{}"),
+])
+def test_string_arguments(value, expected):
+    _, calls = parse_tool_calls(f'<tool_call>{{"name": "get_weather", "arguments": {value}}}</tool_call>', SCHEMAS)
+    assert calls[0].arguments == expected
+
+
+def test_unrepairable_marked_call_ignores_a_nested_name():
+    body = '{"payload": {"name": "add"}, "x": 1 "y"}'
+    text, calls = parse_tool_calls(f"<tool_call>{body}</tool_call>", SCHEMAS)
+    assert calls == [] and body in text
+
+
+def test_stream_holds_back_calls_and_shows_text():
+    from agent.models.toolparse import ToolCallStream
+
+    reply = 'Sure, one moment.\n<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>'
+    s = ToolCallStream(SCHEMAS)
+    shown = "".join(s.feed(reply[i:i + 3]) for i in range(0, len(reply), 3))
+    tail, content, calls = s.finish()
+    assert shown == "Sure, one moment.\n" and tail == "" and content == "Sure, one moment."
+    assert pairs(calls) == [("add", {"a": 1, "b": 2})]
+
+
+def test_stream_releases_held_text_that_was_no_call():
+    from agent.models.toolparse import ToolCallStream
+
+    reply = "Here is a dict:\n{\"name\": \"Alice\"}\nand a < sign"
+    s = ToolCallStream(SCHEMAS)
+    shown = "".join(s.feed(ch) for ch in reply)
+    tail, content, calls = s.finish()
+    assert shown == "Here is a dict:\n" and shown + tail == reply and calls == []
+
+
+def test_stream_does_not_hold_code_blocks():
+    from agent.models.toolparse import ToolCallStream
+
+    s = ToolCallStream(SCHEMAS)
+    reply = "```python\nd = {\n  1: 2}\nprint(d)\n```\n"
+    assert "".join(s.feed(ch) for ch in reply) == reply

@@ -1,0 +1,173 @@
+"""JSON pieces of the tool-call parser (toolparse.py): repair of malformed JSON, and what counts as a
+call object. Conventions are in toolparse.py's docstring and the README ("Tool calls written as text")."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Any
+
+from agent.core.messages import ToolCall
+
+_LITERALS = {"True": "true", "False": "false", "None": "null"}
+# The keys a call object may have; a bare JSON object (no marker before it) with others is not a call.
+CALL_KEYS = {"name", "arguments", "parameters", "id", "type"}
+
+
+def new_call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:16]}"
+
+
+class Offered:
+    """The tools offered: names (None = unknown, anything goes) and their parameter schemas."""
+
+    def __init__(self, tools: Any = None) -> None:
+        self.schemas: dict[str, dict[str, Any]] = {}
+        names: set[str] = set()
+        for t in tools or ():
+            if isinstance(t, str):
+                names.add(t)
+            elif isinstance(t, dict):
+                fn = t.get("function", t)
+                names.add(fn.get("name", ""))
+                self.schemas[fn.get("name", "")] = fn.get("parameters") or {}
+        self.names: set[str] | None = names or None
+
+    def has(self, name: str) -> bool:
+        return self.names is None or name in self.names
+
+    def param_type(self, tool: str, param: str) -> Any:
+        """The JSON-schema type of a parameter, or None when unknown."""
+        prop = (self.schemas.get(tool, {}).get("properties") or {}).get(param) or {}
+        return prop.get("type")
+
+
+def call_from_object(obj: Any, offered: Offered, marked: bool) -> ToolCall | None:
+    """A call from one decoded JSON value, or None when it is not call-shaped.
+
+    Call-shaped: a string `name` with `arguments` or `parameters` (or the OpenAI `{"function": {...}}`
+    wrapper). After a call marker (`marked`) that suffices; a bare object must also use only the call
+    keys and name an offered tool. An object with a name alone is a call only of an offered tool."""
+    if not isinstance(obj, dict):
+        return None
+    fn = obj.get("function")
+    body = fn if isinstance(fn, dict) else obj
+    keys = set(obj) - {"function"} | set(body) if isinstance(fn, dict) else set(obj)
+    name = body.get("name")
+    if not isinstance(name, str) or not name.strip():
+        return None
+    has_args = "arguments" in body or "parameters" in body
+    offered_name = offered.names is not None and name in offered.names
+    if not marked and (not keys <= CALL_KEYS or not offered.has(name)):
+        return None
+    if not (offered_name or has_args):
+        return None
+    args = body.get("arguments", body.get("parameters"))
+    return ToolCall(id=new_call_id(), name=name, arguments=arguments_text(args))
+
+
+def arguments_text(args: Any) -> str:
+    """Arguments as JSON text. A string holding a JSON object is decoded once; any other string
+    becomes a JSON string (the loop then says arguments must be an object); null is `{}`."""
+    if args is None:
+        return "{}"
+    if isinstance(args, str):
+        fixed = repair_json(args, close_strings=False)
+        decoded = json.loads(fixed) if fixed is not None else None
+        if isinstance(decoded, dict):
+            args = decoded
+    return json.dumps(args, ensure_ascii=False)
+
+
+def repair_json(text: str, *, close_strings: bool = True) -> str | None:
+    """Valid JSON text for `text`, repairing unambiguous mistakes; None if it cannot be parsed.
+    `close_strings=False`: text cut inside a string (a truncated value) is not repaired."""
+    text = text.strip()
+    if text.startswith("```"):
+        text = re.sub(r"^```[a-zA-Z]*\s*|\s*```$", "", text)
+    try:
+        json.loads(text)
+        return text
+    except json.JSONDecodeError:
+        pass
+    fixed, open_string = _normalize(text)
+    if open_string and not close_strings:
+        return None
+    try:
+        json.loads(fixed)
+        return fixed
+    except json.JSONDecodeError:
+        pass
+    # An extra closing bracket after a complete value (`{...}}`) is a common slip.
+    try:
+        value, end = json.JSONDecoder().raw_decode(fixed)
+    except json.JSONDecodeError:
+        return None
+    if re.fullmatch(r"[\s}\];]*", fixed[end:]):
+        return json.dumps(value, ensure_ascii=False)
+    return None
+
+
+def _normalize(text: str) -> tuple[str, bool]:
+    """One pass over the text: single-quoted strings -> double, raw control chars in strings escaped,
+    Python literals -> JSON, trailing commas dropped, unclosed strings/brackets closed. Also says
+    whether the text ended inside a string."""
+    out: list[str] = []
+    stack: list[str] = []
+    quote: str | None = None
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if quote:
+            if c == "\\" and i + 1 < n:
+                nxt = text[i + 1]
+                out.append("'" if (quote == "'" and nxt == "'") else c + nxt)
+                i += 2
+                continue
+            if c == quote:
+                out.append('"')
+                quote = None
+            elif c == '"':  # a double quote inside a single-quoted string
+                out.append('\\"')
+            elif c in "\n\r\t":
+                out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t"}[c])
+            else:
+                out.append(c)
+            i += 1
+            continue
+        if c in "\"'":
+            quote = c
+            out.append('"')
+        elif c in "{[":
+            stack.append(c)
+            out.append(c)
+        elif c in "}]":
+            _drop_trailing_comma(out)
+            if stack:
+                stack.pop()
+            out.append(c)
+        else:
+            word = re.match(r"[A-Za-z_]+", text[i:])
+            if word and word.group(0) in _LITERALS:
+                out.append(_LITERALS[word.group(0)])
+                i += len(word.group(0))
+                continue
+            out.append(word.group(0) if word else c)
+            i += len(word.group(0)) if word else 1
+            continue
+        i += 1
+    open_string = quote is not None
+    if quote:
+        out.append('"')
+    _drop_trailing_comma(out)
+    for b in reversed(stack):
+        out.append("}" if b == "{" else "]")
+    return "".join(out), open_string
+
+
+def _drop_trailing_comma(out: list[str]) -> None:
+    s = "".join(out).rstrip()
+    if s.endswith(","):
+        s = s[:-1]
+    out[:] = [s]

@@ -1,0 +1,91 @@
+"""The configuration file: flags' defaults, strict checks, and the precedence flag > env > file > built-in."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agent.frontends import cli
+from agent.frontends.cli import build_parser, prompt_parser
+from agent.frontends.config import apply, config_path, load_config
+
+
+@pytest.fixture(autouse=True)
+def cfg(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    for var in ("KERNELCHAT_MODEL", "OPENAI_BASE_URL", "KERNELCHAT_GATEWAY_URL"):
+        monkeypatch.delenv(var, raising=False)
+    path = config_path()
+    path.parent.mkdir(parents=True)
+    assert path == tmp_path / "cfg" / "kernelchat" / "config.toml"
+    return path
+
+
+GOOD = """model = "from-file"
+base_url = "http://localhost:8000/v1"
+[budget]
+max_usd = 2
+max_steps = 4
+[sandbox]
+network = true
+memory_mb = 2048
+timeout = 30
+"""
+
+
+def parsed(*argv: str):
+    p = prompt_parser()
+    apply(p, load_config())
+    return p.parse_args(list(argv))
+
+
+def test_the_file_sets_defaults_and_flags_win(cfg):
+    cfg.write_text(GOOD)
+    a = parsed()
+    assert (a.model, a.base_url, a.max_usd, a.max_steps, a.network, a.memory_mb, a.timeout) == \
+        ("from-file", "http://localhost:8000/v1", 2, 4, True, 2048, 30)
+    assert a.max_tokens is None and a.gpu is False  # not in the file: the built-in defaults
+    b = parsed("--model", "flag", "--max-steps", "7", "--memory-mb", "512")
+    assert (b.model, b.max_steps, b.memory_mb) == ("flag", 7, 512)
+
+
+def test_environment_variables_win_over_the_file(cfg, monkeypatch):
+    cfg.write_text(GOOD)
+    monkeypatch.setenv("KERNELCHAT_MODEL", "from-env")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://env.example/v1")
+    a = parsed()
+    assert a.model is None and a.base_url is None  # left to the variables, which the backends read
+    assert parsed("--model", "flag").model == "flag"
+
+
+def test_exec_takes_the_sandbox_values_only(cfg):
+    cfg.write_text(GOOD)
+    a = build_parser(load_config()).parse_args(["exec", "print(1)"])
+    assert (a.network, a.memory_mb, a.timeout) == (True, 2048, 30) and not hasattr(a, "max_usd")
+
+
+def test_no_file_is_no_configuration():
+    assert parsed().model is None and parsed().max_steps == 10
+
+
+@pytest.mark.parametrize("text, words", [
+    ("modle = 'x'\n", ["unknown key 'modle'", "remove it or fix its spelling"]),
+    ("[sandbox]\nnetwrk = true\n", ["unknown key 'sandbox.netwrk'"]),
+    ("[budget]\nmax_usd = 'lots'\n", ["budget.max_usd", "valid number", "'lots'"]),
+    ("[sandbox]\nnetwork = 'yes'\n", ["sandbox.network", "valid boolean"]),
+    ("[sandbox]\nmemory_mb = 1.5\n", ["sandbox.memory_mb", "valid integer"]),
+    ("[budget]\nmax_steps = 0\n", ["budget.max_steps", "greater than 0"]),
+    ("[sandbox]\nisolation = 'docker'\n", ["sandbox.isolation"]),
+    ("model = [1\n", ["not valid TOML"]),
+])
+def test_a_bad_file_is_one_sentence_naming_the_file_and_key_exit_2(cfg, capsys, text, words):
+    cfg.write_text(text)
+    assert cli.main(["hi", "--json"]) == 2
+    out, err = capsys.readouterr()
+    message = json.loads(out)["error"]
+    assert message.startswith(f"{cfg}:") and "Traceback" not in err and "\n" not in message
+    for w in words:
+        assert w in message
+    assert cli.main(["exec", "print(1)"]) == 2  # every command that reads it
