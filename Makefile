@@ -25,6 +25,8 @@ test: setup
 bench: setup
 	$(PY) bench/kernel_bench.py
 	$(PY) bench/backend_bench.py
+	$(PY) bench/local_speed.py
+	$(PY) bench/tool_call_rate.py
 	$(PY) bench/gateway_bench.py
 	$(PY) bench/small_model_accuracy.py
 

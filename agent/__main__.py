@@ -1,5 +1,5 @@
 """`python -m agent`: the same as the `kernelchat` command."""
 
-from agent.frontends.cli import main
+from agent.frontends.cli import run
 
-raise SystemExit(main())
+run()

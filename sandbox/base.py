@@ -44,7 +44,8 @@ _live: "weakref.WeakSet[Kernel]" = weakref.WeakSet()
 
 
 @atexit.register
-def _close_all() -> None:
+def close_all_kernels() -> None:
+    """Close every kernel still open (at exit: their processes, cgroups and temporary folders)."""
     for k in list(_live):
         try:
             k.close()

@@ -39,6 +39,7 @@ class ToolResultEvent(BaseModel):
     images: list[str] = Field(default_factory=list)
     duration: float = 0.0
     value: str | None = None  # small-model mode: the short value the code printed, taken as the answer
+    execution_count: int | None = None  # the kernel's count for the cell (Out [k]); None: no cell ran
 
 
 class UsageEvent(BaseModel):

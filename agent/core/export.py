@@ -21,6 +21,7 @@ from pygments.lexers import PythonLexer
 
 from agent.core.store import ConversationFile, atomic_write
 from agent.core.tree import CellRecord, Figure, Node, TurnOutcome
+from sandbox.safefs import UnsafePath, replace_file
 
 FAILED = {"error": "Error", "timeout": "Timed out", "died": "Kernel died", "interrupted": "Interrupted"}
 # What a turn's end says when the outcome carries no note of its own
@@ -221,6 +222,12 @@ def write_markdown(path: str | Path, conv: ConversationFile, header: str = "") -
                 raise ValueError(f"cannot write the export's images to {folder}: it exists and is not a "
                                  "folder (a file or a link); remove it or export under another name") from None
         for rel, data in files.items():
-            atomic_write(path.parent / rel, data)  # replaces a link at that name, never writes through it
+            # The folder is opened O_NOFOLLOW for each file (a check then a path would let code in a
+            # workspace swap in a link between the two); a link at the file's name is replaced.
+            try:
+                replace_file(path.parent, rel, [data])
+            except UnsafePath as e:
+                raise ValueError(f"cannot write the export's images to {folder} ({e}); remove it or "
+                                 "export under another name") from None
     atomic_write(path, header + text)
     return path

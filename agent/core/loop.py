@@ -66,7 +66,6 @@ def steps(session: "Session") -> Iterator[Event]:
     note = f"stopped after {session.max_steps} steps without a final answer"
     session.end_turn("max_steps", note)
     text = (last_text.strip() + "\n\n" if last_text.strip() else "") + f"[{note}]"
-    yield NoticeEvent(text=f"max_steps ({session.max_steps}) reached")
     yield AnswerEvent(text=text, steps=session.max_steps, outcome="max_steps")
 
 
@@ -187,7 +186,8 @@ def _record(session: "Session", call: ToolCall, outcome: Outcome) -> Iterator[Ev
         session.record_cell(node.id)
     ev = ToolResultEvent(id=call.id, name=call.name, status=outcome.status, output=text, code=outcome.code,
                          images=res.images if res else [], duration=res.duration if res else 0.0,
-                         value=session.strategy.cell_value(res) if res else None)
+                         value=session.strategy.cell_value(res) if res else None,
+                         execution_count=res.execution_count if res else None)
     yield ev
     return ev
 

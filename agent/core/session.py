@@ -41,12 +41,13 @@ class Session:
                  sync: Sync = "replay", replay: Replay = "completed", approve: Approve | None = None, temperature: float | None = None,
                  path: str | Path | None = None, progress: bool = True, strategy: TurnStrategy = PLAIN,
                  price_of: PriceOf | None = None, price_help: PriceHelp | None = None,
-                 parse_calls: ParseCalls | None = None, **kernel_options: Any):
+                 parse_calls: ParseCalls | None = None, notebook: str | Path | None = None, **kernel_options: Any):
         """`strategy`: how a turn runs (the plain tool loop by default). `price_of`: a model's price
         (None: unknown), for money budgets and `price`; `price_help`: where to give a missing one.
         `parse_calls`: makes a reply's python blocks calls, for models that write no tool calls.
         `replay`: which of the branch's cells a replay re-runs: "completed" (ok or an ordinary error;
-        not interrupted, timed out or killed ones) or "all"."""
+        not interrupted, timed out or killed ones) or "all". `notebook`: an .ipynb whose code cells
+        run first, as the conversation's first exchange (see agent.core.notebook_start)."""
         if sync not in ("replay", "keep", "reset"):
             raise ValueError(f"sync must be 'replay', 'keep' or 'reset', got {sync!r}")
         if replay not in ("completed", "all"):
@@ -74,6 +75,14 @@ class Session:
         self.path = Path(path) if path else None
         self.notices: list[str] = []  # written from the first message on: no file for a run without a prompt
         self.turn_ended = False  # the running turn's outcome is stored
+        if notebook is not None:
+            from agent.core.notebook_start import run_notebook  # here: it imports the loop, as this does
+
+            try:
+                run_notebook(self, notebook)
+            except BaseException:  # no Session to close for the caller: its kernel is closed here
+                self.close()
+                raise
 
     def use_backend(self, backend: Backend) -> None:
         """Talk to another model from the next request on; the system prompt stays. A money budget

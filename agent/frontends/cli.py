@@ -2,6 +2,7 @@
 
     kernelchat                                   the terminal chat (same flags as the one shot)
     kernelchat "What is 2**100? Use Python."     one shot: the answer, with each cell and its output
+    kernelchat --notebook NB.ipynb "Plot it"     start from a notebook: its code cells run first
     kernelchat exec "print(1)"                   run code in the sandbox
     kernelchat tokens REQUEST.json --model M     count a request's prompt tokens
     kernelchat models                            what models are configured and available
@@ -17,25 +18,30 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import itertools
 import json
+import os
 import sys
 import tomllib
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from rich.console import Console
 from rich.panel import Panel
 from rich.text import Text
 
 from agent.frontends import config
-from agent.frontends.options import (add_budget_args, add_model_args, add_sandbox_args, chat_options,
-                                     check_options, check_sandbox_options, conversation_path, kernel_options)
+from agent.frontends.options import (add_budget_args, add_model_args, add_notebook_arg, add_sandbox_args,
+                                     chat_options, check_options, check_sandbox_options, conversation_path,
+                                     kernel_options)
 from agent.frontends.render import safe_line, safe_text
+
+if TYPE_CHECKING:
+    from sandbox import ExecResult
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
     """Run Python in the sandbox and show what it produced (the kernel's control codes made visible)."""
-    from agent.frontends.render import code_panel
     from sandbox import Kernel
 
     console = Console()
@@ -45,7 +51,18 @@ def cmd_exec(args: argparse.Namespace) -> int:
         res = kernel.execute(code)
     if args.json:
         print(json.dumps(res.model_dump(mode="json"), indent=2))  # ASCII only: no raw C1 or bidi control
-        return 0 if res.ok else 1
+    else:
+        show_exec_result(console, code, res)
+    if kernel.kept_workspace is not None:  # a temporary workspace the code left files in stays: say where
+        Console(stderr=True).print(Text(f"files kept in {safe_line(str(kernel.kept_workspace))}", style="dim"),
+                                   soft_wrap=True)  # on stderr, as the one-shot does: stdout stays the result
+    return 0 if res.ok else 1
+
+
+def show_exec_result(console: Console, code: str, res: "ExecResult") -> None:
+    """`kernelchat exec`'s cell and result panels."""
+    from agent.frontends.render import code_panel
+
     console.print(code_panel(code, title="cell", border_style="none"))
     body = res.stdout + (res.stderr if res.stderr else "")
     if res.result is not None:
@@ -59,7 +76,6 @@ def cmd_exec(args: argparse.Namespace) -> int:
     style = "green" if res.ok else "red"
     console.print(Panel(Text(safe_text(body.rstrip()) or "(no output)"), border_style=style,
                         title=Text(f"{safe_line(res.status)} in {res.duration * 1000:.0f} ms"), title_align="left"))
-    return 0 if res.ok else 1
 
 
 def cmd_prompt(args: argparse.Namespace) -> int:
@@ -85,25 +101,39 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     if not prompt.strip():
         raise ValueError("the prompt is empty; ask a question, or run kernelchat without one for the chat")
     check_options(args)  # before the model loads: a bad value is one sentence at once
+    from agent.frontends.warmup import EarlyKernel, Timings
+
+    timings = Timings() if args.timings else None
+    early = EarlyKernel(kernel_options(args))  # comes up while the model loads
+    try:
+        chat = load_chat(args, early, timings)
+    except BaseException:
+        early.close()
+        raise
     printer = None if args.json else EventPrinter(Console(stderr=False))
     calls: list[dict] = []
     answer, steps, stopped = "", 0, None
-    from agent.chat import Chat
-
-    with Chat(**chat_options(args)) as chat:
+    with chat:
         if args.confirm:  # ask before each cell, as the terminal chat does
             from agent.frontends.repl import confirm_cell
 
             chat.approve = confirm_cell
         path = None if args.no_save else conversation_path(chat, args.save, prompt)
         existed = path is not None and path.exists()
+        events = chat.run(prompt)
+        if args.notebook:  # its cells first, shown as the model's are (and listed in --json's tool_calls)
+            from agent.core.notebook_start import notebook_events
+
+            events = itertools.chain(notebook_events(chat, args.notebook), events)
         try:
-            for ev in chat.run(prompt):
+            for ev in events:
                 if printer:
                     printer(ev)
                 if isinstance(ev, ToolResultEvent):
                     calls.append({"name": ev.name, "code": ev.code, "status": ev.status, "output": ev.output,
                                   "images": ev.images})
+                if timings:
+                    timings.add_event(ev)
                 if isinstance(ev, AnswerEvent):
                     answer, steps = ev.text, ev.steps
         except BudgetExceeded as e:
@@ -128,7 +158,26 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     from agent.frontends.workspaces import say_kept_workspace
 
     say_kept_workspace(chat, Console(stderr=True))  # closed now: a temporary workspace with files stays
+    if timings:
+        if early.seconds is not None:
+            timings.add("kernel_start", early.seconds)
+        print(timings.line(), file=sys.stderr)
     return 3 if stopped else 0
+
+
+def load_chat(args: argparse.Namespace, early: Any, timings: Any) -> Any:
+    """The one shot's Chat on the early kernel; with --timings, the model's import and load timed apart."""
+    from contextlib import nullcontext
+
+    from agent.models import default_model, is_local_model
+
+    phase = timings.phase if timings else (lambda name: nullcontext())
+    with phase("import"):  # torch and transformers for a local model: seconds, while the kernel starts
+        if is_local_model(args.model or default_model()) and not args.base_url:
+            import agent.models.local  # noqa: F401
+        from agent.chat import Chat
+    with phase("model_load"):
+        return Chat(kernel=early.kernel, **chat_options(args))
 
 
 class UsageError(ValueError):
@@ -195,6 +244,10 @@ def prompt_parser() -> argparse.ArgumentParser:
     p.add_argument("--confirm", action="store_true", help="ask before each cell runs: run, skip, or edit it")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="ID|PATH",
                    help="continue a saved conversation in the chat: the newest, or this id (a prefix will do) or file")
+    p.add_argument("--timings", action="store_true",
+                   help="print where the time went (startup, import, model load, kernel start, generation, "
+                        "execution) to stderr")
+    add_notebook_arg(p)
     add_model_args(p)
     add_budget_args(p)
     add_sandbox_args(p)
@@ -254,5 +307,19 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run() -> NoReturn:
+    """The `kernelchat` command (and `python -m agent`): `main`, then every kernel closed, then exit
+    without the interpreter's teardown of torch and transformers, which measured 1.5 s of every
+    one-shot's wall time (os._exit: no other exit handler runs, and none is needed once the output
+    is flushed; a background fp16 packing simply stops with the process)."""
+    from sandbox.base import close_all_kernels
+
+    code = main()
+    close_all_kernels()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -82,6 +82,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "kernel": ("/kernel restart|reset", "restart the kernel and replay the branch's cells, or start clean"),
     "files": ("/files", "the files in the kernel's workspace"),
     "upload": ("/upload PATH", "copy a file or folder into the workspace"),
+    "notebook": ("/notebook PATH", "run a Jupyter notebook's code cells on this branch; the model sees them"),
     "help": ("/help", "this list, and the keys"),
     "quit": ("/quit", "leave (Ctrl-D does too)"),
 }
@@ -166,7 +167,7 @@ def _parse(name: str, rest: str) -> Command:
         return Command("edit", index=int(rest))
     if name in ("system",):
         return Command(name, arg=rest or None)  # free text: no quoting needed
-    if name in ("switch", "load", "upload"):
+    if name in ("switch", "load", "upload", "notebook"):
         return Command(name, arg=_one_arg(name, rest, required=True))
     if name in ("model", "save"):
         return Command(name, arg=_one_arg(name, rest, required=False))
@@ -400,6 +401,13 @@ def _do_files(repl: ChatView, cmd: Command) -> None:
 def _do_upload(repl: ChatView, cmd: Command) -> None:
     target = repl.chat.kernel().upload(cmd.arg)
     repl.notice(f"uploaded: {target}")
+
+
+def _do_notebook(repl: ChatView, cmd: Command) -> None:
+    from agent.core.notebook_start import notebook_cells, notebook_events
+
+    notebook_cells(cmd.arg)  # a bad file: one sentence naming it, before anything is added
+    repl.run_turn(notebook_events(repl.chat, cmd.arg))
 
 
 def _do_help(repl: ChatView, cmd: Command) -> None:

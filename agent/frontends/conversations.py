@@ -52,8 +52,17 @@ def list_conversations(folder: Path | None = None) -> list[dict[str, Any]]:
 def _when(stamp: str) -> float:
     try:
         return datetime.fromisoformat(stamp).timestamp()
-    except ValueError:
+    except (ValueError, OverflowError, OSError):
         return 0.0
+
+
+def _shown_date(stamp: str) -> str:
+    """A creation time as the table shows it; the file's own text when it is not a time (a file
+    written by hand or by another program must not break the listing)."""
+    try:
+        return datetime.fromisoformat(stamp).astimezone().strftime("%Y-%m-%d %H:%M")
+    except (ValueError, OverflowError, OSError):
+        return safe_line(one_line(stamp, 16))
 
 
 def find_conversation(ref: str | None, folder: Path | None = None) -> Path:
@@ -106,7 +115,7 @@ def cmd_conversations(args: argparse.Namespace) -> int:
             table.add_row(safe_line(i["id"][:12]), i["modified"][:16].replace("T", " "),
                           Text(f"unreadable: {safe_line(Path(i['path']).name)}", style="red"), "", "", _size(i["size"]))
             continue
-        when = datetime.fromisoformat(i["created"]).astimezone().strftime("%Y-%m-%d %H:%M")
+        when = _shown_date(i["created"])
         table.add_row(safe_line(i["id"]), when, safe_line(one_line(i["first_prompt"], 60)), safe_line(i["model"]),
                       f"${i['cost_usd']:.4f}", f"{i['messages']} msg, {_size(i['size'])}")
     console.print(table)

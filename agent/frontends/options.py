@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from agent.core.budget import Budget
 from agent.core.dirs import conversations_dir
+from agent.core.notebook_start import notebook_cells
 from agent.core.store import file_name
 
 
@@ -37,6 +38,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--base-url", default=None, help="an OpenAI-compatible server (vLLM, llama.cpp, Ollama, ...)")
     g.add_argument("--api-key", default=None, help="default: $OPENAI_API_KEY")
     g.add_argument("--system", default=None, help="replace the default system prompt")
+
+
+def add_notebook_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--notebook", metavar="PATH", default=None,
+                   help="start from a Jupyter notebook: its code cells run first and the model sees them")
 
 
 def add_budget_args(p: argparse.ArgumentParser) -> None:
@@ -127,6 +133,8 @@ def check_options(args: argparse.Namespace) -> None:
     """Every value the one shot and the chat take, checked before a model loads: one sentence (ValueError)."""
     if args.save and not args.no_save:
         check_save_path(args.save)
+    if getattr(args, "notebook", None):  # a bad file: one sentence naming it, before the model loads
+        notebook_cells(args.notebook)
     check_budget_options(args)
     check_sandbox_options(args)
 

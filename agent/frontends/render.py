@@ -18,7 +18,6 @@ from __future__ import annotations
 import re
 import time
 from collections import deque
-from typing import Callable
 
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.markdown import Markdown
@@ -179,9 +178,6 @@ class EventPrinter:
         self.show_usage = show_usage
         self._streamed = ""
         self._fence = FenceFilter()
-        # The kernel's execution count of the cell just run (its result panel shows `Out [k]`, as
-        # tracebacks say `Cell In[k]` and the exports `In [k]`); None: not shown.
-        self.cell_count: Callable[[], int | None] | None = None
 
     def __call__(self, ev: Event) -> None:
         c = self.console
@@ -195,7 +191,8 @@ class EventPrinter:
                 c.print(Text(f"→ {safe_line(ev.name)}({safe_text(ev.arguments)})", style="cyan"))
         elif isinstance(ev, ToolResultEvent):
             style = STATUS_STYLE.get(ev.status, "white")
-            count = self.cell_count() if self.cell_count is not None and ev.code is not None else None
+            # the kernel's count, as tracebacks say `Cell In[k]` and the exports `In [k]`
+            count = ev.execution_count
             title = (f"Out [{count}] · " if count else "") + safe_line(ev.status) + \
                 (f" · {ev.duration * 1000:.0f} ms" if ev.duration else "")
             c.print(Panel(Text(safe_text(ev.output.rstrip()) or "(no output)"), title=Text(title),

@@ -39,8 +39,9 @@ from agent.core.events import Event, NoticeEvent, TextEvent, ToolCallEvent, Tool
 from agent.core.prompts import DEFAULT_SYSTEM
 from agent.smallmodel.strategy import SMALL_MODEL_SYSTEM
 from agent.frontends.conversations import find_conversation, resume_options, show_loaded
-from agent.frontends.options import chat_options, check_save_path, conversation_path
+from agent.frontends.options import chat_options, check_save_path, conversation_path, kernel_options
 from agent.frontends.render import EventPrinter, RunningView, code_panel, safe_line, safe_text
+from agent.frontends.warmup import EarlyKernel
 from agent.frontends.workspaces import close_chat
 
 
@@ -152,8 +153,8 @@ class ChatCompleter(Completer):
         elif name == "switch":
             choices = [b.id for b in self.repl.chat.branches()]
         elif name == "export" and " " not in rest:
-            choices = ["md", "html"]
-        elif name in ("save", "load", "upload", "export"):
+            choices = ["md", "html", "ipynb"]
+        elif name in ("save", "load", "upload", "export", "notebook"):
             arg = rest.split(" ", 1)[1] if name == "export" else rest
             yield from self.paths.get_completions(Document(arg), event)
             return
@@ -219,7 +220,6 @@ class Repl:
         self.chat, self.console, self.options, self.args = chat, console, options, args
         self.confirm = confirm
         self.printer = ReplPrinter(console, defer_cells=confirm)
-        self.printer.cell_count = self._cell_count
         self.editing: int | None = None  # /edit N in progress
         self.prefill = ""
         self.done = False
@@ -362,12 +362,6 @@ class Repl:
         self.printer.waiting()
         return False
 
-    def _cell_count(self) -> int | None:
-        """The kernel's execution count of the cell whose result was just recorded (the leaf)."""
-        tree = self.chat.tree
-        cell = tree.nodes[tree.leaf].cell if tree.leaf in tree.nodes else None
-        return cell.execution_count if cell is not None else None
-
     # -- what the commands use -----------------------------------------------------------------
 
     def notice(self, text: str) -> None:
@@ -458,8 +452,14 @@ def main(args: argparse.Namespace, backend: Any = None, console: Console | None 
     if backend is not None:
         options["backend"] = backend
     resume = find_conversation(args.resume or None) if getattr(args, "resume", None) is not None else None
-    with console.status(Text(f"loading {safe_line(str(resume or args.model or 'the model'))}…")):
-        chat = Chat.load(resume, **resume_options(args, options)) if resume else Chat(**options)
+    early = EarlyKernel(kernel_options(args))  # comes up while the model loads (not in `options`: /load makes its own)
+    try:
+        with console.status(Text(f"loading {safe_line(str(resume or args.model or 'the model'))}…")):
+            chat = (Chat.load(resume, kernel=early.kernel, **resume_options(args, options)) if resume
+                    else Chat(kernel=early.kernel, **options))
+    except BaseException:
+        early.close()
+        raise
     if args.no_save or args.save:  # a resumed conversation's file is left as it was
         chat.path = None if args.no_save else conversation_path(chat, args.save)  # written from the first prompt on
     repl = Repl(chat, console, options, args, confirm=getattr(args, "confirm", False))
@@ -471,6 +471,8 @@ def main(args: argparse.Namespace, backend: Any = None, console: Console | None 
     if resume:
         show_loaded(console, resume, chat)
     try:
+        if getattr(args, "notebook", None):  # its cells first, shown as a turn's are
+            commands.handle(repl, commands.Command("notebook", arg=args.notebook))
         repl.loop()
     finally:
         close_chat(repl.chat, console)

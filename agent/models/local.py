@@ -14,6 +14,7 @@ import json
 import re
 import threading
 import time
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,6 +31,8 @@ from agent.core.messages import Done, Message, Reply, StreamEvent, TextDelta, To
 from agent.models.toolparse import ToolCallStream, parse_tool_calls
 from agent.models.toolprompt import described_tools, template_renders_tools, with_tool_prompt
 from agent.models.grounding import GroundedCode
+from agent.models.precision import Fp16Packer, Precision, load_dtype
+from agent.models.precision import choose as precision_for
 from tools.python_tool import PYTHON_FENCE_CLOSED
 
 EMBEDDED_ALIASES = {"hf:smollm2", "smollm2", "hf:embedded", "embedded"}
@@ -56,14 +59,20 @@ def resolve_model_path(model: str, progress: bool = True) -> str:
     return name  # a Hub id: only the local HF cache is consulted (local_files_only)
 
 
-def pick_device(device: str | None = None, dtype: torch.dtype | str | None = None) -> tuple[str, torch.dtype]:
-    """cuda + bf16 when available, else cpu + fp32 (fp16/bf16 matmuls are slow or lossy on CPU)."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    if dtype is None:
-        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return device, dtype
+def pick_device(device: str | None = None) -> str:
+    """cuda when available, else cpu."""
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to `n` for a while."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class _Cancel(StoppingCriteria):
@@ -96,25 +105,28 @@ class _FenceStop(StoppingCriteria):
 class LocalBackend(Backend):
     """The Backend protocol over a transformers causal LM in this process."""
 
-    def __init__(self, model: str = "hf:smollm2", *, device: str | None = None,
-                 dtype: torch.dtype | str | None = None, cpu_fp16: bool = False, reuse_cache: bool = True,
-                 progress: bool = True) -> None:
+    def __init__(self, model: str = "hf:smollm2", *, device: str | None = None, precision: Precision = "auto",
+                 reuse_cache: bool = True, progress: bool = True) -> None:
+        """`precision`: "auto" (fp16 weights on a CPU, bf16 on a GPU: see agent/models/precision.py),
+        "fp32", "fp16" or "bf16"."""
         self.model = model
         self.reuse_cache = reuse_cache
+        self.device = pick_device(device)
+        self.precision = precision_for(self.device, precision)  # a bad value: ValueError before loading
         path = resolve_model_path(model, progress=progress)
-        self.device, self.dtype = pick_device(device, dtype)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
             with quiet_loading():  # no "Loading weights" bar on every start
-                self.hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype, local_files_only=True)
+                self.hf_model = AutoModelForCausalLM.from_pretrained(
+                    path, dtype=load_dtype(self.device, self.precision), local_files_only=True)
         except OSError as e:
             raise BackendError(f"cannot load local model {model!r}: it is not a folder, a .gguf file, or a "
                                f"Hub id in the local Hugging Face cache (this machine may be offline): {e}") from None
         self.hf_model.to(self.device).eval()
-        if cpu_fp16 and self.device == "cpu":
-            # fp16 weights halve the bytes read per token; same greedy output as fp32 on SmolLM2 (checked).
-            self.hf_model = torch.ao.quantization.quantize_dynamic(self.hf_model, {torch.nn.Linear},
-                                                                   dtype=torch.float16)
+        # fp16 weights on a CPU are packed in the background and take over between generations
+        # (precision.Fp16Packer); GPUs load in their precision directly.
+        self.fp16 = Fp16Packer(self.hf_model) if self.device == "cpu" and self.precision == "fp16" else None
+        self.last_tokens: list[int] = []  # the token ids of the last reply (benchmarks compare them)
         cfg = self.hf_model.config
         self.context_window: int = int(getattr(cfg, "max_position_embeddings", None)
                                        or min(self.tokenizer.model_max_length, 1 << 20))
@@ -220,8 +232,14 @@ class LocalBackend(Backend):
                   streamer: TextIteratorStreamer | None = None, cancel: _Cancel | None = None,
                   stop_after_code: bool = False, numbers: set[str] | None = None,
                   favour: str | None = None, bonus: float = 0.0,
-                  stop_after_call: bool = False) -> tuple[list[int], int]:
+                  stop_after_call: bool = False, packing: bool = True) -> tuple[list[int], int]:
         """Run model.generate with the reused cache; returns (generated ids, prompt tokens reused)."""
+        if packing and self.fp16 is not None and not self.fp16.swap():  # no forward pass runs now: swap if all are packed
+            # Still packing on a thread: torch's worker threads spin-wait for each other, and beside a
+            # busy thread on two cores that measured 3-4x slower than one worker thread.
+            with torch_threads(max(torch.get_num_threads() - 1, 1)):
+                return self._generate(ids, max_new, temperature, streamer, cancel, stop_after_code, numbers,
+                                      favour, bonus, stop_after_call, packing=False)
         cache, reused = self._reusable_cache(ids)
         input_ids = torch.tensor([ids], device=self.device)
         sampling: dict[str, Any] = ({"do_sample": True, "temperature": temperature} if temperature
@@ -238,6 +256,7 @@ class LocalBackend(Backend):
                 logits_processor=LogitsProcessorList(self._guides(len(ids), numbers, favour, bonus)),
                 **{CACHE_KW: cache}, **sampling)
         seq = out.sequences[0].tolist()
+        self.last_tokens = seq[len(ids):]
         new_cache = getattr(out, CACHE_KW, None)
         if self.reuse_cache and new_cache is not None:
             self._cache = new_cache

@@ -11,6 +11,7 @@ from typing import Any
 from agent.core.messages import ToolCall
 
 _LITERALS = {"True": "true", "False": "false", "None": "null"}
+_WORD = re.compile(r"[A-Za-z_]+")
 # The keys a call object may have; a bare JSON object (no marker before it) with others is not a call.
 CALL_KEYS = {"name", "arguments", "parameters", "id", "type"}
 
@@ -148,7 +149,7 @@ def _normalize(text: str) -> tuple[str, bool]:
                 stack.pop()
             out.append(c)
         else:
-            word = re.match(r"[A-Za-z_]+", text[i:])
+            word = _WORD.match(text, i)  # at i, not on a copy of the rest: one pass stays linear
             if word and word.group(0) in _LITERALS:
                 out.append(_LITERALS[word.group(0)])
                 i += len(word.group(0))
@@ -167,7 +168,11 @@ def _normalize(text: str) -> tuple[str, bool]:
 
 
 def _drop_trailing_comma(out: list[str]) -> None:
-    s = "".join(out).rstrip()
-    if s.endswith(","):
-        s = s[:-1]
-    out[:] = [s]
+    """Drop trailing blanks and one comma from the text built so far; only its tail is looked at
+    (joining all of it at every bracket was quadratic)."""
+    while out and not out[-1].strip():
+        out.pop()
+    if out:
+        out[-1] = out[-1].rstrip()
+        if out[-1].endswith(","):
+            out[-1] = out[-1][:-1]

@@ -27,6 +27,7 @@ Conventions (also in the README, "Tool calls written as text"):
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from typing import Any, Iterable
@@ -38,8 +39,8 @@ from tools.python_tool import PYTHON_FENCE as PY_FENCE_RE
 __all__ = ["ToolCallStream", "new_call_id", "parse_tool_calls", "repair_json"]
 
 HERMES_RE = re.compile(r"<tool_call>(.*?)(</tool_call>|(?=<tool_call>)|$)", re.DOTALL)
-FUNCTION_RE = re.compile(r"<function=([^>\s]+)\s*>(.*?)(</function>|(?=<function=)|$)", re.DOTALL)
-PARAM_RE = re.compile(r"<parameter=([^>\s]+)\s*>(.*?)(?:</parameter>|(?=<parameter=)|$)", re.DOTALL)
+FUNCTION_RE = re.compile(r"<function=([^<>\s]+)\s*>(.*?)(</function>|(?=<function=)|$)", re.DOTALL)
+PARAM_RE = re.compile(r"<parameter=([^<>\s]+)\s*>(.*?)(?:</parameter>|(?=<parameter=)|$)", re.DOTALL)
 PYTHON_TAG = "<|python_tag|>"
 MARKERS = (PYTHON_TAG, "<|tool_call|>", "[TOOL_CALLS]")  # everything after one of these is calls
 STARTS = ("<tool_call>", "<function=") + MARKERS  # what the stream holds back from
@@ -50,13 +51,21 @@ LINE_JSON_RE = re.compile(r"^[ \t]*[{\[]", re.MULTILINE)  # a line that starts w
 TOP_NAME_RE = re.compile(r"""^\s*\[?\s*\{\s*["']name["']\s*:\s*["']([^"'\n]+)["']""")
 SEPARATORS = re.compile(r"[\s,;]*")
 DECODER = json.JSONDecoder()
+MAX_BARE_TRIES = 16  # lines tried as an unmarked JSON call
+MAX_BARE_REPAIR = 100_000  # characters: a longer unmarked call is taken only when it is valid JSON
 
 
 def parse_tool_calls(text: str, tools: Iterable[str | dict[str, Any]] | None = None) -> tuple[str, list[ToolCall]]:
     """Split a reply into (text without the calls, calls). `tools`: the tools offered, as names or
     as OpenAI tool schemas (the schemas type Qwen3-Coder's XML values); None = unknown. The
     python-fence fallback applies only when `python` is among them."""
-    offered = Offered(tools)
+    try:
+        return _parse(text, Offered(tools))
+    except RecursionError:  # JSON nested thousands deep: not a call (json raises rather than refusing)
+        return text, []
+
+
+def _parse(text: str, offered: Offered) -> tuple[str, list[ToolCall]]:
     if "<tool_call>" in text or "<function=" in text:
         return _hermes(text, offered)
     for marker in MARKERS:
@@ -130,13 +139,14 @@ def _after_marker(text: str, marker: str, offered: Offered) -> tuple[str, list[T
     for seg in segments:
         seg = LLAMA_END_RE.sub("", seg)
         found: list[ToolCall] = []
-        while (m := MISTRAL_ARGS_RE.match(seg)) and marker == "[TOOL_CALLS]":  # NAME[ARGS]{...}
+        pos = 0  # an index, not `seg = seg[end:]`: copying the rest after each call was quadratic
+        while (m := MISTRAL_ARGS_RE.match(seg, pos)) and marker == "[TOOL_CALLS]":  # NAME[ARGS]{...}
             try:
-                args, end = DECODER.raw_decode(seg, m.end())
+                args, pos = DECODER.raw_decode(seg, m.end())
             except json.JSONDecodeError:
                 break
             found.append(ToolCall(id=new_call_id(), name=m.group(1), arguments=arguments_text(args)))
-            seg = seg[end:]
+        seg = seg[pos:]
         more, rest = _json_calls(seg, offered, marked=True, whole=True)
         found += more
         if not found and marker == PYTHON_TAG and seg.strip() and not seg.lstrip().startswith("{"):
@@ -156,7 +166,9 @@ def _json_calls(text: str, offered: Offered, marked: bool, whole: bool) -> tuple
         try:
             value, end = DECODER.raw_decode(text, pos)
         except json.JSONDecodeError:
-            value, end = _repaired(text[pos:]), len(text)
+            # Unmarked text is repaired only when short: each line tried may read to the end
+            value = _repaired(text[pos:]) if marked or len(text) - pos <= MAX_BARE_REPAIR else None
+            end = len(text)
         found = _calls_in(value, offered, marked)
         if not found:
             if whole and not calls and value is None and (m := TOP_NAME_RE.match(text[pos:])) \
@@ -189,7 +201,9 @@ def _bare_json(text: str, offered: Offered) -> tuple[str, list[ToolCall]] | None
         if calls and not rest.strip():
             return _clean(text[:m.start()] + "\n" + text[m.end():]), calls
     cleaned = LLAMA_END_RE.sub("", text)
-    for m in LINE_JSON_RE.finditer(cleaned):
+    # The first few lines that start like JSON only: each try may read to the end of the text, so
+    # trying every line would be quadratic (a reply of 100,000 "{" lines took minutes).
+    for m in itertools.islice(LINE_JSON_RE.finditer(cleaned), MAX_BARE_TRIES):
         calls, rest = _json_calls(cleaned[m.start():], offered, marked=False, whole=False)
         if calls:
             return _clean(cleaned[:m.start()] + "\n" + rest), calls

@@ -130,7 +130,6 @@ def attempts(strategy: SmallModelStrategy, session: "Session") -> Iterator[Event
             yield NoticeEvent(text=f"attempt {attempt} {why}: attempt {attempt + 1} of at most {n}, afresh")
     if not printed:
         note = f"stopped after {n} attempt{'s' * (n > 1)} without printing a value"
-        yield NoticeEvent(text=f"no attempt of {n} printed a value")
         session.end_turn("stopped", note)  # on the last attempt's end: the branch shown
         yield AnswerEvent(text=f"[{note}]", steps=n, outcome="stopped")
         return

@@ -19,6 +19,7 @@ def test_max_steps_is_stored_on_the_last_message(tmp_path):
     with Chat(backend=ScriptedBackend(script), progress=False, max_steps=2, workspace=tmp_path) as chat:
         events = list(chat.run("Loop"))
         assert events[-1].outcome == "max_steps"
+        assert not any(e.kind == "notice" for e in events)  # the stop is said once, by the AnswerEvent
         assert chat.last_outcome.status == "max_steps"
         assert chat.last_outcome.note == "stopped after 2 steps without a final answer"
         assert chat.tree.nodes[chat.tree.leaf].message.role == "tool"

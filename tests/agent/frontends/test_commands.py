@@ -30,6 +30,7 @@ from agent.frontends.commands import COMMANDS, Command, CommandError, is_command
     ("/kernel reset", Command("kernel", arg="reset")),
     ("/files", Command("files")),
     ("/upload data.csv", Command("upload", arg="data.csv")),
+    ("/notebook 'my nb.ipynb'", Command("notebook", arg="my nb.ipynb")),
     ("/help", Command("help")),
     ("/?", Command("help")),
     ("/quit", Command("quit")),

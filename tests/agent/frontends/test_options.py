@@ -21,7 +21,9 @@ FLAGS = ["--model", "gpt-4o-mini", "--base-url", "http://models.example", "--api
 KERNEL = dict(workspace="/tmp/ws", isolation="gateway", network=True, gpu=True, timeout=9.0, memory_mb=512,
               disk_mb=256, gateway_url="http://gw.example:8888", gateway_token="tok")
 # Flags of the prompt parser that are not Chat options: what the front end itself does.
-FRONT_END_FLAGS = {"-h", "--help", "--version", "--json", "--save", "--no-save", "--confirm", "--resume"}
+FRONT_END_FLAGS = {"-h", "--help", "--version", "--json", "--save", "--no-save", "--confirm", "--resume",
+                   "--notebook",  # the front end runs its cells (notebook_events), to show them
+                   "--timings"}  # the one shot measures and prints its phases
 
 
 def option_strings(parser: argparse.ArgumentParser) -> set[str]:

@@ -311,3 +311,43 @@ def test_prompts_and_cells_are_numbered_apart(term):
     t.expect("You [3]: ")
     assert t.close() == 0
     assert "In [1]: " not in t.screen
+
+
+def test_a_notebook_starts_the_chat_and_its_branch_is_replayed(term, tmp_path):
+    """--notebook runs the notebook's code cells first (a figure, an error that does not stop the rest);
+    the model's cells see their state; a branch without them lacks it, and switching back replays them."""
+    import nbformat
+
+    nb = tmp_path / "start.ipynb"
+    cells = ["base = 40", "import matplotlib.pyplot as plt\nplt.plot([1, 2]); plt.show()", "1 / 0", "print(base)"]
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells]), str(nb))
+    t = term([{"python": "print(base + 2)"}, "It is 42.", {"python": "print('base' in globals())"}, "no base",
+              {"python": "print(base - 1)"}, "back"], "--notebook", str(nb))
+    t.expect("notebook start.ipynb: running its 4 code cells")
+    t.expect("Out [3] · error")
+    t.expect("Out [4] · ok")
+    t.expect("start.ipynb is loaded: 4 cells ran, 1 with an error.")
+    t.line("What is base + 2?")  # prompt 2: the notebook's exchange is prompt 1
+    t.expect("It is 42.")
+    t.line("/undo")
+    t.expect("undone")
+    t.line("/undo")
+    t.expect("undone: back at prompt 0")
+    t.line("is base there?")
+    t.expect("False")
+    t.expect("no base")
+    t.expect("You [2]: ")
+    t.line("/branches")
+    t.expect("conversation")
+    old = t.expect("● ")  # the active branch comes last
+    m = re.search(r"○ ([0-9a-f]{10})", old)
+    assert m, old
+    branch = m.group(1)  # the notebook's branch
+    t.line(f"/switch {branch}")
+    t.expect("5 cell(s) replayed")
+    t.line("and now?")
+    t.expect("39")
+    t.expect("back")
+    t.line(f"/notebook {tmp_path / 'missing.ipynb'}")  # /notebook is the handler --notebook uses
+    t.expect("missing.ipynb' is not a file; give the path of an .ipynb notebook")
+    assert t.close() == 0

@@ -21,6 +21,7 @@ def test_a_turn_without_a_value_is_stored_as_stopped_and_its_attempts_folded(tmp
         events = list(chat.run("What is x?"))
         assert events[-1].outcome == "stopped"
         assert events[-1].text == "[stopped after 3 attempts without printing a value]"
+        assert not any(e.kind == "notice" and "printed a value" in e.text for e in events)  # once: the answer
         assert chat.last_outcome.status == "stopped"
         shown = chat.branches()
         assert len(shown) == 1 and shown[0].active and shown[0].outcome == "stopped" and shown[0].attempts == 2

@@ -1,0 +1,271 @@
+"""Local generation speed of the embedded SmolLM2-135M: the floor (raw fp32 `model.generate`) beside
+`LocalBackend` as configured by default and each candidate precision, in one run; then the one-shot
+`kernelchat "What is 2**100? Use Python."` wall time, cold and warm, split into its phases.
+
+    python bench/local_speed.py [--tokens 128] [--baseline REV] [--skip-oneshot]
+
+Each candidate runs in its own process (peak memory is that process's), greedy, on two prompts of
+about 150 and 1000 tokens: prompt tokens/s (a 1-token reply from an empty cache), generated tokens/s
+(the rest of `--tokens`), peak RSS, and whether the greedy tokens equal raw fp32's.
+
+`--baseline REV` also times the one-shot of an older commit (checked out into a temporary git
+worktree, run with this venv): today's code beside the one before, on the same machine, alternately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+QUESTION = "What is 2**100? Use Python."
+ESSAY = ("Explain step by step, in detail, how you would check each stage of this project for mistakes, which "
+         "plots you would draw, and what numbers you would expect to see for accuracy and calibration.")
+PROJECT = ("You are reviewing a small data-analysis project. The project loads a CSV of passengers, cleans "
+           "missing ages by the median of their class, encodes sex and port of embarkation, trains a "
+           "logistic regression and a gradient-boosted tree, and compares them on a held-out split. ")
+REPEATS = 2  # generation timed this many times per prompt, the best kept
+CANDIDATES = {
+    "fp32 generate (floor)": dict(kind="raw", precision="fp32"),
+    "LocalBackend default": dict(kind="backend", precision=None),
+    "LocalBackend fp32": dict(kind="backend", precision="fp32"),
+    "fp16 weights, Linear (incl. lm_head)": dict(kind="raw", precision="fp16"),
+    "fp16 weights, Linear but lm_head": dict(kind="raw", precision="fp16-body"),
+    "bf16 weights": dict(kind="raw", precision="bf16"),
+}
+
+
+def prompts() -> dict[str, list]:
+    """About 150 and 1000 prompt tokens, as chat messages."""
+    table = "\n".join(f"{i},{'male' if i % 3 else 'female'},{20 + i % 50},{i % 3 + 1},{'SCQ'[i % 3]},{i % 2}"
+                      for i in range(120))
+    return {"150": [{"role": "user", "content": PROJECT + ESSAY}],
+            "1000": [{"role": "user", "content": PROJECT + "The first rows of the data:\n"
+                      "id,sex,age,class,port,survived\n" + table + "\n\n" + ESSAY}]}
+
+
+def measure(spec: dict, n: int) -> dict:
+    """In this process: load one candidate and time it on both prompts."""
+    import torch
+
+    from agent.core.messages import Message
+    from agent.models.local import LocalBackend
+    from agent.models.precision import apply as apply_precision
+
+    t0 = time.perf_counter()
+    precision = spec["precision"]
+    if spec["kind"] == "backend":
+        backend = LocalBackend("hf:smollm2", progress=False, **({} if precision is None else {"precision": precision}))
+        if backend.fp16 is not None:
+            backend.fp16.wait()  # packed in the background; the warm-up request swaps it in
+    else:
+        backend = LocalBackend("hf:smollm2", progress=False, precision="bf16" if precision == "bf16" else "fp32")
+        if precision in ("fp16", "fp16-body"):
+            apply_precision(backend.hf_model, "cpu", "fp16", frozenset({"lm_head"}) if precision == "fp16-body" else frozenset())
+    load = time.perf_counter() - t0
+    out: dict = {"load_s": load, "precision": getattr(backend, "precision", precision)}
+    tok = backend.tokenizer
+    for name, msgs in prompts().items():
+        if spec["kind"] == "raw":
+            ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+            x = ids["input_ids"]
+            kw = dict(attention_mask=torch.ones_like(x), do_sample=False, temperature=None, top_p=None, top_k=None,
+                      pad_token_id=backend.stop_ids[0], eos_token_id=backend.stop_ids)
+            model = backend.hf_model
+            with torch.inference_mode():
+                model.generate(x, max_new_tokens=2, **kw)  # warm-up
+                t = time.perf_counter()
+                model.generate(x, max_new_tokens=1, **kw)
+                t1 = time.perf_counter() - t
+                tn = math.inf
+                for _ in range(REPEATS):  # the best of a few: the machine's other work only slows
+                    t = time.perf_counter()
+                    seq = model.generate(x, max_new_tokens=n, **kw)[0, x.shape[1]:].tolist()
+                    tn = min(tn, time.perf_counter() - t)
+            n_prompt = x.shape[1]
+        else:
+            m = [Message(role=d["role"], content=d["content"]) for d in msgs]
+
+            def run(k: int):
+                backend._cache, backend._cache_ids = None, []  # noqa: SLF001 - from an empty cache, like raw
+                for ev in backend.stream(m, max_tokens=k, temperature=0):
+                    pass
+                return ev.reply
+
+            run(2)  # warm-up
+            t = time.perf_counter()
+            run(1)
+            t1 = time.perf_counter() - t
+            tn = math.inf
+            for _ in range(REPEATS):
+                t = time.perf_counter()
+                reply = run(n)
+                tn = min(tn, time.perf_counter() - t)
+            seq = backend.last_tokens
+            n_prompt = reply.usage.prompt_tokens
+        out[name] = {"prompt_tokens": n_prompt, "prompt_tps": n_prompt / t1,
+                     "gen_tps": (len(seq) - 1) / max(tn - t1, 1e-9), "tokens": seq}
+    out["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def guides_cost(calls: int = 300) -> tuple[float, float]:
+    """Microseconds per generated token of the small-model decoding guides (grounded numbers and the
+    example bonus, agent/models/grounding.py) inside a code block, 40 and 200 tokens into the reply."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from agent.models.embedded import embedded_model_dir
+    from agent.models.grounding import GroundedCode
+
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir(progress=False), local_files_only=True)
+    prompt = tok("What is 2**100? " * 10, add_special_tokens=False)["input_ids"]
+    favoured = tok("result = 2 ** 64\nprint(result)", add_special_tokens=False)["input_ids"]
+    out = []
+    for code in ("```python\nresult = 2 ** 10", "```python\n" + "total = 0\nfor i in range(100):\n    total += i\n" * 8):
+        ids = torch.tensor([prompt + tok(code, add_special_tokens=False)["input_ids"]])
+        guide = GroundedCode(tok, len(prompt), {"2", "100", "10", "0", "1"}, favoured, 2.0)
+        scores = torch.zeros(1, len(tok))
+        guide(ids, scores)  # warm-up
+        t = time.perf_counter()
+        for _ in range(calls):
+            guide(ids, scores)
+        out.append((time.perf_counter() - t) / calls * 1e6)
+    return out[0], out[1]
+
+
+def run_candidate(name: str, n: int) -> dict:
+    cmd = [sys.executable, __file__, "--one", name, "--tokens", str(n)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def oneshot(python: str, cwd: Path, env: dict, timings: bool) -> tuple[float, dict]:
+    """One `kernelchat QUESTION` in a fresh process: (wall seconds, its phase timings if asked)."""
+    cmd = [python, "-m", "agent", QUESTION] + (["--timings"] if timings else [])
+    t = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+    wall = time.perf_counter() - t
+    if done.returncode != 0:
+        raise SystemExit(f"one-shot failed in {cwd}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    phases = {}
+    for line in done.stderr.splitlines():
+        if line.startswith("timings: "):
+            phases = json.loads(line.removeprefix("timings: "))
+    return wall, phases
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--baseline", help="a git revision to time the one-shot of, beside this tree's")
+    ap.add_argument("--runs", type=int, default=3, help="warm one-shot runs per tree")
+    ap.add_argument("--skip-oneshot", action="store_true")
+    ap.add_argument("--oneshot-only", action="store_true", help="only the one-shot table")
+    ap.add_argument("--only", help="a comma-separated subset of the candidates")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(measure(CANDIDATES[args.one], args.tokens)))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=150)
+    import torch
+    console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
+                  f"greedy, {args.tokens} generated tokens")
+    names = [] if args.oneshot_only else [n for n in CANDIDATES if not args.only or n in args.only.split(",")]
+    results = {name: run_candidate(name, args.tokens) for name in names}
+    if names:
+        candidates_table(console, results, args.tokens)
+    if args.skip_oneshot:
+        return
+    oneshot_table(console, args)
+
+
+def candidates_table(console, results: dict, n: int) -> None:
+    from rich.table import Table
+
+    floor = results.get("fp32 generate (floor)") or run_candidate("fp32 generate (floor)", n)
+    table = Table(title="Local generation, embedded SmolLM2-135M (ratios against raw fp32 generate)")
+    for col in ("candidate", "prompt tok/s @150", "prompt tok/s @1000", "gen tok/s @150", "gen tok/s @1000",
+                "gen vs floor", "peak MB", "greedy = fp32"):
+        table.add_column(col, justify="left" if col == "candidate" else "right")
+    for name, r in results.items():
+        same = all(r[p]["tokens"] == floor[p]["tokens"] for p in ("150", "1000"))
+        ratio = statistics.mean(r[p]["gen_tps"] / floor[p]["gen_tps"] for p in ("150", "1000"))
+        table.add_row(name, *(f"{r[p]['prompt_tps']:.0f}" for p in ("150", "1000")),
+                      *(f"{r[p]['gen_tps']:.1f}" for p in ("150", "1000")), f"{ratio:.2f}x",
+                      f"{r['peak_mb']:.0f}", "yes" if same else "NO")
+    console.print(table)
+    console.print(f"prompt tokens: {floor['150']['prompt_tokens']} and {floor['1000']['prompt_tokens']}")
+    near, far = guides_cost()
+    default = results.get("LocalBackend default")
+    per_token = 1e6 / default["150"]["gen_tps"] if default else None
+    console.print(f"small-model decoding guides: {near:.0f} us per token 40 tokens into a code block, {far:.0f} us "
+                  f"200 tokens in" + (f" ({far / per_token:.1%} of a generated token's {per_token / 1000:.0f} ms)"
+                                      if per_token else ""))
+
+
+def oneshot_table(console, args) -> None:
+    from rich.table import Table
+
+    trees = {"this tree": ROOT}
+    tmp = None
+    if args.baseline:
+        tmp = tempfile.mkdtemp(prefix="kernelchat-baseline-")
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", tmp, args.baseline], check=True,
+                       capture_output=True)
+        trees[f"baseline {args.baseline}"] = Path(tmp)
+    try:
+        rows = {}
+        for label, tree in trees.items():
+            env = {**os.environ, "PYTHONPATH": str(tree)}
+            env.pop("OPENAI_API_KEY", None)
+            with tempfile.TemporaryDirectory() as cache:  # cold: the GGUF converted again
+                cold, cold_phases = oneshot(sys.executable, tree, {**env, "KERNELCHAT_CACHE": cache},
+                                            label == "this tree")
+            rows[label] = {"cold": cold, "cold_phases": cold_phases, "warm": [], "warm_phases": []}
+        for _ in range(args.runs):  # alternately, so that the machine's load falls on both alike
+            for label, tree in trees.items():
+                env = {**os.environ, "PYTHONPATH": str(tree)}
+                env.pop("OPENAI_API_KEY", None)
+                wall, phases = oneshot(sys.executable, tree, env, label == "this tree")
+                rows[label]["warm"].append(wall)
+                rows[label]["warm_phases"].append(phases)
+        shot = Table(title=f"One shot: kernelchat {QUESTION!r} (seconds; warm: median of {args.runs})")
+        for col in ("tree", "cold", "warm", "warm vs baseline", "import", "model load", "kernel start",
+                    "generation", "execution"):
+            shot.add_column(col, justify="left" if col == "tree" else "right")
+        base = next((r for k, r in rows.items() if k != "this tree"), None)
+        for label, r in rows.items():
+            warm = statistics.median(r["warm"])
+            phases = {k: statistics.median(p.get(k, 0.0) for p in r["warm_phases"]) for k in
+                      ("import", "model_load", "kernel_start", "generation", "execution")} if r["warm_phases"][0] else {}
+            ratio = f"{warm / statistics.median(base['warm']):.2f}x" if base else "-"
+            shot.add_row(label, f"{r['cold']:.1f}", f"{warm:.1f}", ratio,
+                         *(f"{phases[k]:.2f}" if phases else "-" for k in
+                           ("import", "model_load", "kernel_start", "generation", "execution")))
+        console.print(shot)
+        console.print("Phases overlap: the kernel starts while the model loads, so they need not add up to the wall time.")
+    finally:
+        if tmp:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", tmp], capture_output=True)
+
+
+if __name__ == "__main__":
+    main()
