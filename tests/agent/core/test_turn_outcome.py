@@ -36,18 +36,18 @@ def test_a_budget_stop_is_stored(tmp_path):
 
 def test_letting_go_of_the_events_mid_turn_is_interrupted_but_not_after_the_answer(tmp_path):
     with Chat(backend=ScriptedBackend([python_call("1"), "done", "again"]), progress=False, workspace=tmp_path) as chat:
-        events = chat.run("Go")
-        for ev in events:
-            if ev.kind == "tool_result":
-                break
-        events.close()
+        read_until(chat.run("Go"), "tool_result")
         assert chat.last_outcome.status == "interrupted"
-        events = chat.run("And now?")
-        for ev in events:
-            if ev.kind == "answer":
-                break
-        events.close()
+        read_until(chat.run("And now?"), "answer")
         assert chat.last_outcome.status == "answered"
+
+
+def read_until(events, kind: str) -> None:
+    """Read a turn's events up to the first of `kind`, then let go of them (as a front end may)."""
+    for ev in events:
+        if ev.kind == kind:
+            break
+    events.close()
 
 
 def test_a_failure_is_stored(tmp_path):

@@ -4,7 +4,6 @@ temporary workspace with files kept and named."""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import nbformat
@@ -77,15 +76,6 @@ def test_a_bad_notebook_is_refused_before_the_model_loads(model, capsys, tmp_pat
     assert cli.main(["hi", "--notebook", str(bad)]) == 2
     _, err = screen(capsys)
     assert err.startswith(f"kernelchat: notebook '{bad}' is not a valid notebook") and "Traceback" not in err
-
-
-@pytest.fixture
-def tmpdir_(tmp_path, monkeypatch) -> Path:
-    """Temporary workspaces made here, where the test can look for them."""
-    d = tmp_path / "tmp"
-    d.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(d))
-    return d
 
 
 @pytest.mark.parametrize("json_flag", [[], ["--json"]])

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,15 +18,6 @@ from agent.models.scripted import ScriptedBackend, python_call
 
 REPO = Path(__file__).resolve().parents[3]
 ANSI = re.compile(r"\x1b\[[0-9;?]*[a-zA-Z]|\x1b\][^\x07]*\x07|\x1b[()][A-Z0-9]|\x1b[=>]")
-
-
-@pytest.fixture
-def tmpdir_(tmp_path, monkeypatch) -> Path:
-    """Temporary workspaces made here, where the test can look for them."""
-    d = tmp_path / "tmp"
-    d.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(d))
-    return d
 
 
 def workspaces(d: Path) -> list[Path]:
