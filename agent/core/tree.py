@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 from pathlib import PurePath
-from typing import Literal
+from typing import Iterable, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -227,16 +227,9 @@ class Tree(BaseModel):
         ends = sorted(self.leaves(), key=lambda n: n.created)
         if self.leaf is not None and self.leaf not in {n.id for n in ends}:
             ends.append(self.nodes[self.leaf])
-        folded: dict[str | None, int] = {}  # the turn's user message: its attempts not taken
-        if not all:
-            kept = []
-            for end in ends:
-                if end.outcome is not None and end.outcome.status == "attempt" and end.id != self.leaf:
-                    turn = next((n.id for n in reversed(self.path(end.id)) if n.message.role == "user"), None)
-                    folded[turn] = folded.get(turn, 0) + 1
-                else:
-                    kept.append(end)
-            ends = kept
+        folded = {} if all else self.folded_attempts()
+        hidden = set().union(*folded.values())
+        ends = [end for end in ends if end.id not in hidden]
         out = []
         for end in ends:
             path = self.path(end.id)
@@ -246,8 +239,29 @@ class Tree(BaseModel):
             out.append(Branch(id=end.id, active=end.id == self.leaf, depth=len(path),
                               prompts=[n.message.content or "" for n in path if n.message.role == "user"],
                               last=last[:80], outcome=outcome.status if outcome else "unfinished",
-                              attempts=sum(folded.get(n.id, 0) for n in path)))
+                              attempts=sum(self.attempts_in(folded.get(n.id, ())) for n in path)))
         return out
+
+    def folded_attempts(self) -> dict[str, set[str]]:
+        """A small model's attempts that were not taken, by the message they answered (the turn's
+        user message): the nodes of each, from the reply that starts it to its end. Nothing on the
+        active branch is folded."""
+        active = {n.id for n in self.path()} if self.leaf is not None else set()
+        out: dict[str, set[str]] = {}
+        for leaf in self.leaves():
+            if leaf.outcome is None or leaf.outcome.status != "attempt" or leaf.id in active:
+                continue
+            nodes, cur = set(), leaf
+            while cur.parent is not None and cur.attempt is None:
+                nodes.add(cur.id)
+                cur = self.nodes[cur.parent]
+            if cur.attempt is not None and cur.parent is not None:
+                out.setdefault(cur.parent, set()).update(nodes | {cur.id})
+        return out
+
+    def attempts_in(self, node_ids: Iterable[str]) -> int:
+        """How many attempts start among these nodes."""
+        return sum(self.nodes[i].attempt is not None for i in node_ids)
 
     def switch(self, node_id: str) -> None:
         """Make `node_id` (a leaf or any message) the end of the active branch."""

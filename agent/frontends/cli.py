@@ -38,6 +38,7 @@ from agent.frontends.render import safe_line, safe_text
 
 if TYPE_CHECKING:
     from sandbox import ExecResult
+    from agent.frontends.warmup import EarlyKernel, Timings
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
@@ -103,7 +104,7 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     check_options(args)  # before the model loads: a bad value is one sentence at once
     from agent.frontends.warmup import EarlyKernel, Timings
 
-    timings = Timings() if args.timings else None
+    timings = Timings()  # printed with --timings
     early = EarlyKernel(kernel_options(args))  # comes up while the model loads
     try:
         chat = load_chat(args, early, timings)
@@ -132,8 +133,7 @@ def cmd_prompt(args: argparse.Namespace) -> int:
                 if isinstance(ev, ToolResultEvent):
                     calls.append({"name": ev.name, "code": ev.code, "status": ev.status, "output": ev.output,
                                   "images": ev.images})
-                if timings:
-                    timings.add_event(ev)
+                timings.add_event(ev)
                 if isinstance(ev, AnswerEvent):
                     answer, steps = ev.text, ev.steps
         except BudgetExceeded as e:
@@ -158,25 +158,22 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     from agent.frontends.workspaces import say_kept_workspace
 
     say_kept_workspace(chat, Console(stderr=True))  # closed now: a temporary workspace with files stays
-    if timings:
+    if args.timings:
         if early.seconds is not None:
             timings.add("kernel_start", early.seconds)
         print(timings.line(), file=sys.stderr)
     return 3 if stopped else 0
 
 
-def load_chat(args: argparse.Namespace, early: Any, timings: Any) -> Any:
-    """The one shot's Chat on the early kernel; with --timings, the model's import and load timed apart."""
-    from contextlib import nullcontext
-
+def load_chat(args: argparse.Namespace, early: "EarlyKernel", timings: "Timings") -> Any:
+    """The one shot's Chat on the early kernel, the model's import and load timed apart."""
     from agent.models import default_model, is_local_model
 
-    phase = timings.phase if timings else (lambda name: nullcontext())
-    with phase("import"):  # torch and transformers for a local model: seconds, while the kernel starts
+    with timings.phase("import"):  # torch and transformers for a local model: seconds, while the kernel starts
         if is_local_model(args.model or default_model()) and not args.base_url:
             import agent.models.local  # noqa: F401
         from agent.chat import Chat
-    with phase("model_load"):
+    with timings.phase("model_load"):
         return Chat(kernel=early.kernel, **chat_options(args))
 
 

@@ -229,31 +229,14 @@ def _do_branches(repl: ChatView, cmd: Command) -> None:
     repl.console.print(branch_tree(repl.chat, all=cmd.arg == "--all"))
 
 
-def folded_attempts(tree) -> dict[str, set[str]]:
-    """The small model's attempts that were not taken, by the turn's user message: the nodes of
-    each (from the reply that starts it to its end). The active branch is never folded."""
-    active = {n.id for n in tree.path()}
-    out: dict[str, set[str]] = {}
-    for leaf in tree.leaves():
-        if leaf.outcome is None or leaf.outcome.status != "attempt" or leaf.id in active:
-            continue
-        nodes, cur = set(), leaf
-        while cur.parent is not None and cur.attempt is None:
-            nodes.add(cur.id)
-            cur = tree.nodes[cur.parent]
-        if cur.attempt is not None and cur.parent is not None:
-            out.setdefault(cur.parent, set()).update(nodes | {cur.id})
-    return out
-
-
 def branch_tree(chat, all: bool = False) -> RichTree:  # noqa: A002 - /branches --all
     """A compact tree: the prompts (You [N]) and each branch's end, the active path in bold; a small
     model's attempts that were not taken folded into a count under their prompt unless `all`."""
     tree = chat.tree
     active = {n.id for n in tree.path()}
     leaves = {n.id for n in tree.leaves()} | {tree.leaf}
-    folded = {} if all else folded_attempts(tree)
-    hidden = set().union(*folded.values()) if folded else set()
+    folded = {} if all else tree.folded_attempts()
+    hidden = set().union(*folded.values())
     root = RichTree(Text("conversation", style="bold"), guide_style="dim")
 
     def walk(node_id: str, parent: RichTree, depth: int) -> None:
@@ -267,7 +250,7 @@ def branch_tree(chat, all: bool = False) -> RichTree:  # noqa: A002 - /branches 
                 text = safe_line((child.message.content or "").strip().replace("\n", " "))
                 label = Text(f"You [{d}] ", style="green" if on else "dim") + \
                     Text(text[:70] + ("…" if len(text) > 70 else ""), style="bold" if on else "")
-                attempts = len({n for n in folded.get(child.id, ()) if tree.nodes[n].attempt is not None})
+                attempts = tree.attempts_in(folded.get(child.id, ()))
                 if attempts:
                     label += Text(f"  (+{attempts} attempt{'s' * (attempts > 1)} not taken: /branches --all)",
                                   style="dim")

@@ -14,7 +14,7 @@ import json
 import re
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
@@ -232,20 +232,19 @@ class LocalBackend(Backend):
                   streamer: TextIteratorStreamer | None = None, cancel: _Cancel | None = None,
                   stop_after_code: bool = False, numbers: set[str] | None = None,
                   favour: str | None = None, bonus: float = 0.0,
-                  stop_after_call: bool = False, packing: bool = True) -> tuple[list[int], int]:
+                  stop_after_call: bool = False) -> tuple[list[int], int]:
         """Run model.generate with the reused cache; returns (generated ids, prompt tokens reused)."""
-        if packing and self.fp16 is not None and not self.fp16.swap():  # no forward pass runs now: swap if all are packed
+        threads: Any = nullcontext()
+        if self.fp16 is not None and not self.fp16.swap():  # no forward pass runs now: swap if all are packed
             # Still packing on a thread: torch's worker threads spin-wait for each other, and beside a
             # busy thread on two cores that measured 3-4x slower than one worker thread.
-            with torch_threads(max(torch.get_num_threads() - 1, 1)):
-                return self._generate(ids, max_new, temperature, streamer, cancel, stop_after_code, numbers,
-                                      favour, bonus, stop_after_call, packing=False)
+            threads = torch_threads(max(torch.get_num_threads() - 1, 1))
         cache, reused = self._reusable_cache(ids)
         input_ids = torch.tensor([ids], device=self.device)
         sampling: dict[str, Any] = ({"do_sample": True, "temperature": temperature} if temperature
                                     else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None})
         self._cache, self._cache_ids = None, []  # invalid while generate mutates it
-        with torch.inference_mode():
+        with threads, torch.inference_mode():
             out = self.hf_model.generate(
                 input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new,
                 eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id or self.stop_ids[0],
