@@ -35,6 +35,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (a fixture: test modules cannot import a
+    conftest by name once a folder below has its own conftest.py)."""
+    return _free_port()
+
+
 def _wait_until_ready(proc, request, log: _Path, name: str, seconds: float) -> None:
     """Poll `request` until it answers 200; fail with the server's log if it exits or takes too long."""
     deadline = _time.monotonic() + seconds

@@ -200,11 +200,9 @@ def test_bad_token_is_a_clear_error(kernel_gateway):
         Kernel(isolation="gateway", gateway_url=kernel_gateway.url, gateway_token="wrong")
 
 
-def test_unreachable_gateway_is_a_clear_error():
-    from conftest import _free_port
-
+def test_unreachable_gateway_is_a_clear_error(free_port):
     with pytest.raises(KernelError, match="cannot reach the kernel gateway"):
-        Kernel(isolation="gateway", gateway_url=f"http://127.0.0.1:{_free_port()}", gateway_token="t")
+        Kernel(isolation="gateway", gateway_url=f"http://127.0.0.1:{free_port}", gateway_token="t")
 
 
 def test_missing_url_is_a_value_error(monkeypatch):
