@@ -55,12 +55,15 @@ class Chat(Session):
 
     def __init__(self, model: str | None = None, *, system: str | None = None, base_url: str | None = None,
                  api_key: str | None = None, backend: Backend | None = None, progress: bool = True,
-                 answer_from_output: bool | None = None, **options: Any):
+                 answer_from_output: bool | None = None, keep_alive: float = 0.0, **options: Any):
         """`model`, or `base_url`/`api_key` for an OpenAI-compatible server, name the backend (or pass
         one); the other options are Session's (tools, budget, max_steps, use_python, kernel options...).
-        `answer_from_output`: the small-model mode, on by default for models without tool support."""
+        `answer_from_output`: the small-model mode, on by default for models without tool support.
+        `keep_alive`: seconds a local model stays loaded in a background process after use, for the
+        next Chat or command to connect to (0: loaded in this process; the command line uses 300)."""
         if backend is None:
-            backend = get_backend(model, base_url=base_url, api_key=api_key, progress=progress)
+            backend = get_backend(model, base_url=base_url, api_key=api_key, progress=progress,
+                                  keep_alive=keep_alive)
         if system is None and not backend.capabilities.tools:
             system = SMALL_MODEL_SYSTEM
         super().__init__(backend, system=system, progress=progress, price_of=pricing.lookup, price_help=price_help,

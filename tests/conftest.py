@@ -1,6 +1,12 @@
+import os
+
 import pytest
 
 from sandbox import Kernel
+
+# The command line keeps a local model loaded in a background process (agent/models/resident.py);
+# tests start it only where they test it (tests/agent/models/test_resident.py), not on every CLI run.
+os.environ["KERNELCHAT_KEEP_ALIVE"] = "0"
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,8 @@ BIN = Path(sys.executable).parent / "kernelchat"
 def test_main_job_one_shot_cli_json(tmp_path):
     out = subprocess.run([str(BIN), "What is 2**100? Use Python.", "--json", "--save", str(tmp_path / "c.json")],
                          capture_output=True, text=True, timeout=300, env={"PATH": "/usr/bin:/bin",
-                                                                           "HOME": str(Path.home())})
+                                                                           "HOME": str(Path.home()),
+                                                                           "KERNELCHAT_KEEP_ALIVE": "0"})
     assert out.returncode == 0, out.stderr[-2000:]
     data = json.loads(out.stdout)
     assert "1267650600228229401496703205376" in data["answer"]

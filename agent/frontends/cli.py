@@ -167,11 +167,12 @@ def cmd_prompt(args: argparse.Namespace) -> int:
 
 def load_chat(args: argparse.Namespace, early: "EarlyKernel", timings: "Timings") -> Any:
     """The one shot's Chat on the early kernel, the model's import and load timed apart."""
+    from agent.frontends.options import keep_alive
     from agent.models import default_model, is_local_model
 
     with timings.phase("import"):  # torch and transformers for a local model: seconds, while the kernel starts
-        if is_local_model(args.model or default_model()) and not args.base_url:
-            import agent.models.local  # noqa: F401
+        if is_local_model(args.model or default_model()) and not args.base_url and not keep_alive(args):
+            import agent.models.local  # noqa: F401 - not for a resident model: its server has them
         from agent.chat import Chat
     with timings.phase("model_load"):
         return Chat(kernel=early.kernel, **chat_options(args))

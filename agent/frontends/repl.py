@@ -39,7 +39,7 @@ from agent.core.events import Event, NoticeEvent, TextEvent, ToolCallEvent, Tool
 from agent.core.prompts import DEFAULT_SYSTEM
 from agent.smallmodel.strategy import SMALL_MODEL_SYSTEM
 from agent.frontends.conversations import find_conversation, resume_options, show_loaded
-from agent.frontends.options import chat_options, check_save_path, conversation_path, kernel_options
+from agent.frontends.options import chat_options, check_save_path, conversation_path, keep_alive, kernel_options
 from agent.frontends.render import EventPrinter, RunningView, code_panel, safe_line, safe_text
 from agent.frontends.warmup import EarlyKernel
 from agent.frontends.workspaces import close_chat
@@ -396,7 +396,8 @@ class Repl:
         from agent.models import get_backend
 
         with self.console.status(Text(f"loading {safe_line(name)}…")):
-            backend = get_backend(name, base_url=self.args.base_url, api_key=self.args.api_key)
+            backend = get_backend(name, base_url=self.args.base_url, api_key=self.args.api_key,
+                                  keep_alive=keep_alive(self.args))
         chat = self.chat
         chat.use_backend(backend)
         small = chat.answer_from_output

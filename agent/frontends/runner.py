@@ -39,7 +39,7 @@ from agent.core.notebook import notebook_json
 from agent.core.budget import BudgetExceeded
 from agent.models.cassette import Cassette, CassetteError, RecordingBackend, ReplayBackend
 from agent.frontends.checks import CheckResult, run_check
-from agent.frontends.options import add_gateway_args, gateway_options
+from agent.frontends.options import add_gateway_args, add_keep_alive_arg, gateway_options, keep_alive
 from agent.core.events import AnswerEvent, Event, ToolCallEvent, UsageEvent
 from agent.frontends.render import safe_line, safe_text
 from agent.frontends.tasks import Task, TaskError, load_tasks
@@ -266,8 +266,10 @@ def default_out() -> Path:
 
 
 def make_backends(tasks: list[Task], out: Path, *, model: str | None = None, base_url: str | None = None,
-                  record: str | Path | None = None, replay: str | Path | None = None) -> dict[str, Any]:
-    """One backend per task, built before anything runs: a setup problem stops the run (exit 2)."""
+                  record: str | Path | None = None, replay: str | Path | None = None,
+                  keep_alive: float = 0.0) -> dict[str, Any]:
+    """One backend per task, built before anything runs: a setup problem stops the run (exit 2).
+    `keep_alive` > 0: local models are served by a resident process (agent/models/resident.py)."""
     from agent.models import get_backend
 
     backends: dict[str, Any] = {}
@@ -281,7 +283,8 @@ def make_backends(tasks: list[Task], out: Path, *, model: str | None = None, bas
         if record:
             cassette = Cassette.load(record) if Path(record).is_file() else Cassette(record)
         for t in tasks:
-            inner = get_backend(model or t.model, base_url=base_url or t.base_url, progress=False)
+            inner = get_backend(model or t.model, base_url=base_url or t.base_url, progress=False,
+                                keep_alive=keep_alive)
             backends[t.name] = (RecordingBackend(inner, cassette, task=t.name, workspace=_workspace(out, t))
                                 if cassette else inner)
         if cassette:
@@ -412,7 +415,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         err.print(Text(safe_line(model_line(t, model=args.model, replay=args.replay)), style="dim"))
     try:
         backends = make_backends(tasks, out, model=args.model, base_url=args.base_url, record=args.record,
-                                 replay=args.replay)
+                                 replay=args.replay, keep_alive=keep_alive(args))
     except SetupError as e:
         err.print(Text.assemble(("kernelchat run: setup failed:", "red"), " ", safe_text(str(e))))
         return 2
@@ -453,6 +456,7 @@ def register(sub: Any) -> None:
     p.add_argument("--model", "-m", default=None, help="override the tasks' model")
     p.add_argument("--base-url", default=None, help="an OpenAI-compatible server")
     p.add_argument("--no-progress", action="store_true", help="no live progress bars")
+    add_keep_alive_arg(p)
     add_gateway_args(p, help_text="run every task's kernel on this Jupyter Kernel Gateway / Enterprise Gateway")
     p.set_defaults(func=cmd_run)
 

@@ -30,20 +30,36 @@ def is_local_model(model: str) -> bool:
 
 
 def get_backend(model: str | None = None, *, base_url: str | None = None, api_key: str | None = None,
-                progress: bool = True) -> Backend:
-    """The backend for a model string (see the module docstring)."""
+                progress: bool = True, keep_alive: float = 0.0) -> Backend:
+    """The backend for a model string (see the module docstring). `keep_alive` > 0: a local model is
+    kept loaded in a background process for that many seconds after its last use, and later
+    commands connect to it (agent/models/resident.py); 0 loads it in this process."""
     model = model or default_model()
     if is_local_model(model) and not base_url:
         # Loading weights takes seconds: one instance per model in this process.
         with _local_lock:
-            if model not in _local_cache:
-                from agent.models.local import LocalBackend
-
-                _local_cache[model] = LocalBackend(model, progress=progress)
-            return _local_cache[model]
+            key = f"{model}\0{'resident' if keep_alive > 0 else 'local'}"
+            if key not in _local_cache:
+                _local_cache[key] = _load_local(model, progress, keep_alive)
+            return _local_cache[key]
     from agent.models.openai_backend import OpenAIBackend
 
     return OpenAIBackend(model, base_url=base_url, api_key=api_key)
+
+
+def _load_local(model: str, progress: bool, keep_alive: float) -> Backend:
+    if keep_alive > 0:
+        from agent.models.resident import ResidentBackend, ResidentUnavailable
+
+        try:
+            return ResidentBackend(model, keep_alive=keep_alive, progress=progress)
+        except ResidentUnavailable as e:  # an unsafe runtime folder: load it here, and say why
+            import warnings
+
+            warnings.warn(f"the model is loaded in this process: {e}", stacklevel=3)
+    from agent.models.local import LocalBackend
+
+    return LocalBackend(model, progress=progress)
 
 
 __all__ = ["Backend", "BackendError", "Capabilities", "get_backend", "default_model", "is_local_model", "EMBEDDED"]

