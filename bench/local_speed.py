@@ -1,6 +1,7 @@
 """Local generation speed of the embedded SmolLM2-135M: the floor (raw fp32 `model.generate`) beside
 `LocalBackend` as configured by default and each candidate precision, in one run; then the one-shot
-`kernelchat "What is 2**100? Use Python."` wall time, cold and warm, split into its phases.
+`kernelchat "What is 2**100? Use Python."` wall time, cold and warm, split into its phases: with the
+model kept loaded in the background (the command line's default) and loaded in the command.
 
     python bench/local_speed.py [--tokens 128] [--baseline REV] [--skip-oneshot]
 
@@ -222,47 +223,64 @@ def candidates_table(console, results: dict, n: int) -> None:
 
 
 def oneshot_table(console, args) -> None:
+    """The one shot three ways: this tree with the model kept loaded (the command line's default),
+    this tree with the model loaded in the command (--keep-alive 0), and the baseline commit."""
     from rich.table import Table
 
-    trees = {"this tree": ROOT}
+    runtime = tempfile.mkdtemp(prefix="kc-", dir="/tmp")  # the resident servers' sockets, apart
+    variants = {"kept loaded (default)": (ROOT, {"KERNELCHAT_KEEP_ALIVE": "600", "XDG_RUNTIME_DIR": runtime}),
+                "in the command (--keep-alive 0)": (ROOT, {"KERNELCHAT_KEEP_ALIVE": "0"})}
     tmp = None
     if args.baseline:
         tmp = tempfile.mkdtemp(prefix="kernelchat-baseline-")
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", tmp, args.baseline], check=True,
                        capture_output=True)
-        trees[f"baseline {args.baseline}"] = Path(tmp)
+        variants[f"baseline {args.baseline}"] = (Path(tmp), {})
+
+    def env_of(label: str) -> dict:
+        tree, extra = variants[label]
+        env = {**os.environ, "PYTHONPATH": str(tree), **extra}
+        env.pop("OPENAI_API_KEY", None)
+        return env
+
+    def stop_servers() -> None:
+        subprocess.run([sys.executable, "-m", "agent", "models", "--stop"], capture_output=True,
+                       env=env_of("kept loaded (default)"), cwd=ROOT)
+
     try:
         rows = {}
-        for label, tree in trees.items():
-            env = {**os.environ, "PYTHONPATH": str(tree)}
-            env.pop("OPENAI_API_KEY", None)
-            with tempfile.TemporaryDirectory() as cache:  # cold: the GGUF converted again
-                cold, cold_phases = oneshot(sys.executable, tree, {**env, "KERNELCHAT_CACHE": cache},
-                                            label == "this tree")
-            rows[label] = {"cold": cold, "cold_phases": cold_phases, "warm": [], "warm_phases": []}
-        for _ in range(args.runs):  # alternately, so that the machine's load falls on both alike
-            for label, tree in trees.items():
-                env = {**os.environ, "PYTHONPATH": str(tree)}
-                env.pop("OPENAI_API_KEY", None)
-                wall, phases = oneshot(sys.executable, tree, env, label == "this tree")
+        for label, (tree, _) in variants.items():
+            with tempfile.TemporaryDirectory() as cache:  # cold: the GGUF converted again, no server
+                cold, _ = oneshot(sys.executable, tree, {**env_of(label), "KERNELCHAT_CACHE": cache}, False)
+            rows[label] = {"cold": cold, "first": None, "warm": [], "warm_phases": []}
+        stop_servers()  # the cold run's server (of the cache just deleted)
+        label = "kept loaded (default)"  # the first command after keep_alive ran out: it starts the server
+        rows[label]["first"], _ = oneshot(sys.executable, ROOT, env_of(label), False)
+        for _ in range(args.runs):  # alternately, so that the machine's load falls on all alike
+            for label, (tree, _) in variants.items():
+                wall, phases = oneshot(sys.executable, tree, env_of(label), tree == ROOT)
                 rows[label]["warm"].append(wall)
                 rows[label]["warm_phases"].append(phases)
         shot = Table(title=f"One shot: kernelchat {QUESTION!r} (seconds; warm: median of {args.runs})")
-        for col in ("tree", "cold", "warm", "warm vs baseline", "import", "model load", "kernel start",
-                    "generation", "execution"):
-            shot.add_column(col, justify="left" if col == "tree" else "right")
-        base = next((r for k, r in rows.items() if k != "this tree"), None)
+        for col in ("model", "cold", "server starts", "warm", "warm vs baseline", "import", "model load",
+                    "kernel start", "generation", "execution"):
+            shot.add_column(col, justify="left" if col == "model" else "right")
+        base = next((r for k, r in rows.items() if k.startswith("baseline")), None)
+        keys = ("import", "model_load", "kernel_start", "generation", "execution")
         for label, r in rows.items():
             warm = statistics.median(r["warm"])
-            phases = {k: statistics.median(p.get(k, 0.0) for p in r["warm_phases"]) for k in
-                      ("import", "model_load", "kernel_start", "generation", "execution")} if r["warm_phases"][0] else {}
+            phases = ({k: statistics.median(p.get(k, 0.0) for p in r["warm_phases"]) for k in keys}
+                      if r["warm_phases"][0] else {})
             ratio = f"{warm / statistics.median(base['warm']):.2f}x" if base else "-"
-            shot.add_row(label, f"{r['cold']:.1f}", f"{warm:.1f}", ratio,
-                         *(f"{phases[k]:.2f}" if phases else "-" for k in
-                           ("import", "model_load", "kernel_start", "generation", "execution")))
+            shot.add_row(label, f"{r['cold']:.1f}", "-" if r["first"] is None else f"{r['first']:.1f}", f"{warm:.1f}",
+                         ratio, *(f"{phases[k]:.2f}" if phases else "-" for k in keys))
         console.print(shot)
-        console.print("Phases overlap: the kernel starts while the model loads, so they need not add up to the wall time.")
+        console.print("cold: nothing cached (the GGUF converted again; no server). server starts: the first command "
+                      "after keep_alive ran out. warm: the model files cached (and, kept loaded, the server up). "
+                      "Phases overlap: the kernel starts while the model loads.")
     finally:
+        stop_servers()
+        subprocess.run(["rm", "-rf", runtime])
         if tmp:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", tmp], capture_output=True)
 

@@ -31,6 +31,37 @@ def test_main_job_one_shot_cli_json(tmp_path):
     assert [m.role for m in saved.messages()][:3] == ["system", "user", "assistant"]
 
 
+def test_main_job_again_finds_the_model_kept_loaded(tmp_path):
+    """The command line's default: the first command starts the resident model server, the next
+    connects to it; `kernelchat models` lists it and `--stop` stops it."""
+    import shutil
+    import tempfile
+
+    runtime = tempfile.mkdtemp(prefix="kc-", dir="/tmp")  # a short socket path
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(Path.home()), "XDG_RUNTIME_DIR": runtime,
+           "XDG_DATA_HOME": str(tmp_path / "data"), "KERNELCHAT_KEEP_ALIVE": "120"}
+
+    def kernelchat(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN), *argv], capture_output=True, text=True, timeout=300, env=env)
+
+    try:
+        for _ in range(2):
+            out = kernelchat("What is 2**100? Use Python.", "--json", "--timings")
+            assert out.returncode == 0, out.stderr[-2000:]
+            assert "1267650600228229401496703205376" in json.loads(out.stdout)["answer"]
+            timings = json.loads(out.stderr.split("timings: ", 1)[1].splitlines()[0])
+            assert timings["import"] < 1.0  # torch and transformers are the server's, not the command's
+        kept = json.loads(kernelchat("models", "--json").stdout)["resident"]
+        assert [(k["model"], k["users"]) for k in kept] == [("hf:smollm2", 0)]
+        assert kept[0]["idle_left_s"] > 60 and kept[0]["rss_mb"] > 100
+        stop = kernelchat("models", "--stop")
+        assert stop.returncode == 0 and f"stopped hf:smollm2 (pid {kept[0]['pid']})" in stop.stdout
+        assert json.loads(kernelchat("models", "--json").stdout)["resident"] == []
+    finally:
+        kernelchat("models", "--stop")
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
 def test_main_job_readable_in_a_terminal():
     out = subprocess.run([str(BIN), "What is 2**100? Use Python.", "--no-save"], capture_output=True, text=True,
                          timeout=300)

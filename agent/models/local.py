@@ -328,7 +328,7 @@ class LocalBackend(Backend):
                 raise BackendError(f"local generation failed: {err}") from err
             gen, reused = future.result()
             yield Done(reply=self._reply(gen, len(ids), reused, max_new, time.perf_counter() - t0, tools,
-                                         cancelled=stop.event.is_set()))
+                                         cancelled=bool(cancel and cancel.is_set())))
 
 
 def _tool_name(tool: dict[str, Any]) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import socket
@@ -205,8 +206,9 @@ class ResidentBackend(Backend):
 
     def __init__(self, model: str = "hf:smollm2", *, keep_alive: float = KEEP_ALIVE_DEFAULT,
                  precision: str = "auto", progress: bool = True) -> None:
-        if keep_alive <= 0:
-            raise ValueError("keep_alive must be > 0 for a resident model (0 means: load it in this process)")
+        if not 0 < keep_alive < math.inf:
+            raise ValueError(f"keep_alive must be a number of seconds > 0 for a resident model (0 means: load it "
+                             f"in this process), got {keep_alive}")
         self.model, self.keep_alive = model, float(keep_alive)
         try:  # a GGUF is converted once here, with its progress bar, before any server starts
             path = resolve_model_path(model, progress=progress)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import json
+import math
 import os
 import socket
 import struct
@@ -26,6 +26,8 @@ from typing import Any
 
 from agent.core.messages import Done, Message, TextDelta
 from agent.models.resident import ask, read_line, send
+
+REQUEST_TIMEOUT = 30.0  # seconds for a connection's request line to arrive
 
 
 def peer_uid(conn: socket.socket) -> int:
@@ -45,7 +47,15 @@ def rss_mb() -> float:
     return 0.0
 
 
+def fp16_ready(backend: Any) -> bool:
+    """The weights are packed in fp16, or never will be (not a CPU fp16 model)."""
+    packer = getattr(backend, "fp16", None)
+    return packer is None or packer.swapped or packer.ready
+
+
 class Server:
+    """Serves one backend (a LocalBackend here; any Backend works) to this user's commands."""
+
     def __init__(self, backend: Any, model: str, sock_path: Path, keep_alive: float) -> None:
         self.backend, self.model, self.sock_path = backend, model, sock_path
         self.keep_alive = keep_alive
@@ -71,16 +81,17 @@ class Server:
         with self.state:
             return self.users == 0 and time.monotonic() >= self.deadline
 
-    def info(self) -> dict[str, Any]:
+    def info(self, asking: int = 0) -> dict[str, Any]:
+        """What `kernelchat models` shows; `users` less the `asking` connections."""
         b = self.backend
         caps = b.capabilities
         with self.state:
-            users, left = self.users - 1, max(self.deadline - time.monotonic(), 0.0)  # less the asking one
+            users, left = self.users - asking, max(self.deadline - time.monotonic(), 0.0)
         return {"model": self.model, "pid": os.getpid(), "context_window": b.context_window,
                 "capabilities": {"tools": caps.tools, "streaming": caps.streaming,
                                  "grounds_numbers": caps.grounds_numbers, "favours_tokens": caps.favours_tokens},
-                "tools_note": b.tools_note, "device": b.device, "precision": b.precision,
-                "fp16_ready": bool(b.fp16 is None or b.fp16.swapped or b.fp16.ready),
+                "tools_note": getattr(b, "tools_note", None), "device": getattr(b, "device", "cpu"),
+                "precision": getattr(b, "precision", None), "fp16_ready": fp16_ready(b),
                 "rss_mb": round(rss_mb(), 1), "users": users, "idle_left_s": round(left, 1),
                 "keep_alive": self.keep_alive, "started": self.started}
 
@@ -93,11 +104,14 @@ class Server:
             with conn, conn.makefile("rb") as f:
                 if peer_uid(conn) != os.getuid():
                     return  # only this user's commands
+                conn.settimeout(REQUEST_TIMEOUT)  # a peer that never says what it wants does not hold the server
                 request = read_line(f)
+                conn.settimeout(None)
                 if not isinstance(request, dict):
                     return
                 keep_alive = request.get("keep_alive")
-                keep_alive = float(keep_alive) if isinstance(keep_alive, (int, float)) and keep_alive > 0 else None
+                keep_alive = (float(keep_alive) if isinstance(keep_alive, (int, float)) and 0 < keep_alive < math.inf
+                              else None)
                 try:
                     self.dispatch(conn, f, request)
                 except (BrokenPipeError, ConnectionResetError):
@@ -115,7 +129,7 @@ class Server:
     def dispatch(self, conn: socket.socket, f: Any, request: dict[str, Any]) -> None:
         op = request.get("op")
         if op == "info":
-            send(conn, self.info())
+            send(conn, self.info(asking=1))
         elif op == "hold":
             while f.read(1):  # until the command closes it (or exits)
                 pass

@@ -15,7 +15,7 @@ from agent.frontends.config import apply, config_path, load_config
 def cfg(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
-    for var in ("KERNELCHAT_MODEL", "OPENAI_BASE_URL", "KERNELCHAT_GATEWAY_URL"):
+    for var in ("KERNELCHAT_MODEL", "OPENAI_BASE_URL", "KERNELCHAT_GATEWAY_URL", "KERNELCHAT_KEEP_ALIVE"):
         monkeypatch.delenv(var, raising=False)
     path = config_path()
     path.parent.mkdir(parents=True)
@@ -60,6 +60,15 @@ def test_environment_variables_win_over_the_file(cfg, monkeypatch):
     assert parsed("--model", "flag").model == "flag"
 
 
+def test_keep_alive_from_the_file_and_the_environment_over_it(cfg, monkeypatch):
+    from agent.frontends.options import keep_alive
+
+    cfg.write_text("keep_alive = 60\n")
+    assert keep_alive(parsed()) == 60.0 and keep_alive(parsed("--keep-alive", "5")) == 5.0
+    monkeypatch.setenv("KERNELCHAT_KEEP_ALIVE", "0")
+    assert keep_alive(parsed()) == 0.0  # the variable wins over the file
+
+
 def test_exec_takes_the_sandbox_values_only(cfg):
     cfg.write_text(GOOD)
     a = build_parser(load_config()).parse_args(["exec", "print(1)"])
@@ -78,6 +87,7 @@ def test_no_file_is_no_configuration():
     ("[sandbox]\nmemory_mb = 1.5\n", ["sandbox.memory_mb", "valid integer"]),
     ("[budget]\nmax_steps = 0\n", ["budget.max_steps", "greater than 0"]),
     ("[sandbox]\nisolation = 'docker'\n", ["sandbox.isolation"]),
+    ("keep_alive = -5\n", ["keep_alive", "greater than or equal to 0"]),
     ("model = [1\n", ["not valid TOML"]),
 ])
 def test_a_bad_file_is_one_sentence_naming_the_file_and_key_exit_2(cfg, capsys, text, words):

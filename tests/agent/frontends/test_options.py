@@ -17,7 +17,7 @@ FLAGS = ["--model", "gpt-4o-mini", "--base-url", "http://models.example", "--api
          "--system", "be brief", "--max-steps", "3", "--max-tokens", "5000", "--max-usd", "1.5",
          "--max-seconds", "60", "--isolation", "gateway", "--gateway", "http://gw.example:8888",
          "--gateway-token", "tok", "--network", "--gpu", "--workspace", "/tmp/ws", "--timeout", "9",
-         "--memory-mb", "512", "--disk-mb", "256"]
+         "--memory-mb", "512", "--disk-mb", "256", "--keep-alive", "45"]
 KERNEL = dict(workspace="/tmp/ws", isolation="gateway", network=True, gpu=True, timeout=9.0, memory_mb=512,
               disk_mb=256, gateway_url="http://gw.example:8888", gateway_token="tok")
 # Flags of the prompt parser that are not Chat options: what the front end itself does.
@@ -41,11 +41,12 @@ def test_every_flag_reaches_chat_and_kernel():
     assert options.kernel_options(args) == KERNEL
     assert options.chat_options(args) == dict(
         model="gpt-4o-mini", system="be brief", base_url="http://models.example", api_key="sk-test",
-        budget=Budget(max_tokens=5000, max_usd=1.5, max_seconds=60.0), max_steps=3, progress=True, **KERNEL)
+        budget=Budget(max_tokens=5000, max_usd=1.5, max_seconds=60.0), max_steps=3, progress=True,
+        keep_alive=45.0, **KERNEL)
 
 
 def test_exec_takes_the_same_sandbox_flags():
-    sandbox = FLAGS[FLAGS.index("--isolation"):]
+    sandbox = FLAGS[FLAGS.index("--isolation"):FLAGS.index("--keep-alive")]
     args = build_parser().parse_args(["exec", "print(1)", *sandbox])
     assert options.kernel_options(args) == KERNEL
 
@@ -117,3 +118,28 @@ def test_make_workspace(tmp_path):
         with pytest.raises(ValueError, match=says):
             options.make_workspace(path)
     assert not (tmp_path / "nowhere").exists()  # a dangling link is not followed
+
+
+def test_run_takes_keep_alive():
+    assert options.keep_alive(build_parser().parse_args(["run", "t.toml", "--keep-alive", "0"])) == 0
+
+
+@pytest.mark.parametrize("argv, env, expected", [
+    ([], None, options.KEEP_ALIVE), ([], "12.5", 12.5), (["--keep-alive", "7"], "12.5", 7.0), (["--keep-alive", "0"], None, 0.0)])
+def test_keep_alive_flag_then_environment_then_default(monkeypatch, argv, env, expected):
+    monkeypatch.delenv("KERNELCHAT_KEEP_ALIVE", raising=False)
+    if env is not None:
+        monkeypatch.setenv("KERNELCHAT_KEEP_ALIVE", env)
+    assert options.keep_alive(prompt_parser().parse_args(argv)) == expected
+
+
+@pytest.mark.parametrize("argv, env, words", [
+    (["--keep-alive", "-1"], None, "--keep-alive must be a number of seconds, 0 or more"),
+    (["--keep-alive", "inf"], None, "--keep-alive must be"),
+    ([], "soon", "KERNELCHAT_KEEP_ALIVE must be a number of seconds")])
+def test_a_bad_keep_alive_is_one_sentence_before_anything_loads(monkeypatch, argv, env, words):
+    monkeypatch.delenv("KERNELCHAT_KEEP_ALIVE", raising=False)
+    if env is not None:
+        monkeypatch.setenv("KERNELCHAT_KEEP_ALIVE", env)
+    with pytest.raises(ValueError, match=words):
+        options.check_options(prompt_parser().parse_args(argv))
