@@ -279,6 +279,21 @@ def test_a_stopped_server_is_started_again(resident):
 
 
 @pytest.mark.slow
+def test_a_server_killed_mid_reply_is_one_error_then_started_again(resident):
+    """SIGKILL leaves its socket file behind: the reply in flight fails with one sentence naming the
+    log, and the next request starts a new server over the stale socket."""
+    old = resident.pid
+    story = [QUESTION[0], Message(role="user", content="Write a long story about a dragon.")]
+    stream = resident.stream(story, max_tokens=400)
+    assert isinstance(next(stream), TextDelta)
+    os.kill(old, signal.SIGKILL)
+    with pytest.raises(BackendError, match=r"stopped mid-reply.*log: "):
+        list(stream)
+    assert resident.address.socket.exists()  # stale
+    assert resident.complete(QUESTION, max_tokens=8).message.content and resident.pid != old
+
+
+@pytest.mark.slow
 def test_a_model_that_does_not_load_is_reported(real_runtime, tmp_path):
     (tmp_path / "config.json").write_text("{}")  # a folder, but no model in it
     with pytest.raises(BackendError, match=r"failed to start \(exit 1\): .*Error"):
