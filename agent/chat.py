@@ -68,9 +68,7 @@ class Chat(Session):
             system = SMALL_MODEL_SYSTEM
         super().__init__(backend, system=system, progress=progress, price_of=pricing.lookup, price_help=price_help,
                          parse_calls=parse_tool_calls, **options)
-        note = getattr(backend, "tools_note", None)  # tools described in the prompt: say so once
-        if note and self.tools:
-            self.notices.append(note)
+        self._note_tools(backend)
         if answer_from_output is not None:
             self.small_model_mode(answer_from_output)
 
@@ -83,6 +81,14 @@ class Chat(Session):
         if small:
             self.max_tokens_per_step = MAX_TOKENS_PER_STEP
         self.small_model_mode(small)
+        if hasattr(self, "notices"):  # a switch after the start (in __init__ the tools come later)
+            self._note_tools(backend)
+
+    def _note_tools(self, backend: Backend) -> None:
+        """Tools described in the model's prompt (no tool section in its template): say so once."""
+        note = getattr(backend, "tools_note", None)
+        if note and self.tools and note not in self.notices:
+            self.notices.append(note)
 
     def small_model_mode(self, on: bool) -> None:
         """Models without tool training (on by default for them) write ```python blocks and garble

@@ -207,6 +207,9 @@ def _md_cell(cell: CellRecord, n: int | None, files_dir: str, files: dict[str, b
     return out + ([""] if cell.figures or unstored else [])
 
 
+FIGURE_NAME = re.compile(r"figure-\d+\.[a-z]+")
+
+
 def write_markdown(path: str | Path, conv: ConversationFile, header: str = "") -> Path:
     """Write `header` and the Markdown to `path`, its images into the folder `<stem>_files` beside
     it (created, or reused when it is a real folder: never through a link), each written atomically."""
@@ -229,5 +232,25 @@ def write_markdown(path: str | Path, conv: ConversationFile, header: str = "") -
             except UnsafePath as e:
                 raise ValueError(f"cannot write the export's images to {folder} ({e}); remove it or "
                                  "export under another name") from None
+    drop_stale_figures(folder, {Path(rel).name for rel in files})
     atomic_write(path, header + text)
     return path
+
+
+def drop_stale_figures(folder: Path, keep: set[str]) -> None:
+    """Remove the figures an earlier, longer export of the same name left in `folder` (only names
+    this export writes, `figure-N.ext`). The folder is opened without following a link and names
+    are unlinked relative to it: an unlink removes a link, never what it points to."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return  # no folder (no images, now or before), or not a real one
+    try:
+        for name in os.listdir(fd):
+            if FIGURE_NAME.fullmatch(name) and name not in keep:
+                try:
+                    os.unlink(name, dir_fd=fd)
+                except OSError:
+                    pass  # a folder of that name, or gone already
+    finally:
+        os.close(fd)

@@ -222,7 +222,11 @@ def build_parser(cfg: config.ConfigFile | None = None) -> argparse.ArgumentParse
     register_model_commands(sub)
     from agent.frontends.runner import register as register_run  # `run TASK.toml ...`
 
-    register_run(sub)
+    run = register_run(sub)
+    if cfg is not None:  # the file's keep_alive, and its model (with base_url) for tasks that name none
+        values = config.defaults(cfg)
+        run.set_defaults(keep_alive=values.get("keep_alive"), config_model=values.get("model"),
+                         config_base_url=values.get("base_url"))
     from agent.frontends.conversations import register as register_conversations  # `conversations`
 
     register_conversations(sub)
@@ -286,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             parser = prompt_parser()
             config.apply(parser, config.load_config())  # the file's values become the flags' defaults
         else:
-            parser = build_parser(config.load_config() if argv[0] == "exec" else None)
+            parser = build_parser(config.load_config() if argv[0] in ("exec", "run") else None)
         args = parser.parse_args(argv)
     except UsageError as e:
         e.parser.print_usage(sys.stderr)

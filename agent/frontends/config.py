@@ -12,10 +12,11 @@
     memory_mb = 4096
 
 Precedence: a command-line flag, then an environment variable (KERNELCHAT_MODEL, OPENAI_BASE_URL,
-KERNELCHAT_GATEWAY_URL, KERNELCHAT_KEEP_ALIVE), then this file, then the built-in default. The file is checked strictly:
-an unknown key or a value of the wrong type is one sentence naming the file and the key (ValueError).
-It sets the flags' defaults, so the one shot, the terminal chat and `exec` see it; the Python API does not
-read it (`Chat()` without a model does follow KERNELCHAT_MODEL).
+KERNELCHAT_GATEWAY_URL, KERNELCHAT_KEEP_ALIVE), then this file, then the built-in default. The file
+is checked strictly: an unknown key or a value of the wrong type is one sentence naming the file and
+the key (ValueError). It sets the flags' defaults, so the one shot, the terminal chat and `exec` see
+it; `kernelchat run` takes its keep_alive, and its model (with base_url) for tasks that name none.
+The Python API does not read it (`Chat()` without a model does follow KERNELCHAT_MODEL).
 """
 
 from __future__ import annotations

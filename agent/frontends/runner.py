@@ -267,9 +267,10 @@ def default_out() -> Path:
 
 def make_backends(tasks: list[Task], out: Path, *, model: str | None = None, base_url: str | None = None,
                   record: str | Path | None = None, replay: str | Path | None = None,
-                  keep_alive: float = 0.0) -> dict[str, Any]:
+                  keep_alive: float = 0.0, fallback: tuple[str | None, str | None] = (None, None)) -> dict[str, Any]:
     """One backend per task, built before anything runs: a setup problem stops the run (exit 2).
-    `keep_alive` > 0: local models are served by a resident process (agent/models/resident.py)."""
+    `keep_alive` > 0: local models are served by a resident process (agent/models/resident.py).
+    `fallback`: the configuration file's (model, base_url), for tasks that name no model."""
     from agent.models import get_backend
 
     backends: dict[str, Any] = {}
@@ -283,8 +284,9 @@ def make_backends(tasks: list[Task], out: Path, *, model: str | None = None, bas
         if record:
             cassette = Cassette.load(record) if Path(record).is_file() else Cassette(record)
         for t in tasks:
-            inner = get_backend(model or t.model, base_url=base_url or t.base_url, progress=False,
-                                keep_alive=keep_alive)
+            chosen = model or t.model
+            inner = get_backend(chosen or fallback[0], base_url=base_url or t.base_url or (
+                None if chosen else fallback[1]), progress=False, keep_alive=keep_alive)
             backends[t.name] = (RecordingBackend(inner, cassette, task=t.name, workspace=_workspace(out, t))
                                 if cassette else inner)
         if cassette:
@@ -294,8 +296,10 @@ def make_backends(tasks: list[Task], out: Path, *, model: str | None = None, bas
     return backends
 
 
-def model_line(task: Task, *, model: str | None = None, replay: str | Path | None = None) -> str:
-    """Which model a task runs on, and why when no one chose it (said before the task starts)."""
+def model_line(task: Task, *, model: str | None = None, replay: str | Path | None = None,
+               fallback: str | None = None) -> str:
+    """Which model a task runs on, and why when no one chose it (said before the task starts).
+    `fallback`: the configuration file's model."""
     from agent.models import EMBEDDED, default_model
 
     if replay:
@@ -304,6 +308,8 @@ def model_line(task: Task, *, model: str | None = None, replay: str | Path | Non
         return f"{task.name}: model {model} (--model)"
     if task.model:
         return f"{task.name}: model {task.model} (the task file)"
+    if fallback:
+        return f"{task.name}: model {fallback} (no model in the task: the configuration file)"
     chosen = default_model()
     if os.environ.get("KERNELCHAT_MODEL"):
         why = "no model in the task: KERNELCHAT_MODEL"
@@ -412,10 +418,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out) if args.out else default_out()
     for t in tasks:  # before any weights load: a fallback to the embedded model is no surprise
-        err.print(Text(safe_line(model_line(t, model=args.model, replay=args.replay)), style="dim"))
+        err.print(Text(safe_line(model_line(t, model=args.model, replay=args.replay,
+                                            fallback=getattr(args, "config_model", None))), style="dim"))
     try:
         backends = make_backends(tasks, out, model=args.model, base_url=args.base_url, record=args.record,
-                                 replay=args.replay, keep_alive=keep_alive(args))
+                                 replay=args.replay, keep_alive=keep_alive(args),
+                                 fallback=(getattr(args, "config_model", None), getattr(args, "config_base_url", None)))
     except SetupError as e:
         err.print(Text.assemble(("kernelchat run: setup failed:", "red"), " ", safe_text(str(e))))
         return 2
@@ -442,7 +450,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return exit_code(results)
 
 
-def register(sub: Any) -> None:
+def register(sub: Any) -> argparse.ArgumentParser:
     """Add the `run` subcommand to the CLI's subparsers."""
     p = sub.add_parser("run", help="run task files (TOML) and check their outcomes",
                        description="Run task files: prompts, checks, a report folder. Exit code 0 all passed, "
@@ -459,6 +467,7 @@ def register(sub: Any) -> None:
     add_keep_alive_arg(p)
     add_gateway_args(p, help_text="run every task's kernel on this Jupyter Kernel Gateway / Enterprise Gateway")
     p.set_defaults(func=cmd_run)
+    return p
 
 
 __all__ = ["run_task", "run_tasks", "run_check", "make_backends", "TaskResult", "CheckResult", "register",

@@ -54,3 +54,20 @@ def test_the_strategy_is_one_object_the_chat_forwards_its_knobs_to(tmp_path):
         assert [m.role for m in backend.requests[0]] == ["system", "user"]
         chat.answer_from_output = True
         assert chat.attempts == 2
+
+
+def test_switching_to_a_model_that_takes_tools_in_its_prompt_says_so_once(tmp_path):
+    def get_weather(city: str) -> str:
+        """Get the weather."""
+        return city
+
+    prompted = small_backend([])
+    prompted.tools_note = "tools described in the prompt"  # as LocalBackend says for template-less models
+    with Chat(backend=ScriptedBackend([]), tools=[get_weather], workspace=tmp_path) as chat:
+        assert chat.notices == []
+        chat.use_backend(prompted)
+        chat.use_backend(prompted)
+        assert chat.notices == ["tools described in the prompt"]
+    with Chat(backend=ScriptedBackend([]), workspace=tmp_path) as chat:  # no custom tools: nothing to say
+        chat.use_backend(prompted)
+        assert chat.notices == []

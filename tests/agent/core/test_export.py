@@ -133,3 +133,27 @@ def test_markdown_files_fences_and_a_planted_link(tmp_path):
     with pytest.raises(ValueError, match="d_files: it exists and is not a folder"):
         export.write_markdown(tmp_path / "d.md", conv)
     assert list(elsewhere.iterdir()) == [] and not (tmp_path / "d.md").exists()
+
+
+def test_markdown_again_under_the_same_name_leaves_no_figure_of_the_longer_export(tmp_path):
+    def with_figures(n: int) -> ConversationFile:
+        turn = [(Message(role="user", content="q"), {})]
+        for i in range(n):
+            cell = CellRecord(code="plot()", status="ok", output="",
+                              figures=[Figure(mime="image/svg+xml", data=SVG, name=f"p{i}.svg")])
+            turn += [call("plot()", f"c{i}"), result(f"c{i}", cell)]
+        return conversation(turn)
+
+    export.write_markdown(tmp_path / "c.md", with_figures(3))
+    folder = tmp_path / "c_files"
+    assert sorted(p.name for p in folder.iterdir()) == ["figure-1.svg", "figure-2.svg", "figure-3.svg"]
+    (folder / "notes.txt").write_text("mine")  # not a name the export writes: kept
+    outside = tmp_path / "outside.svg"
+    outside.write_text("not the export's")
+    (folder / "figure-3.svg").unlink()
+    (folder / "figure-3.svg").symlink_to(outside)  # a planted link: removed, its target kept
+    export.write_markdown(tmp_path / "c.md", with_figures(1))
+    assert sorted(p.name for p in folder.iterdir()) == ["figure-1.svg", "notes.txt"]
+    assert outside.read_text() == "not the export's"
+    export.write_markdown(tmp_path / "c.md", with_figures(0))  # no images now: the old ones go too
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]

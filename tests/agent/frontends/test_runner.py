@@ -113,3 +113,32 @@ def test_a_max_steps_stop_reads_the_same_in_the_table_the_summary_and_the_transc
     assert json.loads((out / "summary.json").read_text())["tasks"][0]["outcomes"] == [note]
     assert f"| {note} |" in (out / "summary.md").read_text()
     assert f"outcome: {note}" in (out / "t" / "transcript.md").read_text()
+
+
+def test_run_takes_the_configuration_files_model_for_tasks_without_one(tmp_path, no_model_env, capsys):
+    asked = []
+
+    def scripted(model=None, base_url=None, keep_alive=0.0, **_):
+        asked.append((model, base_url, keep_alive))
+        return ScriptedBackend(["hi"], model=model or "hf:smollm2")
+
+    no_model_env.setattr(agent.models, "get_backend", scripted)
+    no_model_env.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    no_model_env.delenv("KERNELCHAT_KEEP_ALIVE")
+    (tmp_path / "cfg" / "kernelchat").mkdir(parents=True)
+    (tmp_path / "cfg" / "kernelchat" / "config.toml").write_text(
+        'model = "openai:local-qwen"\nbase_url = "http://127.0.0.1:9/v1"\nkeep_alive = 42\n')
+    (tmp_path / "bare.toml").write_text('prompts = ["a"]\n')
+    (tmp_path / "named.toml").write_text('model = "hf:other"\nprompts = ["a"]\n')
+    out = tmp_path / "out"
+    assert cli.main(["run", str(tmp_path / "bare.toml"), str(tmp_path / "named.toml"), "--out", str(out),
+                     "--no-progress"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "bare: model openai:local-qwen (no model in the task: the configuration file)" in err
+    assert "named: model hf:other (the task file)" in err
+    # the file's base_url goes with the file's model only; keep_alive to every local model
+    assert asked == [("openai:local-qwen", "http://127.0.0.1:9/v1", 42.0), ("hf:other", None, 42.0)]
+    no_model_env.setenv("KERNELCHAT_MODEL", "gpt-4.1")  # the variable wins over the file
+    asked.clear()
+    assert cli.main(["run", str(tmp_path / "bare.toml"), "--out", str(tmp_path / "out2"), "--no-progress"]) == 0
+    assert asked == [(None, "http://127.0.0.1:9/v1", 42.0)]
