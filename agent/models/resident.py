@@ -43,6 +43,7 @@ MAX_LINE = 64 << 20  # a reply line (a whole conversation in a Done) is far smal
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.I)
 START_TIMEOUT = 600.0  # a first load of a big model from a slow disk
 SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux
+EXCEPTION_LINE = re.compile(r"[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")
 
 
 class ResidentUnavailable(RuntimeError):
@@ -162,18 +163,23 @@ def start_server(addr: Address, keep_alive: float) -> subprocess.Popen:
     with open(addr.log, "wb") as log:
         os.chmod(addr.log, 0o600)
         return subprocess.Popen(
-            [sys.executable, "-m", "agent.models.resident_server", "--model", addr.model, "--path", addr.path,
-             "--precision", addr.precision, "--socket", str(addr.socket), "--keep-alive", str(keep_alive)],
+            # -P: not the working folder first on sys.path; NAME=VALUE: a value that starts with "-" stays a value
+            [sys.executable, "-P", "-m", "agent.models.resident_server", f"--model={addr.model}",
+             f"--path={addr.path}", f"--precision={addr.precision}", f"--socket={addr.socket}",
+             f"--keep-alive={keep_alive}"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=server_env(),
             cwd=str(addr.socket.parent), start_new_session=True, close_fds=True)
 
 
 def log_tail(path: Path, lines: int = 8) -> str:
+    """The end of a server's log, on one line: from its last exception's line on if it has one
+    (not the traceback above it), else its last `lines` lines."""
     try:
-        text = path.read_text(errors="replace").strip().splitlines()
+        text = [line.strip() for line in path.read_text(errors="replace").strip().splitlines()]
     except OSError:
         return ""
-    return " | ".join(text[-lines:])
+    errors = [i for i, line in enumerate(text) if EXCEPTION_LINE.match(line)]
+    return " ".join(t for t in text[errors[-1]:] if t) if errors else " | ".join(text[-lines:])
 
 
 def wait_for_server(addr: Address, proc: subprocess.Popen, keep_alive: float,
@@ -214,6 +220,8 @@ class ResidentBackend(Backend):
             path = resolve_model_path(model, progress=progress)
         except FileNotFoundError as e:
             raise BackendError(str(e)) from None
+        if os.path.exists(path):  # a folder: the server runs elsewhere (a Hub id stays a name)
+            path = os.path.abspath(path)
         self.address = Address.of(model, path, precision)
         self.started = False  # True: this command started the server (a cold start)
         self._hold: socket.socket | None = None

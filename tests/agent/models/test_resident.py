@@ -294,10 +294,13 @@ def test_a_server_killed_mid_reply_is_one_error_then_started_again(resident):
 
 
 @pytest.mark.slow
-def test_a_model_that_does_not_load_is_reported(real_runtime, tmp_path):
-    (tmp_path / "config.json").write_text("{}")  # a folder, but no model in it
-    with pytest.raises(BackendError, match=r"failed to start \(exit 1\): .*Error"):
-        get_backend(str(tmp_path), keep_alive=5)
+def test_a_model_that_does_not_load_is_reported(real_runtime, tmp_path, monkeypatch):
+    (tmp_path / "-model").mkdir()
+    (tmp_path / "-model" / "config.json").write_text("{}")  # a folder, but no model in it
+    monkeypatch.chdir(tmp_path)  # a relative name, and one that looks like an option
+    with pytest.raises(BackendError, match=r"failed to start \(exit 1\): .*Error") as e:
+        get_backend("-model", keep_alive=5)
+    assert "expected one argument" not in str(e.value) and "-model" in str(e.value)
 
 
 def test_socket_module_is_unix():  # the resident server needs AF_UNIX and SO_PEERCRED (Linux)
