@@ -281,7 +281,7 @@ class ResidentBackend(Backend):
                    "numbers": sorted(numbers) if numbers is not None else None, "favour": favour, "bonus": bonus}
         # Leaving this generator early (Ctrl-C, a budget) closes the connection: the server stops.
         with self._request(request) as f:
-            while (event := read_line(f)) is not None:
+            while (event := self._read(f)) is not None:
                 if "text" in event:
                     yield TextDelta(text=event["text"])
                 elif "done" in event:
@@ -291,10 +291,17 @@ class ResidentBackend(Backend):
                     raise BackendError(event["error"])
         raise self._gone()
 
+    def _read(self, f: Any) -> dict[str, Any] | None:
+        """The next object from the server; a connection reset or a cut line is its end."""
+        try:
+            return read_line(f)
+        except (OSError, ValueError):
+            return None
+
     def count_prompt_tokens(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> int:
         with self._request({"op": "count", "messages": [m.model_dump(mode="json") for m in messages],
                             "tools": tools}) as f:
-            answer = read_line(f)
+            answer = self._read(f)
         if answer is None:
             raise self._gone()
         if "error" in answer:
