@@ -42,6 +42,15 @@ DEFAULT_MAX_TOKENS = 1024
 CACHE_KW = "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclass_fields__ else "past_key_values"
 
 
+# Every generation of every LocalBackend in the process runs on this one thread. Each thread that
+# runs torch's parallel ops keeps its own OpenMP team, and two live teams on two cores fight: running
+# generate on varying threads made streaming ~1.5x slower, and a second backend (its own thread), or
+# one parallel op on the main thread, halves generation for the rest of the process (38 -> 19 tok/s,
+# bench/backend_bench.py). Torch work of your own beside an in-process model: run it on a thread that
+# ends, or keep the model in its own process (keep_alive, agent/models/resident.py).
+GENERATION_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernelchat-generate")
+
+
 def pick_device(device: str | None = None) -> str:
     """cuda when available, else cpu."""
     return device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -122,10 +131,6 @@ class LocalBackend(Backend):
             favours_tokens=True)
         self.stop_ids = self._stop_ids()
         self._lock = threading.Lock()  # one model, one KV cache: one generation at a time
-        # Every generation runs on this one thread. Running model.generate on varying threads (the
-        # caller's, a new one per stream) left several OpenMP thread teams fighting for the cores:
-        # streaming measured ~1.5x slower than a plain generate call before this.
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernelchat-generate")
         self._cache: Any = None        # DynamicCache of the last call
         self._cache_ids: list[int] = []  # the tokens whose keys/values `_cache` holds
 
@@ -305,7 +310,7 @@ class LocalBackend(Backend):
                     streamer.end()  # unblock the consumer; the error is re-raised from the future
                     raise
 
-            future = self._worker.submit(work)
+            future = GENERATION_THREAD.submit(work)
             # Text that may be a call is held back (it is shown as the call); python blocks stream as text.
             watch = ToolCallStream(tools) if tools and (self.capabilities.tools or prompted) else None
             try:
