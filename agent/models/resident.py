@@ -160,8 +160,8 @@ def prune(folder: Path, age: float = 86400.0) -> None:
 def start_server(addr: Address, keep_alive: float) -> subprocess.Popen:
     """The server for `addr`, detached (its own session: Ctrl-C in this terminal does not stop it)."""
     prune(addr.socket.parent)
-    with open(addr.log, "wb") as log:
-        os.chmod(addr.log, 0o600)
+    fd = os.open(addr.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with open(fd, "wb") as log:
         return subprocess.Popen(
             # -P: not the working folder first on sys.path; NAME=VALUE: a value that starts with "-" stays a value
             [sys.executable, "-P", "-m", "agent.models.resident_server", f"--model={addr.model}",

@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--socket", required=True, type=Path)
     p.add_argument("--keep-alive", type=float, default=300.0)
     args = p.parse_args(argv)
-    lock = open(args.socket.with_suffix(".lock"), "a")
+    lock = os.open(args.socket.with_suffix(".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     deadline = time.monotonic() + 60
     while True:  # one server per address; one that is exiting (idle) holds the lock a moment longer
         try:
