@@ -64,6 +64,7 @@ class Server:
         self.deadline = time.monotonic() + keep_alive
         self.state = threading.Lock()
         self.stopping = threading.Event()
+        self.ready = threading.Event()  # listening
         self.listener: socket.socket | None = None
 
     # --- bookkeeping ---------------------------------------------------------------------------
@@ -186,6 +187,7 @@ class Server:
         ino = os.stat(self.sock_path).st_ino
         print(f"serving {self.model} on {self.sock_path} (pid {os.getpid()}, keep_alive {self.keep_alive:g} s)",
               flush=True)
+        self.ready.set()
         try:
             while not self.stopping.is_set() and not self.idle_over():
                 try:

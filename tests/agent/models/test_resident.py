@@ -30,12 +30,17 @@ QUESTION = [Message(role="system", content="You are a helpful assistant."),
             Message(role="user", content="What is the capital of France? Answer in one word.")]
 
 
+IN_THREAD: list[Server] = []  # the servers serve_in_thread started, stopped after each test
+
+
 @pytest.fixture
 def runtime(monkeypatch) -> Iterator[Path]:
     """A private runtime folder, short enough for a socket path."""
     folder = Path(tempfile.mkdtemp(prefix="kc-", dir="/tmp"))
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(folder))
     yield folder
+    while IN_THREAD:
+        IN_THREAD.pop().stopping.set()
     shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -44,10 +49,8 @@ def serve_in_thread(backend: Any, model_dir: Path, keep_alive: float = 60.0) -> 
     addr = Address.of(str(model_dir), str(model_dir))
     server = Server(backend, str(model_dir), addr.socket, keep_alive)
     threading.Thread(target=server.serve, daemon=True).start()
-    deadline = time.monotonic() + 10
-    while not addr.socket.exists():
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    assert server.ready.wait(10)
+    IN_THREAD.append(server)
     return server
 
 
