@@ -141,3 +141,39 @@ def kernel_gateway(tmp_path_factory):
         except OSError:
             pass
         proc.wait()
+
+
+# -- no model server left behind ----------------------------------------------------------------------
+
+
+def _model_servers() -> dict[str, int]:
+    """Resident model servers answering in the runtime folders a test's command may use: this
+    environment's, and the default one of a command run with a minimal environment."""
+    from agent.core.dirs import runtime_dir
+    from agent.models.resident import ask
+
+    found = {}
+    for folder in {runtime_dir(), _Path.home() / ".cache" / "kernelchat" / "run"}:
+        for sock in folder.glob("*.sock") if folder.is_dir() else []:
+            try:
+                found[str(sock)] = ask(sock, {"op": "info"}, timeout=5.0)["pid"]
+            except (OSError, ValueError, RuntimeError):
+                continue
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_model_server_left_behind():
+    """A test that runs the command line without KERNELCHAT_KEEP_ALIVE=0 leaves a model server
+    running for minutes: stop it, and fail the session so the test gets fixed."""
+    before = _model_servers()
+    yield
+    from agent.models.resident import ask
+
+    left = {sock: pid for sock, pid in _model_servers().items() if before.get(sock) != pid}
+    for sock in left:
+        try:
+            ask(_Path(sock), {"op": "stop"}, timeout=5.0)
+        except (OSError, ValueError, RuntimeError):
+            pass
+    assert not left, f"model servers left running by the tests (stopped now): {left}"

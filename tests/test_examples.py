@@ -66,7 +66,8 @@ def test_quickstart_end_to_end_with_the_embedded_model(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([str(BIN), "run", str(EXAMPLES / "quickstart.toml"), "--out", str(out), "--no-progress"],
                           capture_output=True, text=True, timeout=600, cwd=tmp_path,
-                          env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home())})
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home()),
+                               "KERNELCHAT_KEEP_ALIVE": "0"})  # no server left behind (test_resident tests it)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     t = summary["tasks"][0]
