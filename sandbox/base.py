@@ -76,6 +76,39 @@ def holds_files(root: Path) -> bool:
         os.close(fd)
 
 
+def remove_tree(root: Path) -> None:
+    """rmtree that also removes folders the code made unreadable or unwritable (chmod 000 or 500: a
+    plain user's rmtree cannot enter them). Only real folders are opened up (lstat, not following a
+    link), and only after the kernel has stopped, so nothing swaps them meanwhile; rmtree itself
+    follows no link (it works on folder descriptors: `avoids_symlink_attacks`)."""
+    tried: set[str] = set()
+    top = os.path.abspath(root)
+
+    def open_up(func: Callable, path: str, exc_info: Any) -> None:
+        if not isinstance(exc_info[1], PermissionError) or path in tried:
+            return  # once per path: a folder that stays locked (another owner's) ends the attempt
+        tried.add(path)
+        for folder in (os.path.dirname(path), path):
+            if folder != top and not folder.startswith(top + os.sep):
+                continue  # never a folder above the workspace (its parent is /tmp)
+            try:
+                if stat.S_ISDIR(os.lstat(folder).st_mode):
+                    os.chmod(folder, 0o700)
+            except OSError:
+                pass
+        if stat.S_ISDIR(os.lstat(path).st_mode) if os.path.lexists(path) else False:
+            shutil.rmtree(path, onerror=open_up)  # its own locked folders, the same way
+        else:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    shutil.rmtree(root, onerror=open_up)  # onerror: Python 3.11 (onexc came in 3.12)
+    if root.exists():  # a folder opened up above can be removed now
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def remove_empty_workspace(root: Path) -> bool:
     """Remove a temporary workspace that holds no regular file; True when it is gone. Nothing is
     followed: rmtree works on folder descriptors here (`avoids_symlink_attacks`)."""
@@ -84,7 +117,7 @@ def remove_empty_workspace(root: Path) -> bool:
             return False
     except OSError:
         return not root.exists()
-    shutil.rmtree(root, ignore_errors=True)
+    remove_tree(root)
     return not root.exists()
 
 
@@ -222,7 +255,7 @@ class Kernel(WorkspaceFiles, ABC):
             self._stop()  # first: the files are the host user's again, and no code runs to swap them
             if self._own_workspace and self.workspace.exists():
                 if self.keep_workspace is False:
-                    shutil.rmtree(self.workspace, ignore_errors=True)
+                    remove_tree(self.workspace)
                 elif self.keep_workspace is None:
                     remove_empty_workspace(self.workspace)
                 self.kept_workspace = self.workspace if self.workspace.exists() else None
