@@ -324,16 +324,21 @@ def servers() -> list[dict[str, Any]]:
     return found
 
 
-def stop_servers(model: str | None = None) -> list[dict[str, Any]]:
-    """Stop the resident servers (of `model` only, if given); returns the ones stopped."""
+def stop_servers(model: str | None = None, wait: float = 10.0) -> list[dict[str, Any]]:
+    """Stop the resident servers (of `model` only, if given) and wait (up to `wait` seconds each)
+    until they no longer answer; returns the ones stopped."""
     stopped = []
     for info in servers():
         if model is None or info["model"] == model:
+            sock = Path(info["socket"])
             try:
-                ask(Path(info["socket"]), {"op": "stop"}, timeout=10.0)
-                stopped.append(info)
+                ask(sock, {"op": "stop"}, timeout=10.0)
             except (OSError, ValueError, BackendError):
                 continue
+            deadline = time.monotonic() + wait
+            while sock.exists() and time.monotonic() < deadline:  # it removes its socket as it leaves
+                time.sleep(0.05)
+            stopped.append(info)
     return stopped
 
 
