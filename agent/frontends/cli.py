@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import tomllib
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -283,8 +284,19 @@ def report(message: str, as_json: bool) -> int:
     return 2
 
 
+def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: Any = None, line: str | None = None) -> None:
+    """kernelchat's own warnings (e.g. a model loaded in the command because the resident server's
+    folder is unsafe) as one yellow line, not Python's file:line form; others as Python shows them."""
+    if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parents[1]):
+        Console(stderr=True).print(Text(f"kernelchat: {safe_text(str(message))}", style="yellow"), soft_wrap=True)
+    else:  # as Python's own showwarning writes it
+        (file or sys.stderr).write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    warnings.showwarning = show_warning
     try:
         if not argv or argv[0] not in SUBCOMMANDS:  # a prompt, or none (the chat), or --help / --version
             parser = prompt_parser()

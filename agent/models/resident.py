@@ -78,6 +78,18 @@ def code_fingerprint() -> str:
     return h.hexdigest()
 
 
+def hub_snapshot(name: str) -> list[str]:
+    """What the local Hugging Face cache points a Hub id at (its refs: the snapshot commits), so a
+    newer download makes a new address; [] when the id is not cached."""
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    refs = Path(HF_HUB_CACHE) / f"models--{name.replace('/', '--')}" / "refs"
+    try:
+        return [f"{r.name}={r.read_text().strip()}" for r in sorted(refs.iterdir()) if r.is_file()]
+    except OSError:
+        return []
+
+
 @dataclass(frozen=True)
 class Address:
     """Where the server for one model (its files, precision, kernelchat's code) listens and logs."""
@@ -93,8 +105,8 @@ class Address:
     def of(cls, model: str, path: str, precision: str = "auto") -> "Address":
         folder = private_dir()
         files = Path(path)
-        marks = [(str(p.relative_to(files)), p.stat().st_size, p.stat().st_mtime_ns)
-                 for p in sorted(files.iterdir()) if p.is_file()] if files.is_dir() else []
+        marks = ([(str(p.relative_to(files)), p.stat().st_size, p.stat().st_mtime_ns)
+                  for p in sorted(files.iterdir()) if p.is_file()] if files.is_dir() else hub_snapshot(path))
         key = hashlib.sha256(json.dumps([model, path, precision, marks, code_fingerprint()]).encode()).hexdigest()[:16]
         sock = folder / f"{key}.sock"
         if len(os.fsencode(sock)) > SOCKET_PATH_MAX:

@@ -89,3 +89,14 @@ def test_exec_says_where_a_kept_workspace_is(tmpdir_, capsys, json_flag):
 def test_exec_without_files_leaves_no_workspace_and_says_nothing(tmpdir_, capsys):
     assert cli.main(["exec", "x = 1"]) == 0
     assert list(tmpdir_.glob("kernelchat-ws-*")) == [] and "files kept" not in screen(capsys)[1]
+
+
+def test_kernelchats_own_warnings_are_one_line(capsys):
+    import agent.models
+
+    cli.show_warning(UserWarning("the model is loaded in this process: /x is open"), UserWarning,
+                     agent.models.__file__, 63)
+    err = capsys.readouterr().err
+    assert err.strip() == "kernelchat: the model is loaded in this process: /x is open"
+    cli.show_warning(UserWarning("a library's"), UserWarning, "/elsewhere/lib.py", 1)
+    assert "/elsewhere/lib.py:1: UserWarning: a library's" in capsys.readouterr().err

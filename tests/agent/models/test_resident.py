@@ -323,3 +323,18 @@ def test_sandboxed_code_cannot_reach_the_model_server(runtime, tmp_path, shared_
     result = shared_kernel.execute(code)
     assert "refused" in result.stdout or result.stdout.strip() == "reply b''", result.stdout + result.stderr
     assert not server.stopping.is_set() and ask(server.sock_path, {"op": "info"})["pid"] == os.getpid()
+
+
+def test_a_hub_id_is_addressed_by_the_snapshot_its_cache_points_at(runtime, tmp_path, monkeypatch):
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    refs = tmp_path / "hub" / "models--org--tiny" / "refs"
+    first = Address.of("hf:org/tiny", "org/tiny")  # not cached yet
+    refs.mkdir(parents=True)
+    (refs / "main").write_text("abc123")
+    second = Address.of("hf:org/tiny", "org/tiny")
+    (refs / "main").write_text("def456")  # a newer download
+    third = Address.of("hf:org/tiny", "org/tiny")
+    assert len({first.socket, second.socket, third.socket}) == 3
+    assert Address.of("hf:org/tiny", "org/tiny") == third
