@@ -150,16 +150,10 @@ def _model_servers() -> dict[str, int]:
     """Resident model servers answering in the runtime folders a test's command may use: this
     environment's, and the default one of a command run with a minimal environment."""
     from agent.core.dirs import runtime_dir
-    from agent.models.resident import ask
+    from agent.models.resident import servers
 
-    found = {}
-    for folder in {runtime_dir(), _Path.home() / ".cache" / "kernelchat" / "run"}:
-        for sock in folder.glob("*.sock") if folder.is_dir() else []:
-            try:
-                found[str(sock)] = ask(sock, {"op": "info"}, timeout=5.0)["pid"]
-            except (OSError, ValueError, RuntimeError):
-                continue
-    return found
+    return {info["socket"]: info["pid"] for folder in {runtime_dir(), _Path.home() / ".cache" / "kernelchat" / "run"}
+            for info in servers(folder)}
 
 
 @pytest.fixture(scope="session", autouse=True)

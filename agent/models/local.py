@@ -68,13 +68,15 @@ def torch_threads(n: int) -> Iterator[None]:
 
 
 class _Cancel(StoppingCriteria):
-    """Stops generation when a stream's consumer goes away."""
+    """Stops generation when a stream's consumer goes away (`event`, its own) or the caller cancels
+    (`caller`, never set here: the caller reads it to tell a cancelled reply)."""
 
-    def __init__(self, event: threading.Event | None = None) -> None:
-        self.event = event or threading.Event()
+    def __init__(self, caller: threading.Event | None = None) -> None:
+        self.event, self.caller = threading.Event(), caller
 
     def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+        stop = self.event.is_set() or (self.caller is not None and self.caller.is_set())
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
 class _FenceStop(StoppingCriteria):

@@ -98,8 +98,11 @@ class Address:
     path: str       # what the server loads (resolve_model_path)
     precision: str
     socket: Path
-    log: Path
-    lock: Path
+
+    @property
+    def log(self) -> Path:
+        """The server's output (removed at a clean exit); its lock is `<key>.lock` beside it."""
+        return self.socket.with_suffix(".log")
 
     @classmethod
     def of(cls, model: str, path: str, precision: str = "auto") -> "Address":
@@ -112,7 +115,7 @@ class Address:
         if len(os.fsencode(sock)) > SOCKET_PATH_MAX:
             raise ResidentUnavailable(f"the socket path {sock} is too long for a Unix socket; set XDG_RUNTIME_DIR "
                                       f"to a shorter folder")
-        return cls(model, path, precision, sock, folder / f"{key}.log", folder / f"{key}.lock")
+        return cls(model, path, precision, sock)
 
 
 def connect(sock_path: Path, timeout: float | None = None) -> socket.socket:
@@ -202,7 +205,7 @@ def wait_for_server(addr: Address, proc: subprocess.Popen, keep_alive: float,
     while True:
         try:
             return ask(addr.socket, {"op": "info"})
-        except (ConnectionError, FileNotFoundError, socket.timeout, OSError):
+        except OSError:  # not there, refused, closed, timed out
             pass
         code = proc.poll()
         if code not in (None, 0):
@@ -243,7 +246,7 @@ class ResidentBackend(Backend):
     def _info_or_start(self) -> dict[str, Any]:
         try:
             return ask(self.address.socket, {"op": "info"})
-        except (ConnectionError, FileNotFoundError, socket.timeout, OSError):
+        except OSError:  # not there, refused, closed, timed out
             pass
         self.started = True
         return wait_for_server(self.address, start_server(self.address, self.keep_alive), self.keep_alive)
@@ -321,10 +324,11 @@ class ResidentBackend(Backend):
         return int(answer["tokens"])
 
 
-def servers() -> list[dict[str, Any]]:
-    """The resident servers answering now: their `info` (model, pid, memory, keep_alive, idle...)."""
+def servers(folder: Path | None = None) -> list[dict[str, Any]]:
+    """The resident servers answering now (in runtime_dir(), or `folder`): their `info` (model, pid,
+    memory, keep_alive, idle...) and socket."""
     try:
-        folder = private_dir()
+        folder = folder or private_dir()
     except (ResidentUnavailable, OSError):
         return []
     found = []

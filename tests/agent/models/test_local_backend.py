@@ -246,3 +246,18 @@ def test_chat_says_once_that_custom_tools_go_into_the_prompt(local_backend):
         assert chat.notices == [local_backend.tools_note]
     with Chat(backend=local_backend, workspace=None) as chat:
         assert chat.notices == []
+
+
+@pytest.mark.slow
+def test_a_cancel_event_cancels_only_when_set(local_backend):
+    """The resident server passes its own event (set when the command goes away): a reply that
+    simply ended is not reported cancelled, and one whose event was set is."""
+    import threading
+
+    msgs = [user("Say hi.")]
+    idle = threading.Event()
+    assert [e for e in local_backend.stream(msgs, max_tokens=8, cancel=idle)][-1].reply.finish_reason != "cancelled"
+    assert not idle.is_set()
+    gone = threading.Event()
+    gone.set()
+    assert [e for e in local_backend.stream(msgs, max_tokens=8, cancel=gone)][-1].reply.finish_reason == "cancelled"
