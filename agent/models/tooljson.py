@@ -9,9 +9,11 @@ import uuid
 from typing import Any
 
 from agent.core.messages import ToolCall
+from agent.models.pyliterals import TRIPLE_QUOTES, triple_quoted
 
 _LITERALS = {"True": "true", "False": "false", "None": "null"}
 _WORD = re.compile(r"[A-Za-z_]+")
+_FENCE_OPENING = re.compile(r"```[a-zA-Z]*\s*")
 # The keys a call object may have; a bare JSON object (no marker before it) with others is not a call.
 CALL_KEYS = {"name", "arguments", "parameters", "id", "type"}
 
@@ -43,6 +45,24 @@ class Offered:
         prop = (self.schemas.get(tool, {}).get("properties") or {}).get(param) or {}
         return prop.get("type")
 
+    def wants_string(self, tool: str, param: str) -> bool:
+        """The parameter is a string: its schema says so, or (no schema for the tool) it is `python`'s `code`."""
+        if tool not in self.schemas:
+            return (tool, param) == ("python", "code")
+        kind = self.param_type(tool, param)
+        return kind == "string" or (isinstance(kind, list) and "string" in kind and "array" not in kind)
+
+    def join_lines(self, tool: str, args: dict[str, Any]) -> dict[str, Any]:
+        """`args` with each non-empty list of strings given for a string parameter joined into one text:
+        by newlines, or as they are when each line but the last already ends in one (a notebook's `source`)."""
+        out = dict(args)
+        for key, value in args.items():
+            if isinstance(value, list) and value and all(isinstance(v, str) for v in value) \
+                    and self.wants_string(tool, key):
+                ended = all(v.endswith("\n") for v in value[:-1])
+                out[key] = ("" if ended else "\n").join(value)
+        return out
+
 
 def call_from_object(obj: Any, offered: Offered, marked: bool) -> ToolCall | None:
     """A call from one decoded JSON value, or None when it is not call-shaped.
@@ -65,12 +85,13 @@ def call_from_object(obj: Any, offered: Offered, marked: bool) -> ToolCall | Non
     if not (offered_name or has_args):
         return None
     args = body.get("arguments", body.get("parameters"))
-    return ToolCall(id=new_call_id(), name=name, arguments=arguments_text(args))
+    return ToolCall(id=new_call_id(), name=name, arguments=arguments_text(args, offered, name))
 
 
-def arguments_text(args: Any) -> str:
+def arguments_text(args: Any, offered: Offered | None = None, tool: str = "") -> str:
     """Arguments as JSON text. A string holding a JSON object is decoded once; any other string
-    becomes a JSON string (the loop then says arguments must be an object); null is `{}`."""
+    becomes a JSON string (the loop then says arguments must be an object); null is `{}`. With
+    `offered`, lists of lines given for the string parameters of `tool` are joined (Offered.join_lines)."""
     if args is None:
         return "{}"
     if isinstance(args, str):
@@ -78,6 +99,8 @@ def arguments_text(args: Any) -> str:
         decoded = json.loads(fixed) if fixed is not None else None
         if isinstance(decoded, dict):
             args = decoded
+    if offered is not None and isinstance(args, dict):
+        args = offered.join_lines(tool, args)
     return json.dumps(args, ensure_ascii=False)
 
 
@@ -85,8 +108,9 @@ def repair_json(text: str, *, close_strings: bool = True) -> str | None:
     """Valid JSON text for `text`, repairing unambiguous mistakes; None if it cannot be parsed.
     `close_strings=False`: text cut inside a string (a truncated value) is not repaired."""
     text = text.strip()
-    if text.startswith("```"):
-        text = re.sub(r"^```[a-zA-Z]*\s*|\s*```$", "", text)
+    if text.startswith("```"):  # not one regex for both ends: `\s*```$` tried at each blank was quadratic
+        text = text[_FENCE_OPENING.match(text).end():]
+        text = text[:-3].rstrip() if text.endswith("```") else text
     try:
         json.loads(text)
         return text
@@ -111,12 +135,13 @@ def repair_json(text: str, *, close_strings: bool = True) -> str | None:
 
 
 def _normalize(text: str) -> tuple[str, bool]:
-    """One pass over the text: single-quoted strings -> double, raw control chars in strings escaped,
-    Python literals -> JSON, trailing commas dropped, unclosed strings/brackets closed. Also says
-    whether the text ended inside a string."""
+    """One pass over the text: single-quoted and Python triple-quoted strings -> JSON strings, raw
+    control chars in strings escaped, Python literals -> JSON, trailing commas dropped, unclosed
+    strings/brackets closed. Also says whether the text ended inside a string."""
     out: list[str] = []
     stack: list[str] = []
     quote: str | None = None
+    cut = False  # ended inside a triple-quoted string
     i, n = 0, len(text)
     while i < n:
         c = text[i]
@@ -136,6 +161,11 @@ def _normalize(text: str) -> tuple[str, bool]:
             else:
                 out.append(c)
             i += 1
+            continue
+        if text.startswith(TRIPLE_QUOTES, i):
+            value, i, closed = triple_quoted(text, i)
+            out.append(json.dumps(value, ensure_ascii=False))
+            cut = not closed
             continue
         if c in "\"'":
             quote = c
@@ -158,7 +188,7 @@ def _normalize(text: str) -> tuple[str, bool]:
             i += len(word.group(0)) if word else 1
             continue
         i += 1
-    open_string = quote is not None
+    open_string = quote is not None or cut
     if quote:
         out.append('"')
     _drop_trailing_comma(out)

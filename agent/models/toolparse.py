@@ -1,11 +1,11 @@
-"""Tool calls out of a model's text: one parser for the formats open models emit.
+r"""Tool calls out of a model's text: one parser for the formats open models emit.
 
 Formats: Hermes / Qwen 2.5 `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` (several
 blocks, or a JSON list in one); Qwen3-Coder / Qwen3.5 XML inside `<tool_call>`:
 `<function=NAME><parameter=KEY>VALUE</parameter></function>`; Llama 3.x `<|python_tag|>` followed by
 JSON calls (separated by `;`, or the tag repeated) or by code (Llama 3.1's code interpreter, a call of
 `python`); Llama 3 bare JSON calls `{"name": ..., "parameters": {...}}` at the start of a line (one or
-several, separated by nothing, spaces, newlines, `,` or `;`; also in a ```json fence); Granite
+several, separated by nothing, spaces, newlines, `,` or `;`; also in ```json or ``` fences); Granite
 `<|tool_call|>[...]`; Mistral `[TOOL_CALLS][...]` and `[TOOL_CALLS]NAME[ARGS]{...}`. Fallback: models
 without tool training (the embedded SmolLM2) write ```python blocks; when a tool named `python` is
 offered, those become one call `python({"code": ...})`.
@@ -23,6 +23,12 @@ Conventions (also in the README, "Tool calls written as text"):
   reply) is never completed: a call must not run with a cut-off value. Inside a marker, a call of an
   offered tool that cannot be repaired keeps its raw text as arguments, so the loop shows the JSON
   error to the model; other text that holds no call stays text.
+- Small tool-trained models (Qwen2.5-Coder 0.5B / 1.5B): a Python triple-quoted string (three double
+  or single quotes) is a JSON string of its text as written (pyliterals.py: `\\`, `\"`, `\'` as in
+  Python, other backslashes kept, one newline after the opening quotes dropped); a list of strings for
+  a string parameter (per the schema; without one, `python`'s `code`) is its lines joined by newlines;
+  the OpenAI `{"type": "function", "function": {...}}` shape is a call; a `<tool_call>` block may hold
+  its JSON in a ```json fence. Every ```json or ``` fence that holds only calls is calls.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from agent.core.messages import ToolCall
 from agent.models.tooljson import Offered, arguments_text, call_from_object, new_call_id, repair_json
@@ -46,7 +52,11 @@ MARKERS = (PYTHON_TAG, "<|tool_call|>", "[TOOL_CALLS]")  # everything after one 
 STARTS = ("<tool_call>", "<function=") + MARKERS  # what the stream holds back from
 MISTRAL_ARGS_RE = re.compile(r"\s*([\w.-]+)(?:\[CALL_ID\]\w+)?\[ARGS\]")
 LLAMA_END_RE = re.compile(r"<\|(?:eom_id|eot_id|end_of_text|im_end|endoftext)\|>|</s>")  # turn ends
-JSON_FENCE_RE = re.compile(r"```[ \t]*json[ \t]*\n(.*?)\n[ \t]*```", re.DOTALL | re.IGNORECASE)
+# A fence: ``` at a line's start (group 1: the newline and indent before it) and/or followed by an
+# info string and a newline (group 2), which an opening needs.
+FENCE_RE = re.compile(r"(\n[ \t]*)?```([^\n`]*\n)?")
+JSON_FENCE_LANGS = ("", "json")
+FENCED_BODY_RE = re.compile(r"\s*```[ \t]*(?:json)?[ \t]*\n", re.IGNORECASE)  # a block's JSON in a fence
 LINE_JSON_RE = re.compile(r"^[ \t]*[{\[]", re.MULTILINE)  # a line that starts with JSON
 TOP_NAME_RE = re.compile(r"""^\s*\[?\s*\{\s*["']name["']\s*:\s*["']([^"'\n]+)["']""")
 SEPARATORS = re.compile(r"[\s,;]*")
@@ -99,12 +109,22 @@ def _hermes(text: str, offered: Offered) -> tuple[str, list[ToolCall]]:
         else:
             body, closed = m.group(1), bool(m.group(2))
             found = (_xml_calls(body, offered, closed) if "<function=" in body
-                     else _json_calls(body, offered, marked=True, whole=True)[0])
+                     else _json_calls(_unfenced(body), offered, marked=True, whole=True)[0])
         calls.extend(found)
         return "" if found else m.group(0)  # a block that holds no call stays in the text
 
     rest = pattern.sub(block, text)
     return _clean(rest), calls
+
+
+def _unfenced(body: str) -> str:
+    """A block's body without turn-end tokens and the ```json (or ```) fence a model wrapped its JSON in."""
+    body = LLAMA_END_RE.sub("", body)
+    m = FENCED_BODY_RE.match(body)
+    if not m:
+        return body
+    inner = body[m.end():].rstrip()
+    return inner[:-3] if inner.endswith("```") else inner
 
 
 def _xml_calls(body: str, offered: Offered, closed: bool) -> list[ToolCall]:
@@ -145,7 +165,8 @@ def _after_marker(text: str, marker: str, offered: Offered) -> tuple[str, list[T
                 args, pos = DECODER.raw_decode(seg, m.end())
             except json.JSONDecodeError:
                 break
-            found.append(ToolCall(id=new_call_id(), name=m.group(1), arguments=arguments_text(args)))
+            found.append(ToolCall(id=new_call_id(), name=m.group(1),
+                                  arguments=arguments_text(args, offered, m.group(1))))
         seg = seg[pos:]
         more, rest = _json_calls(seg, offered, marked=True, whole=True)
         found += more
@@ -194,12 +215,35 @@ def _calls_in(value: Any, offered: Offered, marked: bool) -> list[ToolCall]:
     return calls if calls and all(calls) else []  # type: ignore[return-value]
 
 
+def _json_fences(text: str) -> Iterator[tuple[int, int, str]]:
+    """The closed ```json and ``` fences: (start, end, body). One pass that pairs fences as Markdown
+    does (the closing ``` of a ```python block opens nothing); a regex per opening re-read the rest of
+    the text for each fence left open: quadratic."""
+    lang: str | None = None  # inside a fence: its language
+    start = body = 0
+    for m in FENCE_RE.finditer(text):
+        indent = len(m.group(1) or "")
+        if lang is None and m.group(2) is not None:
+            lang, start, body = (m.group(2).split() or [""])[0].lower(), m.start() + indent, m.end()
+        elif lang is not None and m.group(1) is not None:
+            if lang in JSON_FENCE_LANGS:
+                yield start, m.start() + indent + 3, text[body:m.start()]
+            lang = None
+
+
 def _bare_json(text: str, offered: Offered) -> tuple[str, list[ToolCall]] | None:
-    """Llama 3 style: JSON calls at the start of a line (or filling a ```json fence), no marker."""
-    for m in JSON_FENCE_RE.finditer(text):
-        calls, rest = _json_calls(m.group(1), offered, marked=False, whole=False)
-        if calls and not rest.strip():
-            return _clean(text[:m.start()] + "\n" + text[m.end():]), calls
+    """Llama 3 style: JSON calls at the start of a line (or filling ```json / ``` fences), no marker."""
+    calls: list[ToolCall] = []
+    kept: list[str] = []
+    last = 0
+    for start, end, body in _json_fences(text):
+        found, rest = _json_calls(body, offered, marked=False, whole=False)
+        if found and not rest.strip():
+            calls += found
+            kept.append(text[last:start])
+            last = end
+    if calls:
+        return _clean("\n".join([*kept, text[last:]])), calls
     cleaned = LLAMA_END_RE.sub("", text)
     # The first few lines that start like JSON only: each try may read to the end of the text, so
     # trying every line would be quadratic (a reply of 100,000 "{" lines took minutes).

@@ -341,3 +341,245 @@ def test_stream_does_not_hold_code_blocks():
     s = ToolCallStream(SCHEMAS)
     reply = "```python\nd = {\n  1: 2}\nprint(d)\n```\n"
     assert "".join(s.feed(ch) for ch in reply) == reply
+
+
+# --- small tool-trained models (Qwen2.5-Coder-Instruct 0.5B / 1.5B): calls the Hermes template asks
+# for but written loosely (replies modelled on what these models wrote) ------------------------------
+
+PYTHON = {"type": "function", "function": {"name": "python", "description": "Run Python code",
+          "parameters": {"type": "object", "properties": {"code": {"type": "string"}}, "required": ["code"]}}}
+PANDAS = "import pandas as pd\ndf = pd.read_csv('train.csv')\nprint(df.head())\n"
+TQ = '"""'
+TQ1 = "'''"
+
+
+@pytest.mark.parametrize("quotes", [TQ, TQ1])
+def test_json_fence_with_triple_quoted_code(quotes):
+    reply = ("I'll load the data first.\n\n```json\n{\n  \"name\": \"python\",\n  \"arguments\": {\n"
+             f"    \"code\": {quotes}\n{PANDAS}{quotes}\n  }}\n}}\n```\n\nThis shows the first rows.")
+    text, calls = parse_tool_calls(reply, [PYTHON])
+    assert pairs(calls) == [("python", {"code": PANDAS})]
+    assert text == "I'll load the data first.\n\nThis shows the first rows."
+
+
+def test_fence_without_language_and_triple_quotes():
+    reply = f'```\n{{"name": "python", "arguments": {{"code": {TQ}\nprint(1 + 1)\n{TQ}}}}}\n```'
+    text, calls = parse_tool_calls(reply, ["python"])
+    assert pairs(calls) == [("python", {"code": "print(1 + 1)\n"})] and text == ""
+
+
+@pytest.mark.parametrize("reply", [
+    f'<tool_call>\n{{"name": "python", "arguments": {{"code": {TQ}\n{PANDAS}{TQ}}}}}\n</tool_call>',
+    f"<tool_call>\n{{'name': 'python', 'arguments': {{'code': {TQ1}\n{PANDAS}{TQ1}}}}}\n</tool_call>",
+    # the JSON of the block in a fence, and the block never closed
+    f'<tool_call>\n```json\n{{"name": "python", "arguments": {{"code": {TQ}\n{PANDAS}{TQ}}}}}\n```\n</tool_call>',
+    f'<tool_call>\n{{"name": "python", "arguments": {{"code": {TQ}\n{PANDAS}{TQ}}}}}\n',
+    f'<tool_call>\n{{"name": "python", "arguments": {{"code": {TQ}\n{PANDAS}{TQ}}}}}<|im_end|>',
+])
+def test_tool_call_with_triple_quoted_code(reply):
+    text, calls = parse_tool_calls(reply, [PYTHON])
+    assert pairs(calls) == [("python", {"code": PANDAS})] and text == ""
+
+
+@pytest.mark.parametrize("written, code", [
+    ('print("a\\nb")', 'print("a\\nb")'),               # \n stays two characters: it is code
+    ("path = 'C:\\\\data'", "path = 'C:\\data'"),        # \\ is one backslash, as in Python
+    ('s = \\"\\"\\"doc\\"\\"\\"', 's = """doc"""'),      # escaped quotes do not close
+    ("print('it\\'s')", "print('it's')"),               # \' is a quote, as in Python
+    ("x = None\nprint(True, {'a': [1,]})", "x = None\nprint(True, {'a': [1,]})"),  # no JSON repair inside
+    ("def f():\n    '''Doc.'''\n    return 1\n", "def f():\n    '''Doc.'''\n    return 1\n"),
+    ("x = 1", "x = 1"),                                  # no newline after the quotes
+    ("\n\nx = 1", "\nx = 1"),                            # only one newline is dropped
+    ("\r\nx = 1\r\n", "x = 1\r\n"),
+    ("ends with a backslash \\\\", "ends with a backslash \\"),  # \\ just before the closing quotes
+])
+def test_triple_quoted_string_value(written, code):
+    _, calls = parse_tool_calls(f'<tool_call>{{"name": "python", "arguments": {{"code": {TQ}{written}{TQ}}}}}'
+                                "</tool_call>", [PYTHON])
+    assert args(calls[0]) == {"code": code}
+
+
+def test_triple_quoted_values_of_other_parameters():
+    _, calls = parse_tool_calls(f'```json\n{{"name": "get_weather", "arguments": {{"city": {TQ1}Paris{TQ1},'
+                                f' "unit": {TQ}celsius{TQ}}}}}\n```', SCHEMAS)
+    assert pairs(calls) == [("get_weather", {"city": "Paris", "unit": "celsius"})]
+
+
+@pytest.mark.parametrize("reply", [
+    f'<tool_call>\n{{"name": "python", "arguments": {{"code": {TQ}\nimport pandas as pd\ndf = pd.read',  # cut
+    f'<tool_call>\n{{"name": "python", "arguments": {{"code": {TQ}\nx = 1\n}}}}\n</tool_call>',  # never closed
+    f'<tool_call>{{"name": "python", "arguments": {{"code": {TQ}\ndef f():\n    {TQ}Doc.{TQ}\n{TQ}}}}}</tool_call>',
+])
+def test_triple_quoted_code_cut_or_unclosed_is_never_run(reply):
+    _, calls = parse_tool_calls(reply, [PYTHON])
+    assert [c.name for c in calls] == ["python"]  # the raw text, so the loop shows the JSON error
+    with pytest.raises(ValueError, match="not valid JSON"):
+        calls[0].parsed_arguments()
+
+
+def test_fenced_triple_quoted_code_cut_off_is_text():
+    reply = f'```json\n{{"name": "python", "arguments": {{"code": {TQ}\nimport pandas as pd\n```'
+    assert parse_tool_calls(reply, [PYTHON]) == (reply, [])
+
+
+@pytest.mark.parametrize("repaired, expected", [
+    (f'{{"code": {TQ}\na\n{TQ}}}', {"code": "a\n"}),
+    (f'{{"a": {TQ1}x{TQ1}, "b": "{TQ1}"}}', {"a": "x", "b": TQ1}),  # triple quotes inside a string are text
+    (f'{{"a": {TQ}{TQ}}}', {"a": ""}),
+])
+def test_repair_json_triple_quotes(repaired, expected):
+    assert json.loads(repair_json(repaired)) == expected
+
+
+def test_repair_json_does_not_complete_a_cut_triple_quoted_string():
+    assert repair_json(f'{{"code": {TQ}\nprint(', close_strings=False) is None
+    assert json.loads(repair_json(f'{{"code": {TQ}\nprint(')) == {"code": "print("}
+
+
+@pytest.mark.parametrize("code, joined", [
+    (["import math", "print(math.pi)"], "import math\nprint(math.pi)"),
+    (["import math\n", "print(math.pi)\n"], "import math\nprint(math.pi)\n"),  # a notebook's `source`
+    (["x = 1"], "x = 1"),
+])
+@pytest.mark.parametrize("tools", [["python"], [PYTHON], None, SCHEMAS])
+def test_code_as_a_list_of_lines_is_joined(code, joined, tools):
+    for reply in (f'<tool_call>\n{{"name": "python", "arguments": {{"code": {json.dumps(code)}}}}}\n</tool_call>',
+                  f'```json\n{{"name": "python", "arguments": {{"code": {json.dumps(code)}}}}}\n```',
+                  f'{{"name": "python", "parameters": {{"code": {json.dumps(code)}}}}}',
+                  f'[TOOL_CALLS]python[ARGS]{{"code": {json.dumps(code)}}}',
+                  f'<tool_call>{{"name": "python", "arguments": {json.dumps(json.dumps({"code": code}))}}}</tool_call>'):
+        _, calls = parse_tool_calls(reply, tools)
+        assert pairs(calls) == [("python", {"code": joined})], reply
+
+
+SQL = {"type": "function", "function": {"name": "sql", "parameters": {"type": "object", "properties": {
+    "query": {"type": "string"}, "tables": {"type": "array", "items": {"type": "string"}},
+    "note": {"type": ["string", "null"]}}}}}
+
+
+def test_lists_of_lines_follow_the_schema():
+    _, calls = parse_tool_calls('<tool_call>{"name": "sql", "arguments": {"query": ["SELECT *", "FROM t"], '
+                                '"tables": ["t", "u"], "note": ["a", "b"]}}</tool_call>', [SQL, "search"])
+    assert args(calls[0]) == {"query": "SELECT *\nFROM t", "tables": ["t", "u"], "note": "a\nb"}
+
+
+@pytest.mark.parametrize("tools, reply", [
+    (["python", "search"], '<tool_call>{"name": "search", "arguments": {"q": ["a", "b"]}}</tool_call>'),
+    (["python"], '<tool_call>{"name": "python", "arguments": {"files": ["a", "b"]}}</tool_call>'),
+    (["python"], '<tool_call>{"name": "python", "arguments": {"code": ["x = 1", 2]}}</tool_call>'),
+    (["python"], '<tool_call>{"name": "python", "arguments": {"code": []}}</tool_call>'),
+    ([{"type": "function", "function": {"name": "python", "parameters": {"properties": {
+        "code": {"type": "array"}}}}}], '<tool_call>{"name": "python", "arguments": {"code": ["x"]}}</tool_call>'),
+])
+def test_lists_that_are_not_lines_of_a_string_are_kept(tools, reply):
+    _, calls = parse_tool_calls(reply, tools)
+    body = json.loads(reply[len("<tool_call>"):-len("</tool_call>")])
+    assert args(calls[0]) == body["arguments"]
+
+
+@pytest.mark.parametrize("reply", [
+    # the OpenAI wire shape, arguments a JSON-encoded string as on the wire
+    '<tool_call>\n{"type": "function", "function": {"name": "python", "arguments": "{\\"code\\": '
+    '\\"print(sum(range(10)))\\"}"}}\n</tool_call>',
+    '<tool_call>\n{"id": "call_0", "type": "function", "function": {"name": "python", "arguments": '
+    '{"code": "print(sum(range(10)))"}}, "index": 0}\n</tool_call>',
+    '```json\n{"function": {"name": "python", "arguments": {"code": "print(sum(range(10)))"}}}\n```',
+    'Running it:\n```json\n{"id": "call_0", "type": "function", "function": {"name": "python", '
+    '"arguments": "{\\"code\\": \\"print(sum(range(10)))\\"}"}}\n```',
+    '```\n[{"type": "function", "function": {"name": "python", "arguments": {"code": "print(sum(range(10)))"}}}]\n```',
+    f'```json\n{{"type": "function", "function": {{"name": "python", "arguments": {{"code": {TQ}\n'
+    f'print(sum(range(10))){TQ}}}}}}}\n```',
+])
+def test_openai_wire_shape_in_tool_call_or_fence(reply):
+    text, calls = parse_tool_calls(reply, [PYTHON, "search"])
+    assert pairs(calls) == [("python", {"code": "print(sum(range(10)))"})]
+    assert text in ("", "Running it:")
+
+
+def test_openai_wire_shape_with_other_keys_needs_a_marker():
+    reply = '```json\n{"type": "function", "function": {"name": "python", "arguments": {}}, "index": 0}\n```'
+    assert parse_tool_calls(reply, ["python"]) == (reply, [])
+
+
+@pytest.mark.parametrize("reply, text", [
+    ('I will compute pi.\n<tool_call>\n{"name": "python", "arguments": {"code": "import math\\nprint(math.pi)"}}\n',
+     "I will compute pi."),
+    ('<tool_call>\n{"name": "python", "arguments": {"code": "import math\\nprint(math.pi)"}}<|im_end|>', ""),
+    ('<tool_call>\n{"name": "python", "arguments": {"code": "import math\\nprint(math.pi)"}', ""),  # one } short
+])
+def test_unclosed_tool_call_at_the_end(reply, text):
+    got, calls = parse_tool_calls(reply, [PYTHON])
+    assert pairs(calls) == [("python", {"code": "import math\nprint(math.pi)"})] and got == text
+
+
+def test_unclosed_tool_call_cut_inside_the_code_is_never_run():
+    _, calls = parse_tool_calls('<tool_call>\n{"name": "python", "arguments": {"code": "import math\\nprint(ma',
+                                [PYTHON])
+    with pytest.raises(ValueError, match="not valid JSON"):
+        calls[0].parsed_arguments()
+
+
+def test_every_fence_of_calls_is_calls():
+    reply = ('First the data:\n```json\n{"name": "python", "arguments": {"code": "x = 2"}}\n```\nThen:\n'
+             '```\n{"name": "python", "arguments": {"code": "print(x)"}}\n```\nDone.')
+    text, calls = parse_tool_calls(reply, ["python"])
+    assert pairs(calls) == [("python", {"code": "x = 2"}), ("python", {"code": "print(x)"})]
+    assert text == "First the data:\n\nThen:\n\nDone."
+
+
+def test_fences_pair_as_in_markdown():
+    # The closing ``` of the python block opens nothing: the plain fence after it is the call.
+    reply = ('```python\nprint(1)\n```\nThen:\n```\n{"name": "search", "arguments": {"q": "x"}}\n```')
+    text, calls = parse_tool_calls(reply, ["search"])
+    assert pairs(calls) == [("search", {"q": "x"})] and text == "```python\nprint(1)\n```\nThen:"
+
+
+def test_a_plain_fence_of_code_is_not_a_call():
+    reply = "```\nfor i in range(3):\n    print(i)\n```"
+    assert parse_tool_calls(reply, ["python"]) == (reply, [])
+
+
+def test_stream_holds_back_a_triple_quoted_call():
+    from agent.models.toolparse import ToolCallStream
+
+    reply = f'Loading.\n<tool_call>\n{{"name": "python", "arguments": {{"code": {TQ}\n{PANDAS}{TQ}}}}}\n</tool_call>'
+    s = ToolCallStream([PYTHON])
+    shown = "".join(s.feed(reply[i:i + 5]) for i in range(0, len(reply), 5))
+    tail, content, calls = s.finish()
+    assert shown == "Loading.\n" and tail == "" and content == "Loading."
+    assert pairs(calls) == [("python", {"code": PANDAS})]
+
+
+MB = 1_000_000
+HOSTILE = {  # 1 MB replies built to make the new paths slow
+    "json fences left open": "```json\n{" * (MB // 9),  # a regex per opening: minutes (quadratic)
+    "plain fences left open": "```\n{" * (MB // 5),
+    "a call with many triple quotes": f'<tool_call>{{"name": "python", "arguments": {{"code": {TQ}' + f"{TQ}x" * (MB // 4),
+    "blocks each cut in a triple quote": f'<tool_call>{{"name": "python", "arguments": {{"code": {TQ}\n' * (MB // 60),
+    "escapes in a triple quote": f'<tool_call>{{"name": "python", "arguments": {{"code": {TQ}' + '\\"\\\\\\' * (MB // 6),
+    "fences each cut in a triple quote": f'```json\n{{"name": "python", "arguments": {{"code": {TQ1}\n```\n' * (MB // 60),
+    "a fence of triple quotes": "```json\n" + TQ1 * (MB // 3) + "\n```",
+    "lines each cut in a triple quote": f'{{"name": "python", "arguments": {{"code": {TQ}\n' * (MB // 46),
+    "a fenced block of blanks": "<tool_call>```json\n" + " \n" * (MB // 2),
+    "a fenced string of blanks": '<tool_call>{"name": "python", "arguments": "```' + " \n" * (MB // 2) + 'x"}',
+    "a long list of lines": '<tool_call>{"name": "python", "arguments": {"code": [' + '"x",' * (MB // 4) + '"y"]}}',
+}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", HOSTILE)
+def test_new_paths_are_linear_on_hostile_text(name):
+    import time
+
+    t = time.monotonic()
+    content, _ = parse_tool_calls(HOSTILE[name], ["python"])
+    assert time.monotonic() - t < 5, f"{name}: {time.monotonic() - t:.1f} s for 1 MB"
+    assert isinstance(content, str)
+
+
+def test_repair_json_fence_strip_is_linear():
+    import time
+
+    t = time.monotonic()
+    assert repair_json("```json\n{" + " \n" * (MB // 2) + "x") is None
+    assert time.monotonic() - t < 5
