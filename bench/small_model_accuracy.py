@@ -1,13 +1,19 @@
-"""Does the loop make the embedded 135M model useful? Accuracy on questions with exact answers,
-without tools and with the python tool, and seconds per question.
+"""Does the loop make small local models useful? Accuracy on questions with exact answers, without
+tools and with the python tool; per question: seconds, cells run, identical cells run again, and
+answers that came back empty.
 
-    python bench/small_model_accuracy.py [--model hf:smollm2] [--set main|held-out|both]
-        [--only tools|no-tools] [--max-steps 10] [--limit N] [--verbose]
+    python bench/small_model_accuracy.py [--model hf:smollm2|FILE.gguf|...] [--set main|held-out|both]
+        [--only tools|no-tools] [--max-steps 10] [--limit N] [--system default|qwen|TEXT]
+        [--record FILE.json] [--verbose]
+
+`--record`: every raw reply of a local model, per question, into a JSON file (the tests' recorded
+real outputs, tests/data/recorded/, are made this way).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import re
 import sys
@@ -17,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent import Chat  # noqa: E402
+from agent.core.events import AnswerEvent, ToolCallEvent, ToolResultEvent  # noqa: E402
 from agent.models import get_backend  # noqa: E402
 
 QUESTIONS: list[tuple[str, str]] = [
@@ -76,6 +83,55 @@ HELD_OUT: list[tuple[str, str]] = [
 ]
 
 NO_TOOLS_SYSTEM = "You are a helpful assistant. Answer the question with the exact result, briefly."
+# Qwen2.5's own default (its chat template's, when the conversation has no system message).
+QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+SYSTEMS = {"default": None, "qwen": QWEN_SYSTEM}
+
+
+class Tally:
+    """What one question's events showed: cells run, identical cells run again, the answer."""
+
+    def __init__(self) -> None:
+        self.cells = self.repeats = 0
+        self.codes: list[str] = []
+        self.pending: dict[str, str] = {}
+        self.answer = ""
+
+    def __call__(self, ev) -> None:
+        if isinstance(ev, ToolCallEvent) and ev.code is not None:
+            self.pending[ev.id] = ev.code.strip()
+        elif isinstance(ev, ToolResultEvent) and ev.id in self.pending:
+            code = self.pending.pop(ev.id)
+            if ev.status in ("ok", "error", "timeout", "died", "interrupted"):  # it ran in the kernel
+                self.cells += 1
+                self.repeats += code in self.codes
+                self.codes.append(code)
+        elif isinstance(ev, AnswerEvent):
+            self.answer = ev.text
+
+
+def empty(answer: str) -> bool:
+    return not re.sub(r"\[stopped after [^\]]*\]", "", answer).strip()
+
+
+class RawRecorder:
+    """Every raw reply text of an in-process local model (special tokens kept), by question."""
+
+    def __init__(self, backend, path: str, model_name: str) -> None:
+        self.backend, self.replies = backend, {}
+        self.question, self.path, self.model_name = "", Path(path), model_name
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+    def stream(self, messages, tools=None, **kw):
+        for ev in self.backend.stream(messages, tools, **kw):
+            yield ev
+        raw = self.backend.tokenizer.decode(self.backend.last_tokens, skip_special_tokens=False)
+        self.replies.setdefault(self.question, []).append(raw)
+        if self.path:  # written as it goes: a run stopped half-way keeps what it saw
+            self.path.write_text(json.dumps({"model": self.model_name, "replies": self.replies},
+                                            indent=1, ensure_ascii=False))
 
 
 def correct(answer: str, expected: str) -> bool:
@@ -89,15 +145,18 @@ def correct(answer: str, expected: str) -> bool:
     return expected.lower() in answer.lower()
 
 
-def run(model: str, tools: bool, questions, verbose: bool = False, max_steps: int = 10) -> tuple[int, float, list[str]]:
-    backend = get_backend(model)
-    ok, seconds, rows = 0, 0.0, []
+def run(backend, tools: bool, questions, verbose: bool = False, max_steps: int = 10,
+        system: str | None = None) -> dict:
+    ok, seconds, cells, repeats, empties, rows = 0, 0.0, 0, 0, 0, []
     for q, expected in questions:
-        chat = Chat(backend=backend, use_python=tools, max_steps=max_steps, system=None if tools else NO_TOOLS_SYSTEM,
-                    timeout=30, progress=False)
+        chat = Chat(backend=backend, use_python=tools, max_steps=max_steps,
+                    system=system if tools else NO_TOOLS_SYSTEM, timeout=30, progress=False)
+        tally = Tally()
+        if isinstance(backend, RawRecorder):
+            backend.question = q
         t0 = time.perf_counter()
         try:
-            answer = chat(q + (" Use Python." if tools else ""))
+            answer = chat(q + (" Use Python." if tools else ""), on_event=tally)
         except Exception as e:  # noqa: BLE001 - a failure is a wrong answer, reported
             answer = f"[{type(e).__name__}: {e}]"
         finally:
@@ -106,10 +165,12 @@ def run(model: str, tools: bool, questions, verbose: bool = False, max_steps: in
         seconds += dt
         good = correct(answer, expected)
         ok += good
-        rows.append(f"{'✓' if good else '✗'} {dt:5.1f}s  {q[:60]:<60} -> {answer.strip()[:50]!r}")
+        cells, repeats, empties = cells + tally.cells, repeats + tally.repeats, empties + empty(answer)
+        rows.append(f"{'✓' if good else '✗'} {dt:5.1f}s {tally.cells:2} cells {tally.repeats:2} rep  "
+                    f"{q[:56]:<56} -> {answer.strip()[:50]!r}")
         if verbose:
             print(rows[-1], flush=True)
-    return ok, seconds, rows
+    return dict(ok=ok, n=len(questions), seconds=seconds, cells=cells, repeats=repeats, empty=empties, rows=rows)
 
 
 def main() -> None:
@@ -120,8 +181,16 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="only the first N questions of each set")
     ap.add_argument("--only", choices=["tools", "no-tools"], default=None)
     ap.add_argument("--max-steps", type=int, default=10, help="model steps per question (the CLI's default: 10)")
+    ap.add_argument("--system", default="default",
+                    help="the system prompt with the python tool: default (kernelchat's for the model), "
+                         "qwen (Qwen2.5's own), or the text itself")
+    ap.add_argument("--record", default=None, help="write every raw reply, by question, to this JSON file")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
+    system = SYSTEMS.get(args.system, args.system)
+    backend = get_backend(args.model, progress=False)
+    if args.record:
+        backend = RawRecorder(backend, args.record, Path(args.model).name)
     sets = {"main": QUESTIONS, "held-out": HELD_OUT}
     sets = {name: qs[: args.limit] for name, qs in sets.items() if args.set in (name, "both")}
     modes = [("no tools", False), ("python tool", True)]
@@ -132,12 +201,13 @@ def main() -> None:
         for label, tools in modes:
             if args.verbose:
                 print(f"--- {name}, {label}", flush=True)
-            ok, secs, rows = run(args.model, tools, qs, args.verbose, args.max_steps)
-            results[name, label] = (ok, len(qs), secs)
-    print(f"{args.model}: questions with exact answers")
-    print(f"{'':<24}{'accuracy':>12}{'s/question':>12}")
-    for (name, label), (ok, n, secs) in results.items():
-        print(f"{name + ', ' + label:<24}{ok:>5}/{n:<3} {100 * ok / n:3.0f}%{secs / n:>10.1f}")
+            results[name, label] = run(backend, tools, qs, args.verbose, args.max_steps, system)
+    print(f"{args.model}: questions with exact answers (system: {args.system})")
+    print(f"{'':<24}{'accuracy':>12}{'s/question':>12}{'cells/q':>9}{'repeats':>9}{'empty':>7}")
+    for (name, label), r in results.items():
+        n = r["n"]
+        print(f"{name + ', ' + label:<24}{r['ok']:>5}/{n:<3} {100 * r['ok'] / n:3.0f}%{r['seconds'] / n:>10.1f}"
+              f"{r['cells'] / n:>9.2f}{r['repeats']:>9}{r['empty']:>7}")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,12 @@ class Capabilities:
     grounds_numbers: bool = False
     # `stream(favour=text, bonus=float)`: a logit bonus for the tokens of a text, in code.
     favours_tokens: bool = False
+    # `stream(max_calls=N)`: generation stops where an (N+1)-th tool call begins (a small model's
+    # degenerate reply of dozens of identical calls otherwise runs to max_tokens).
+    stops_after_calls: bool = False
+    # The model's size in parameters, where the backend knows it (local models); None: unknown.
+    # Small tool-trained models get a small-model strategy of their own (agent/smallmodel/toolmodel.py).
+    parameters: int | None = None
 
 
 @runtime_checkable
@@ -46,7 +52,7 @@ class Backend(Protocol):
                max_tokens: int | None = None, temperature: float | None = None,
                **guides: Any) -> Iterator[StreamEvent]:
         """Yield TextDelta as the text arrives, then one Done with the whole Reply. `guides` are the
-        decoding guides the capabilities declare (numbers=, favour=, bonus=); a backend ignores
+        decoding guides the capabilities declare (numbers=, favour=, bonus=, max_calls=); a backend ignores
         the ones it does not declare."""
 
     @abstractmethod

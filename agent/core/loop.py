@@ -38,9 +38,18 @@ class TurnStrategy:
         backend's `stream` (the decoding guides its capabilities declare)."""
         return messages, {}
 
+    def revise_reply(self, session: "Session", msg: Message) -> tuple[Message, list[str]]:
+        """A model's reply before it joins the conversation: the message to keep instead, and
+        notices for the user saying what changed (the plain loop keeps every reply as it came)."""
+        return msg, []
+
     def revise_cell(self, code: str, result: ExecResult) -> tuple[str, str] | None:
         """After a cell ran: the code to run instead, and a notice saying so; None: keep the result."""
         return None
+
+    def result_text(self, session: "Session", call: ToolCall, text: str) -> str:
+        """The text the model reads for a tool's result (the plain loop: the tool's own)."""
+        return text
 
     def cell_value(self, result: ExecResult) -> str | None:
         """The value a cell's result stands for (ToolResultEvent.value), or None."""
@@ -73,7 +82,9 @@ def request(session: "Session", schemas: list[dict], temperature: float | None) 
     """One model request within the budget, streamed as events; its reply is appended to the
     conversation and returned (its python blocks as calls where the model wrote no calls)."""
     reply = yield from _send(session, schemas, temperature)
-    msg = _fenced_calls(session, reply.message)
+    msg, notes = session.strategy.revise_reply(session, _fenced_calls(session, reply.message))
+    for note in notes:
+        yield NoticeEvent(text=note)
     session.append(msg, usage=reply.usage)
     yield UsageEvent(usage=reply.usage, total=session.usage)
     return msg
@@ -168,7 +179,8 @@ def run_call(session: "Session", call: ToolCall, follow_branch: bool = True) -> 
 
 def _record(session: "Session", call: ToolCall, outcome: Outcome) -> Iterator[Event]:
     """The outcome into the conversation (a cell also into the tree's record of the kernel)."""
-    text = clip(outcome.text)  # a tool's return value (or error) of any size becomes one bounded message
+    # A tool's return value (or error) of any size becomes one bounded message.
+    text = session.strategy.result_text(session, call, clip(outcome.text))
     res = outcome.cell
     cell = None
     if outcome.code is not None:  # a cell: run (res), or refused by the user

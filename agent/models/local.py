@@ -1,7 +1,8 @@
-"""A local Hugging Face model in process: the embedded SmolLM2, a cached Hub id, a folder or a .gguf.
+"""A local Hugging Face model in process: the embedded SmolLM2, a Hub id, a folder, a .gguf or Ollama model.
 
-Model strings: `hf:smollm2` (embedded), `hf:NAME` (a Hub id already in the local HF cache: offline),
-a local folder, or a `.gguf` file (converted once and cached like the embedded model).
+Model strings: `hf:smollm2` (embedded), `hf:ORG/NAME[@REVISION]` (a Hub model: the local HF cache,
+else downloaded into it), a local folder, a `.gguf` file or `ollama:NAME[:TAG]` (an Ollama model's
+GGUF; both converted once and cached like the embedded model). resolve_model_path makes each a folder.
 
 Speed: the agent loop re-sends a growing conversation every step, so the KV cache of the previous
 call is kept and only the new suffix of the prompt is run through the model (the cache is cropped to
@@ -82,17 +83,23 @@ class _Cancel(StoppingCriteria):
 class _FenceStop(StoppingCriteria):
     """For models that write code as ```python blocks (no tool training): stop once the first block
     is closed. What they write after it is imagined output, and it costs seconds to generate.
-    `calls`: likewise after the first `</tool_call>` (tools described in the prompt, toolprompt.py)."""
+    `calls`: likewise after the first `</tool_call>` (tools described in the prompt, toolprompt.py).
+    `max_calls`: stop where call number max_calls + 1 begins (each call's JSON names its tool once)."""
 
     FENCE = PYTHON_FENCE_CLOSED
+    CALL_START = re.compile(r'[{,]\s*"name"\s*:')
 
-    def __init__(self, tokenizer, n_prompt: int, fences: bool = True, calls: bool = False) -> None:
+    def __init__(self, tokenizer, n_prompt: int, fences: bool = True, calls: bool = False,
+                 max_calls: int | None = None) -> None:
         self.tokenizer, self.n_prompt, self.fences, self.calls = tokenizer, n_prompt, fences, calls
+        self.max_calls = max_calls
 
     def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
         text = self.tokenizer.decode(input_ids[0, self.n_prompt:], skip_special_tokens=True)
         done = ((self.fences and "```" in text[-8:] and bool(self.FENCE.search(text)))
-                or (self.calls and "</tool_call>" in text[-16:]))
+                or (self.calls and "</tool_call>" in text[-16:])
+                or (self.max_calls is not None and '"name"' in text[-12:]
+                    and len(self.CALL_START.findall(text)) > self.max_calls))
         return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
 
@@ -116,9 +123,8 @@ class LocalBackend(Backend):
             with quiet_loading():  # no "Loading weights" bar on every start
                 self.hf_model = AutoModelForCausalLM.from_pretrained(
                     path, dtype=load_dtype(self.device, self.precision), local_files_only=True)
-        except OSError as e:
-            raise BackendError(f"cannot load local model {model!r}: it is not a folder, a .gguf file, or a "
-                               f"Hub id in the local Hugging Face cache (this machine may be offline): {e}") from None
+        except OSError as e:  # a folder without the files transformers needs
+            raise BackendError(f"cannot load local model {model!r} from {path}: {e}") from None
         self.hf_model.to(self.device).eval()
         # fp16 weights on a CPU are packed in the background and take over between generations
         # (precision.Fp16Packer); GPUs load in their precision directly.
@@ -130,7 +136,7 @@ class LocalBackend(Backend):
         self.capabilities = Capabilities(
             tools=template_renders_tools(self.tokenizer),  # else tools are described in the system prompt
             grounds_numbers=GroundedCode.usable(self.tokenizer),  # see grounding.py
-            favours_tokens=True)
+            favours_tokens=True, stops_after_calls=True, parameters=sum(p.numel() for p in self.hf_model.parameters()))
         self.stop_ids = self._stop_ids()
         self._lock = threading.Lock()  # one model, one KV cache: one generation at a time
         self._cache: Any = None        # DynamicCache of the last call
@@ -225,7 +231,7 @@ class LocalBackend(Backend):
                   streamer: TextIteratorStreamer | None = None, cancel: _Cancel | None = None,
                   stop_after_code: bool = False, numbers: set[str] | None = None,
                   favour: str | None = None, bonus: float = 0.0,
-                  stop_after_call: bool = False) -> tuple[list[int], int]:
+                  stop_after_call: bool = False, max_calls: int | None = None) -> tuple[list[int], int]:
         """Run model.generate with the reused cache; returns (generated ids, prompt tokens reused)."""
         threads: Any = nullcontext()
         if self.fp16 is not None and not self.fp16.swap():  # no forward pass runs now: swap if all are packed
@@ -243,8 +249,9 @@ class LocalBackend(Backend):
                 eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id or self.stop_ids[0],
                 use_cache=True, return_dict_in_generate=True, streamer=streamer,
                 stopping_criteria=StoppingCriteriaList(
-                    [c for c in (cancel, _FenceStop(self.tokenizer, len(ids), stop_after_code, stop_after_call)
-                                    if stop_after_code or stop_after_call else None) if c]),
+                    [c for c in (cancel, _FenceStop(self.tokenizer, len(ids), stop_after_code, stop_after_call,
+                                                    max_calls)
+                                    if stop_after_code or stop_after_call or max_calls else None) if c]),
                 logits_processor=LogitsProcessorList(self._guides(len(ids), numbers, favour, bonus)),
                 **{CACHE_KW: cache}, **sampling)
         seq = out.sequences[0].tolist()
@@ -294,8 +301,10 @@ class LocalBackend(Backend):
     def stream(self, messages: list[Message], tools: list[dict[str, Any]] | None = None, *,
                max_tokens: int | None = None, temperature: float | None = None,
                numbers: set[str] | None = None, favour: str | None = None, bonus: float = 0.0,
-               cancel: threading.Event | None = None, **guides: Any) -> Iterator[StreamEvent]:
-        """`cancel`: set it (from any thread) to stop generating; the reply so far is returned."""
+               max_calls: int | None = None, cancel: threading.Event | None = None,
+               **guides: Any) -> Iterator[StreamEvent]:
+        """`cancel`: set it (from any thread) to stop generating; the reply so far is returned.
+        `max_calls`: stop where a reply's call number max_calls + 1 begins."""
         with self._lock:
             t0 = time.perf_counter()
             ids = self.encode(messages, tools)
@@ -307,7 +316,8 @@ class LocalBackend(Backend):
             def work() -> tuple[list[int], int]:
                 try:
                     return self._generate(ids, max_new, temperature, streamer, stop, self._fenced_python(tools),
-                                          numbers, favour, bonus, stop_after_call=prompted)
+                                          numbers, favour, bonus, stop_after_call=prompted,
+                                          max_calls=max_calls if tools else None)
                 except BaseException:
                     streamer.end()  # unblock the consumer; the error is re-raised from the future
                     raise

@@ -231,11 +231,15 @@ class ResidentBackend(Backend):
             raise ValueError(f"keep_alive must be a number of seconds > 0 for a resident model (0 means: load it "
                              f"in this process), got {keep_alive}")
         self.model, self.keep_alive = model, float(keep_alive)
-        try:  # a GGUF is converted once here, with its progress bar, before any server starts
+        # A GGUF (an Ollama model's too) is converted, a Hub model downloaded, here with its progress
+        # bar, before any server starts; each becomes a folder, whose files make the address: an Ollama
+        # model's folder is keyed by its blob (a new pull, a new digest, a new folder), a Hub model's is
+        # the snapshot of one commit.
+        try:
             path = resolve_model_path(model, progress=progress)
         except FileNotFoundError as e:
             raise BackendError(str(e)) from None
-        if os.path.exists(path):  # a folder: the server runs elsewhere (a Hub id stays a name)
+        if os.path.exists(path):  # the server runs elsewhere
             path = os.path.abspath(path)
         self.address = Address.of(model, path, precision)
         self.started = False  # True: this command started the server (a cold start)
@@ -290,10 +294,11 @@ class ResidentBackend(Backend):
     def stream(self, messages: list[Message], tools: list[dict[str, Any]] | None = None, *,
                max_tokens: int | None = None, temperature: float | None = None,
                numbers: set[str] | None = None, favour: str | None = None, bonus: float = 0.0,
-               **guides: Any) -> Iterator[StreamEvent]:
+               max_calls: int | None = None, **guides: Any) -> Iterator[StreamEvent]:
         request = {"op": "stream", "messages": [m.model_dump(mode="json") for m in messages], "tools": tools,
                    "max_tokens": max_tokens, "temperature": temperature,
-                   "numbers": sorted(numbers) if numbers is not None else None, "favour": favour, "bonus": bonus}
+                   "numbers": sorted(numbers) if numbers is not None else None, "favour": favour, "bonus": bonus,
+                   "max_calls": max_calls}
         # Leaving this generator early (Ctrl-C, a budget) closes the connection: the server stops.
         with self._request(request) as f:
             while (event := self._read(f)) is not None:

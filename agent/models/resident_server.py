@@ -6,13 +6,14 @@ client and says why).
 
 One JSON object per line. Requests (one per connection; each may carry "keep_alive"):
 `info`, `hold` (kept open while a command lives), `count` (messages, tools -> tokens),
-`stream` (messages, tools, max_tokens, temperature, numbers, favour, bonus -> {"text"}... then
+`stream` (messages, tools, max_tokens, temperature, numbers, favour, bonus, max_calls -> {"text"}... then
 {"done": Reply}; closing the connection stops the generation), `stop`. Errors: {"error": "..."}.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fcntl
 import math
 import os
@@ -89,8 +90,7 @@ class Server:
         with self.state:
             users, left = self.users - asking, max(self.deadline - time.monotonic(), 0.0)
         return {"model": self.model, "pid": os.getpid(), "context_window": b.context_window,
-                "capabilities": {"tools": caps.tools, "streaming": caps.streaming,
-                                 "grounds_numbers": caps.grounds_numbers, "favours_tokens": caps.favours_tokens},
+                "capabilities": dataclasses.asdict(caps),
                 "tools_note": getattr(b, "tools_note", None), "device": getattr(b, "device", "cpu"),
                 "precision": getattr(b, "precision", None), "fp16_ready": fp16_ready(b),
                 "rss_mb": round(rss_mb(), 1), "users": users, "idle_left_s": round(left, 1),
@@ -161,7 +161,8 @@ class Server:
         events = self.backend.stream(messages, r.get("tools"), max_tokens=r.get("max_tokens"),
                                      temperature=r.get("temperature"),
                                      numbers=set(numbers) if numbers is not None else None,
-                                     favour=r.get("favour"), bonus=float(r.get("bonus") or 0.0), cancel=cancel)
+                                     favour=r.get("favour"), bonus=float(r.get("bonus") or 0.0),
+                                     max_calls=int(r["max_calls"]) if r.get("max_calls") else None, cancel=cancel)
         try:
             for ev in events:
                 if isinstance(ev, TextDelta):

@@ -67,8 +67,13 @@ def pick(question: str, k: int = 1, near: float = 0.6) -> list[tuple[str, str]]:
     """Up to k bank examples close to `question` (shared terms weighted by rarity, at least `near`
     times the best score), closest last, as (question, answer) turns with the code fenced.
     Only close ones: a 135M model copies the shape of loosely related examples too."""
+    return [(q, f"```python\n{code}\n```") for q, code in pick_code(question, k, near)]
+
+
+def pick_code(question: str, k: int = 1, near: float = 0.6) -> list[tuple[str, str]]:
+    """As `pick`, the (question, code) pairs themselves."""
     terms = set(_terms(question))
     scored = sorted(((_similarity(terms, v), i) for i, v in enumerate(_VECTORS)), key=lambda s: (-s[0], s[1]))[:k]
     best = scored[0][0] if scored else 0.0
     chosen = [BANK[i] for score, i in scored if score >= near * best] if best > 0 else []
-    return [(q, f"```python\n{code}\n```") for q, code in reversed(chosen)]
+    return list(reversed(chosen))

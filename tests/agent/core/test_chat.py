@@ -241,7 +241,8 @@ def test_async_form_runs_chats_concurrently(tmp_path):
 
 
 def test_fenced_code_from_a_model_without_tools_runs_and_its_output_answers(tmp_path):
-    backend = ScriptedBackend(["Let me compute.\n```python\nprint(2**100)\n```\nThis prints 255."])
+    backend = ScriptedBackend(["Let me compute.\n```python\nprint(2**100)\n```\nThis prints 255."],
+                              capabilities=Capabilities(tools=False, streaming=False))
     with Chat(backend=backend, workspace=tmp_path, answer_from_output=True) as chat:
         chat.attempts = 1  # no second attempt to confirm the value
         assert chat("What is 2**100?") == "1267650600228229401496703205376"
