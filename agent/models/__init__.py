@@ -1,9 +1,12 @@
 """Model backends: one interface for OpenAI-compatible servers and local Hugging Face models.
 
 Model strings: `gpt-4o-mini` or `openai:NAME` (OpenAI, or any compatible server with
-`base_url`); `hf:smollm2` (the embedded default), `hf:ORG/NAME` (a Hub id in the local cache),
-a local folder, or a `.gguf` file. With no model: `KERNELCHAT_MODEL`, else `gpt-4o-mini` when
-OPENAI_API_KEY is set, else the embedded `hf:smollm2` (offline, no key).
+`base_url`); and models run here: `hf:smollm2` (the embedded default), `hf:ORG/NAME[@REVISION]`
+(a Hugging Face Hub model: from the local cache, else downloaded into it; HF_HUB_OFFLINE=1: the cache
+only), `ollama:NAME[:TAG]` (a model pulled with Ollama, from $OLLAMA_MODELS), a local folder, or a
+`.gguf` file (GGUF files, Ollama's too, are converted once to a 16-bit safetensors cache). With no
+model: `KERNELCHAT_MODEL`, else `gpt-4o-mini` when OPENAI_API_KEY is set, else the embedded
+`hf:smollm2` (offline, no key). agent/models/sources.py finds Hub and Ollama models.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ def default_model() -> str:
 
 
 def is_local_model(model: str) -> bool:
-    return model.startswith("hf:") or model.endswith(".gguf") or os.path.isdir(os.path.expanduser(model))
+    """A model that runs on this machine (in process or in a resident server): hf:, ollama:, a .gguf, a folder."""
+    return (model.startswith(("hf:", "ollama:")) or model.endswith(".gguf")
+            or os.path.isdir(os.path.expanduser(model)))
 
 
 def get_backend(model: str | None = None, *, base_url: str | None = None, api_key: str | None = None,
