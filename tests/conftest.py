@@ -101,6 +101,25 @@ def local_backend():
     return LocalBackend("hf:smollm2", progress=False)
 
 
+@pytest.fixture(scope="session")
+def qwen_05b_gguf() -> _Path:
+    """The real tool-trained Qwen2.5-Coder-0.5B-Instruct GGUF, fetched by the project's own script
+    (`make models` does it during setup; here it only checks the digest, ~1 s, when cached)."""
+    root = _Path(__file__).resolve().parents[1]
+    out = _subprocess.run([_sys.executable, str(root / "bench" / "fetch_qwen.py"), "0.5b"], capture_output=True,
+                          text=True, timeout=1800)
+    assert out.returncode == 0, f"bench/fetch_qwen.py failed: {out.stderr[-1000:]}"
+    return _Path(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def qwen_05b(qwen_05b_gguf):
+    """The 0.5B loaded once per test session (converted to fp16 safetensors on first use, then cached)."""
+    from agent.models.local import LocalBackend
+
+    return LocalBackend(str(qwen_05b_gguf), progress=False)
+
+
 # -- a real Jupyter Kernel Gateway on 127.0.0.1, for sandbox.gateway --------------------------------
 
 

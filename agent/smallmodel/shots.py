@@ -70,10 +70,10 @@ def pick(question: str, k: int = 1, near: float = 0.6) -> list[tuple[str, str]]:
     return [(q, f"```python\n{code}\n```") for q, code in pick_code(question, k, near)]
 
 
-def pick_code(question: str, k: int = 1, near: float = 0.6) -> list[tuple[str, str]]:
-    """As `pick`, the (question, code) pairs themselves."""
+def pick_code(question: str, k: int = 1, near: float = 0.6, least: float = 0.0) -> list[tuple[str, str]]:
+    """As `pick`, the (question, code) pairs themselves; none scoring under `least` (0 to 1)."""
     terms = set(_terms(question))
     scored = sorted(((_similarity(terms, v), i) for i, v in enumerate(_VECTORS)), key=lambda s: (-s[0], s[1]))[:k]
     best = scored[0][0] if scored else 0.0
-    chosen = [BANK[i] for score, i in scored if score >= near * best] if best > 0 else []
+    chosen = [BANK[i] for score, i in scored if score >= max(near * best, least)] if best > 0 else []
     return list(reversed(chosen))

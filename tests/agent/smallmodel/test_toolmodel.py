@@ -226,3 +226,13 @@ def test_an_unknown_tool_is_not_run_as_python_when_another_tool_takes_code(tmp_p
         events, _ = run(chat, "Query. Use SQL.")
     result = next(e for e in events if isinstance(e, ToolResultEvent))
     assert result.status == "invalid" and "there is no tool named 'sql'" in result.output
+
+
+def test_a_second_cell_printing_the_same_value_ends_the_turn(tmp_path):
+    """Recorded from Qwen2.5-Coder-0.5B: print(2**100), then print(<its value>) again and again."""
+    value = str(2**100)
+    backend = ScriptedBackend([python_call("print(2**100)"), python_call(f"print({value})"),
+                               python_call(f"print({value})")], capabilities=SMALL)
+    with Chat(backend=backend, workspace=tmp_path) as chat:
+        events, answer = run(chat, "What is 2**100? Use Python.")
+    assert answer.text == value and len(cells_run(events)) == 2 and len(backend.replies) == 1
