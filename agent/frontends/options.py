@@ -35,7 +35,8 @@ class Arguments(Protocol):
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", "-m", default=None,
-                   help="gpt-4o-mini, openai:NAME, hf:smollm2 (default without OPENAI_API_KEY), hf:NAME, a folder or .gguf")
+                   help="gpt-4o-mini, openai:NAME, hf:smollm2 (default without OPENAI_API_KEY), hf:ORG/NAME[@REV] "
+                        "(downloaded when online), ollama:NAME[:TAG], a folder or a .gguf file")
     g.add_argument("--base-url", default=None, help="an OpenAI-compatible server (vLLM, llama.cpp, Ollama, ...)")
     g.add_argument("--api-key", default=None, help="default: $OPENAI_API_KEY")
     g.add_argument("--system", default=None, help="replace the default system prompt")

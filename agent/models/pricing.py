@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from agent.core.dirs import config_dir
 
-LOCAL_PREFIXES = ("hf:", "local:")  # models run on this machine: they cost nothing
+LOCAL_PREFIXES = ("hf:", "ollama:", "local:")  # models run on this machine: they cost nothing
 
 
 class Price(BaseModel):
