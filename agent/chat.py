@@ -8,6 +8,7 @@ from typing import Any, Generic, TypeVar
 
 from agent.core.backend import Backend
 from agent.core.loop import PLAIN
+from agent.core.prompts import DEFAULT_SYSTEM
 from agent.core.session import Session
 from agent.core.store import ConversationFile
 from agent.models import get_backend, pricing
@@ -27,6 +28,16 @@ def is_small(backend: Backend) -> bool:
     tool-trained one whose declared size is under SMALL_TOOL_MODEL_PARAMETERS."""
     caps = backend.capabilities
     return not caps.tools or (caps.parameters is not None and caps.parameters < SMALL_TOOL_MODEL_PARAMETERS)
+
+
+def default_system(backend: Backend) -> str:
+    """The system prompt a model gets unless one is given: the short one of the small-model mode for
+    models without tool training, else the default (agent/core/prompts.py)."""
+    return SMALL_MODEL_SYSTEM if not backend.capabilities.tools else DEFAULT_SYSTEM
+
+
+# The prompts `default_system` gives: a conversation on one of them follows the model (/model).
+DEFAULT_SYSTEMS = (DEFAULT_SYSTEM, SMALL_MODEL_SYSTEM)
 
 
 def price_help(model: str) -> str:
@@ -80,8 +91,8 @@ class Chat(Session):
         if backend is None:
             backend = get_backend(model, base_url=base_url, api_key=api_key, progress=progress,
                                   keep_alive=keep_alive)
-        if system is None and not backend.capabilities.tools:
-            system = SMALL_MODEL_SYSTEM
+        if system is None:
+            system = default_system(backend)
         super().__init__(backend, system=system, progress=progress, price_of=pricing.lookup, price_help=price_help,
                          parse_calls=parse_tool_calls, **options)
         self._note_tools(backend)
@@ -129,4 +140,4 @@ class Chat(Session):
         return {**super().saved_options(conv), "model": conv.model}
 
 
-__all__ = ["Chat", "is_small", "price_help"]
+__all__ = ["Chat", "DEFAULT_SYSTEMS", "default_system", "is_small", "price_help"]

@@ -36,8 +36,6 @@ from agent.frontends import commands
 from agent.core.budget import BudgetExceeded
 from agent.core.dirs import conversations_dir, data_dir
 from agent.core.events import Event, NoticeEvent, TextEvent, ToolCallEvent, ToolOutputEvent, ToolResultEvent
-from agent.core.prompts import DEFAULT_SYSTEM
-from agent.smallmodel.strategy import SMALL_MODEL_SYSTEM
 from agent.frontends.conversations import find_conversation, resume_options, show_loaded
 from agent.frontends.options import chat_options, check_save_path, conversation_path, keep_alive, kernel_options
 from agent.frontends.render import EventPrinter, RunningView, code_panel, safe_line, safe_text
@@ -400,10 +398,11 @@ class Repl:
                                   keep_alive=keep_alive(self.args))
         chat = self.chat
         chat.use_backend(backend)
-        small = chat.answer_from_output
+        from agent.chat import DEFAULT_SYSTEMS, default_system
+
         note = "the system prompt is unchanged"
-        if chat.system in (DEFAULT_SYSTEM, SMALL_MODEL_SYSTEM):  # a default follows the model; yours stays
-            self.set_system(SMALL_MODEL_SYSTEM if small else DEFAULT_SYSTEM)
+        if chat.system in DEFAULT_SYSTEMS:  # a default follows the model; yours stays
+            self.set_system(default_system(backend))
             note = "the default system prompt for this kind of model"
         self.notice(f"model: {chat.model} ({note}; /system shows it)")
 

@@ -26,6 +26,8 @@ import json
 import re
 from typing import TYPE_CHECKING, Any, Iterator
 
+from sandbox import ExecResult
+
 from agent.core.events import AnswerEvent, Event, NoticeEvent, ToolCallEvent, ToolResultEvent
 from agent.core.loop import request, run_call
 from agent.core.messages import Message, ToolCall, tool_result
@@ -118,6 +120,14 @@ class SmallToolModelStrategy(SmallModelStrategy):
         if mentions(text, value):
             return msg, []
         return msg.model_copy(update={"content": f"{text}\n\n{value}"}), []
+
+    def revise_cell(self, code: str, result: ExecResult) -> tuple[str, str] | None:
+        # Besides the missing import: the JSON's closing brace written into the code
+        # (`print(1 * 2 * ... * 10)}`, recorded from the 0.5B, repeated and resampled alike).
+        if (result.status == "error" and result.error_name == "SyntaxError"
+                and (result.error_value or "").startswith("unmatched '}'") and code.rstrip().endswith("}")):
+            return code.rstrip().rstrip("}"), "removed a stray `}` at the end of the code and ran it again"
+        return super().revise_cell(code, result)
 
     def result_text(self, session: "Session", call: ToolCall, text: str) -> str:
         name = self.turn.renamed.get(call.id)

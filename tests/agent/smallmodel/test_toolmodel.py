@@ -236,3 +236,13 @@ def test_a_second_cell_printing_the_same_value_ends_the_turn(tmp_path):
     with Chat(backend=backend, workspace=tmp_path) as chat:
         events, answer = run(chat, "What is 2**100? Use Python.")
     assert answer.text == value and len(cells_run(events)) == 2 and len(backend.replies) == 1
+
+
+def test_a_stray_closing_brace_is_removed_and_the_cell_runs_again(tmp_path):
+    """Recorded from Qwen2.5-Coder-0.5B: the JSON's `}` inside the code, a SyntaxError every time."""
+    backend = ScriptedBackend([python_call("print(1 * 2 * 3 * 4 * 5 * 6 * 7 * 8 * 9 * 10)}"), ""],
+                              capabilities=SMALL)
+    with Chat(backend=backend, workspace=tmp_path) as chat:
+        events, answer = run(chat, "What is the product of the integers from 1 to 10? Use Python.")
+    assert answer.text == "3628800"
+    assert any("removed a stray `}`" in getattr(e, "text", "") for e in events)
