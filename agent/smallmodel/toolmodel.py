@@ -51,6 +51,7 @@ RESAMPLES = 2
 # Only a close example helps: a task's long prompt (Titanic's) matches some arithmetic example at
 # 0.3-0.45 and the example is noise there; the bench's questions match theirs at 0.5-1.
 EXAMPLE_LEAST = 0.5
+ALREADY_RAN = "You already ran this exact call"
 CODE_KEYS = ("code", "python", "script", "source", "program", "cell")
 THANKS = re.compile(r"\b(thank(s| you)|you'?re welcome|glad (i|to)|happy to help)\b", re.IGNORECASE)
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[+-]?\d+)?", re.IGNORECASE)
@@ -176,6 +177,11 @@ def tool_steps(strategy: SmallToolModelStrategy, session: "Session") -> Iterator
             turn.results[key] = ev
             if ev.code is not None:
                 turn.codes.append(ev.code)
+            if turn.value is not None and ev.value is not None and ALREADY_RAN in ev.value:
+                # `print('You already ran this exact call; ... HelloHelloHello')` (recorded): the note
+                # copied into code is no new value.
+                yield from answer_with_value(session, turn.value, step, "the model printed the loop's note")
+                return
             if ev.value is not None and ev.value == turn.value:
                 # Other code printing the same value again (`print(1267650600228229401496703205376)`
                 # after `print(2**100)`, recorded): the model is confirming, not computing on.
@@ -217,7 +223,7 @@ def example_turns(examples: list[tuple[str, ...]]) -> list[Message]:
 
 def already_ran(session: "Session", call: ToolCall, earlier: ToolResultEvent) -> Iterator[Event]:
     """A call the turn already ran: not run again; the model reads its earlier output."""
-    text = (f"You already ran this exact call; it was not run again. Its output was:\n{earlier.output}\n"
+    text = (f"{ALREADY_RAN}; it was not run again. Its output was:\n{earlier.output}\n"
             "Answer the user's question with this output now, or call the tool with different code.")
     yield ToolCallEvent(id=call.id, name=call.name, arguments=call.arguments, code=earlier.code)
     session.append(tool_result(call.id, text, name=call.name))
@@ -294,7 +300,7 @@ def canonical(number: str) -> str:
 
 def non_answer(text: str, codes: list[str]) -> bool:
     """Text that answers nothing: empty, thanks, code or a call written out, or the code again."""
-    if not text or THANKS.search(text) or "```" in text or "<tool_call>" in text:
+    if not text or THANKS.search(text) or "```" in text or "<tool_call>" in text or ALREADY_RAN in text:
         return True
     stripped = text.strip()
     if stripped[:1] in "{[" and stripped[-1:] in "}]":  # JSON: a call or a restatement, not prose

@@ -246,3 +246,13 @@ def test_a_stray_closing_brace_is_removed_and_the_cell_runs_again(tmp_path):
         events, answer = run(chat, "What is the product of the integers from 1 to 10? Use Python.")
     assert answer.text == "3628800"
     assert any("removed a stray `}`" in getattr(e, "text", "") for e in events)
+
+
+def test_the_loops_note_printed_by_the_model_is_no_new_value(tmp_path):
+    """Recorded from Qwen2.5-Coder-0.5B: told it already ran print('Hello' * 3), it printed the note."""
+    note = "print('You already ran this exact call; it was not run again. Its output was: HelloHelloHello')"
+    backend = ScriptedBackend([python_call("print('Hello' * 3)"), python_call("print('Hello' * 3)"),
+                               python_call(note), python_call(note)], capabilities=SMALL)
+    with Chat(backend=backend, workspace=tmp_path) as chat:
+        _, answer = run(chat, "What is 'Hello' repeated 3 times? Use Python.")
+    assert answer.text == "HelloHelloHello" and len(backend.replies) == 1
