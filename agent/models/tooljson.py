@@ -117,6 +117,8 @@ def repair_json(text: str, *, close_strings: bool = True) -> str | None:
     except json.JSONDecodeError:
         pass
     fixed, open_string = _normalize(text)
+    if open_string and (closed := closed_before_closers(text)) is not None:
+        return closed
     if open_string and not close_strings:
         return None
     try:
@@ -132,6 +134,26 @@ def repair_json(text: str, *, close_strings: bool = True) -> str | None:
     if re.fullmatch(r"[\s}\];]*", fixed[end:]):
         return json.dumps(value, ensure_ascii=False)
     return None
+
+
+# A call whose code lost its closing quote but not the JSON's braces (`{"code": "print(3 ** 2)}}`,
+# recorded from Qwen2.5-Coder-0.5B; the reply ended there with its end-of-turn token).
+STRING_LOST_ITS_QUOTE = re.compile(r"\)(\s*\}+)\s*$")
+
+
+def closed_before_closers(text: str) -> str | None:
+    """`text` with the open string closed after its last `)` and before the braces that end the
+    reply, if that makes valid JSON; else None. Not a cut-off value: the braces show where the model
+    meant the JSON to end, and the code before them ends a call."""
+    m = STRING_LOST_ITS_QUOTE.search(text)
+    if m is None:
+        return None
+    candidate = text[:m.start(1)] + '"' + m.group(1)
+    try:
+        json.loads(candidate)
+    except json.JSONDecodeError:
+        return None
+    return candidate
 
 
 def _normalize(text: str) -> tuple[str, bool]:

@@ -54,6 +54,7 @@ EXAMPLE_LEAST = 0.5
 ALREADY_RAN = "You already ran this exact call"
 CODE_KEYS = ("code", "python", "script", "source", "program", "cell")
 THANKS = re.compile(r"\b(thank(s| you)|you'?re welcome|glad (i|to)|happy to help)\b", re.IGNORECASE)
+FACTORIAL = re.compile(r"\b(\d+)!(?!=)")
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[+-]?\d+)?", re.IGNORECASE)
 
 
@@ -128,6 +129,10 @@ class SmallToolModelStrategy(SmallModelStrategy):
         if (result.status == "error" and result.error_name == "SyntaxError"
                 and (result.error_value or "").startswith("unmatched '}'") and code.rstrip().endswith("}")):
             return code.rstrip().rstrip("}"), "removed a stray `}` at the end of the code and ran it again"
+        if result.status == "error" and result.error_name == "SyntaxError" and FACTORIAL.search(code):
+            # `print(100! / 98!)`, `17! = 17 * 16 * ...` (recorded, repeated when resampled too)
+            return ("import math\n" + FACTORIAL.sub(r"math.factorial(\1)", code),
+                    "wrote `N!` as `math.factorial(N)` and ran it again")
         return super().revise_cell(code, result)
 
     def result_text(self, session: "Session", call: ToolCall, text: str) -> str:

@@ -583,3 +583,14 @@ def test_repair_json_fence_strip_is_linear():
     t = time.monotonic()
     assert repair_json("```json\n{" + " \n" * (MB // 2) + "x") is None
     assert time.monotonic() - t < 5
+
+
+def test_a_code_string_that_lost_its_closing_quote_before_the_braces_is_closed():
+    """Recorded from Qwen2.5-Coder-0.5B (the reply ended there, with its end-of-turn token)."""
+    text, calls = parse_tool_calls('{"name": "python", "arguments": {"code": "print(3 ** 2 + 4 ** 2)}}', ["python"])
+    assert text == "" and [(c.name, json.loads(c.arguments)) for c in calls] == [
+        ("python", {"code": "print(3 ** 2 + 4 ** 2)"})]
+    # a value cut off (no closing braces after a finished call) is still never completed
+    _, calls = parse_tool_calls('<tool_call>{"name": "python", "arguments": {"code": "print(3 ** 2', ["python"])
+    with pytest.raises(json.JSONDecodeError):  # kept raw: the loop shows the model the JSON error
+        json.loads(calls[0].arguments)

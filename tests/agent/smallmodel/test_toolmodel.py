@@ -256,3 +256,12 @@ def test_the_loops_note_printed_by_the_model_is_no_new_value(tmp_path):
     with Chat(backend=backend, workspace=tmp_path) as chat:
         _, answer = run(chat, "What is 'Hello' repeated 3 times? Use Python.")
     assert answer.text == "HelloHelloHello" and len(backend.replies) == 1
+
+
+def test_factorials_written_as_math_are_rewritten(tmp_path):
+    """Recorded from Qwen2.5-Coder-0.5B: `print(100! / 98!)`, repeated and resampled alike."""
+    backend = ScriptedBackend([python_call("print(100! / 98!)"), "9900"], capabilities=SMALL)
+    with Chat(backend=backend, workspace=tmp_path) as chat:
+        events, answer = run(chat, "What is 100 factorial divided by 98 factorial? Use Python.")
+    assert answer.text == "9900" and cells_run(events)[0].output.strip().endswith("9900.0")
+    assert any("as `math.factorial(N)`" in getattr(e, "text", "") for e in events)
