@@ -89,3 +89,24 @@ def test_the_value_written_as_code_after_its_result_ends_the_turn(tmp_path):
     events, backend = run("same_call_after_its_result", tmp_path)
     assert [c.code for c in ran(events)] == ["7 ** 23", "27368747340080916343"] and len(backend.raw) == 2
     assert events[-1].text == str(7 ** 23) and "two cells printed the same value" in notices(events)
+
+
+def test_a_stray_brace_is_removed(tmp_path):
+    events, _ = run("stray_brace_in_code", tmp_path)
+    assert events[-1].text == "3628800" and "removed a stray `}`" in " ".join(
+        getattr(e, "text", "") for e in events)
+
+
+def test_a_factorial_written_as_math_is_rewritten(tmp_path):
+    events, _ = run("factorial_as_math", tmp_path)
+    assert events[-1].text in ("9900", "9900.0")
+
+
+def test_a_string_that_lost_its_quote_is_a_call(tmp_path):
+    events, _ = run("string_lost_its_quote", tmp_path)
+    assert [c.code for c in ran(events)] == ["print(3 ** 2 + 4 ** 2)"] and events[-1].text == "25"
+
+
+def test_the_loops_note_printed_back_is_not_the_answer(tmp_path):
+    events, _ = run("loop_note_printed", tmp_path)
+    assert events[-1].text == "HelloHelloHello"
