@@ -110,3 +110,14 @@ def test_a_string_that_lost_its_quote_is_a_call(tmp_path):
 def test_the_loops_note_printed_back_is_not_the_answer(tmp_path):
     events, _ = run("loop_note_printed", tmp_path)
     assert events[-1].text == "HelloHelloHello"
+
+
+def test_the_15b_triple_quoted_code_runs_and_its_thanks_is_answered_from_the_output(tmp_path):
+    events, _ = run("triple_quoted_code_then_thanks", tmp_path)
+    assert len(ran(events)) == 1 and "math.comb(n, k)" in ran(events)[0].code
+    assert events[-1].text == "2598960" and "answered with the value the code printed" in notices(events)
+
+
+def test_the_15b_value_restated_in_a_fence_is_answered_with_the_value(tmp_path):
+    events, _ = run("value_in_a_fence_after_the_result", tmp_path)
+    assert events[-1].text == "1267650600228229401496703205376"
