@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent import Budget, BudgetExceeded, Chat
+from agent.core.backend import Capabilities
 from agent.models.scripted import ScriptedBackend, python_call
 from agent.core.events import ToolCallEvent, ToolOutputEvent, ToolResultEvent
 from agent.core.messages import Message, ToolCall
