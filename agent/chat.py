@@ -121,7 +121,11 @@ class Chat(Session):
         what they copy: the answer is the short value their code printed, and the loop helps them.
         Small tool-trained models get the variant for them (agent/smallmodel/toolmodel.py).
         Turning it on or off sets its knobs to their defaults for that."""
-        tool_trained = self.backend.capabilities.tools
+        # The tool variant for models known to be local and tool-trained (their size is declared); a
+        # server's model of unknown kind asked for the mode gets the template-less one, as before
+        # (an OpenAI-compatible server may hide that its model has no tool training).
+        caps = self.backend.capabilities
+        tool_trained = caps.tools and caps.parameters is not None
         self.small_model = SmallToolModelStrategy() if tool_trained and on else SmallModelStrategy(on)
         self.strategy = self.small_model if on else PLAIN
 

@@ -137,7 +137,8 @@ def test_complete(local_backend):
     assert local_backend.context_window == 8192
     # SmolLM2's template renders no tools: it writes ```python blocks, and takes both decoding guides.
     assert local_backend.capabilities == Capabilities(tools=False, streaming=True, grounds_numbers=True,
-                                                      favours_tokens=True)
+                                                      favours_tokens=True, stops_after_calls=True,
+                                                      parameters=134_515_008)
     msgs = [user("What is the capital of France? Answer in one word.")]
     r = local_backend.complete(msgs, max_tokens=16)
     assert "Paris" in r.message.content

@@ -27,7 +27,7 @@ def cells(events):
     ("What is the sum of the integers from 1 to 1000? Use Python.", "500500"),  # `1 + 2 + ... + 1000` before
 ])
 def test_the_05b_answers_with_what_its_code_printed(qwen_05b, tmp_path, question, expected):
-    assert qwen_05b.capabilities.tools and 400e6 < qwen_05b.capabilities.parameters < 600e6
+    assert qwen_05b.capabilities.tools and 400e6 < qwen_05b.capabilities.parameters < 700e6  # 630 M here
     with Chat(backend=qwen_05b, workspace=tmp_path, progress=False) as chat:
         assert isinstance(chat.strategy, SmallToolModelStrategy)
         events = list(chat.run(question))
