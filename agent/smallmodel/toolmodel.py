@@ -126,14 +126,14 @@ class SmallToolModelStrategy(SmallModelStrategy):
     def revise_cell(self, code: str, result: ExecResult) -> tuple[str, str] | None:
         # Besides the missing import: the JSON's closing brace written into the code
         # (`print(1 * 2 * ... * 10)}`, recorded from the 0.5B, repeated and resampled alike).
-        if (result.status == "error" and result.error_name == "SyntaxError"
-                and (result.error_value or "").startswith("unmatched '}'") and code.rstrip().endswith("}")):
+        if result.status != "error" or result.error_name != "SyntaxError":
+            return super().revise_cell(code, result)
+        if (result.error_value or "").startswith("unmatched '}'") and code.rstrip().endswith("}"):
             return code.rstrip().rstrip("}"), "removed a stray `}` at the end of the code and ran it again"
-        if result.status == "error" and result.error_name == "SyntaxError" and FACTORIAL.search(code):
-            # `print(100! / 98!)`, `17! = 17 * 16 * ...` (recorded, repeated when resampled too)
+        if FACTORIAL.search(code):  # `print(100! / 98!)`, `17! = 17 * 16 * ...` (recorded, resampled alike)
             return ("import math\n" + FACTORIAL.sub(r"math.factorial(\1)", code),
                     "wrote `N!` as `math.factorial(N)` and ran it again")
-        return super().revise_cell(code, result)
+        return None
 
     def result_text(self, session: "Session", call: ToolCall, text: str) -> str:
         name = self.turn.renamed.get(call.id)
