@@ -48,6 +48,12 @@ MAX_REPEATS = 1
 # A reply that only repeats calls which printed no value (a syntax error, `1 + 2 + ... + 1000`) is
 # the greedy path again: asked afresh, sampled, up to this many times a turn.
 RESAMPLES = 2
+# A reply in prose right after a failed cell, before any value: the 1.5B explains the traceback
+# ("The error occurs because ...") and the turn ends with the task undone (recorded on Titanic). It
+# is set aside and the model asked to fix the code, this many times a turn.
+FIX_REQUESTS = 2
+FIX_REQUEST = ("Your last cell failed (its error is above). Fix the code and run it again with the python "
+               "tool; answer only when it has run.")
 # Only a close example helps: a task's long prompt (Titanic's) matches some arithmetic example at
 # 0.3-0.45 and the example is noise there; the bench's questions match theirs at 0.5-1.
 EXAMPLE_LEAST = 0.5
@@ -56,11 +62,20 @@ CODE_KEYS = ("code", "python", "script", "source", "program", "cell")
 THANKS = re.compile(r"\b(thank(s| you)|you'?re welcome|glad (i|to)|happy to help)\b", re.IGNORECASE)
 FACTORIAL = re.compile(r"\b(\d+)!(?!=)")
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[+-]?\d+)?", re.IGNORECASE)
+# `df['Age'].fillna(df['Age'].median(), inplace=True)`: what these models learned from pre-3.0
+# pandas (recorded on Titanic, in every cleaning cell). Under copy-on-write (pandas >= 3) it is a
+# silent no-op: the column keeps its NaNs and training fails three steps later. As an assignment
+# it does what the model meant with every pandas version.
+CHAINED_INPLACE = re.compile(
+    r"^(?P<indent>[ \t]*)(?P<target>[A-Za-z_]\w*(?:\[[^\[\]\n]+\])+)\."
+    r"(?P<method>fillna|replace|ffill|bfill|interpolate|clip|where|mask)"
+    r"\((?:(?P<args>.*?),\s*)?inplace\s*=\s*True\s*\)(?P<rest>[ \t]*(?:#.*)?)$", re.MULTILINE)
 
 
 class SmallToolModelStrategy(SmallModelStrategy):
     """The knobs: `examples`, `max_calls` per reply, `max_repeats` before a repeating turn ends,
-    `resamples` of a reply that repeats a call which printed nothing. The template-less mode's
+    `resamples` of a reply that repeats a call which printed nothing, `fix_requests` after a reply in
+    prose right after a failed cell. The template-less mode's
     grounding is off (`ground_numbers`, `example_bonus`)."""
 
     def __init__(self) -> None:
@@ -69,6 +84,7 @@ class SmallToolModelStrategy(SmallModelStrategy):
         # of the question giving (question, code) or (question, code, output), or a list of them.
         self.examples = functools.partial(shots.pick_code, least=EXAMPLE_LEAST)
         self.max_calls, self.max_repeats, self.resamples = MAX_CALLS_PER_REPLY, MAX_REPEATS, RESAMPLES
+        self.fix_requests = FIX_REQUESTS
         self.turn = TurnState()
 
     def run_turn(self, session: "Session") -> Iterator[Event]:
@@ -81,7 +97,9 @@ class SmallToolModelStrategy(SmallModelStrategy):
             return messages, extra
         question = last_prompt(session)
         examples = self.examples(question) if callable(self.examples) else self.examples
-        return messages[:1] + example_turns(examples) + messages[1:], extra
+        # The request to fix a failed cell goes to this request only: the tree keeps what was said.
+        fix, self.turn.fix = ([Message(role="user", content=FIX_REQUEST)] if self.turn.fix else []), False
+        return messages[:1] + example_turns(examples) + messages[1:] + fix, extra
 
     def revise_reply(self, session: "Session", msg: Message) -> tuple[Message, list[str]]:
         if msg.tool_calls:
@@ -97,6 +115,10 @@ class SmallToolModelStrategy(SmallModelStrategy):
                 notes.append(f"the model called {call.name!r}, which is no tool: its code runs as python")
                 self.turn.renamed[call.id] = call.name
                 call = as_python
+            call, mended = mend_chained_inplace(call)
+            if mended:
+                notes.append(f"rewrote {mended} chained `inplace=True` call{'s' * (mended > 1)} as assignment "
+                             "(a no-op under pandas' copy-on-write)")
             key = call_key(call)
             if key in keys:
                 continue
@@ -151,16 +173,23 @@ class TurnState:
         self.value: str | None = None
         self.repeats = 0
         self.renamed: dict[str, str] = {}  # call id -> the tool name the model used
+        self.failed = False  # the last cell failed (an error or a timeout)
+        self.fix = False  # the next request asks to fix it
 
 
 def tool_steps(strategy: SmallToolModelStrategy, session: "Session") -> Iterator[Event]:
     """The plain loop's steps with the rules above."""
     schemas = session.tool_schemas()
     turn = strategy.turn
-    temperature, resampled = session.temperature, 0
+    temperature, resampled, fixes = session.temperature, 0, 0
     for step in range(1, session.max_steps + 1):
         msg = yield from request(session, schemas, temperature)
         temperature = session.temperature
+        if not msg.tool_calls and turn.failed and turn.value is None and fixes < strategy.fix_requests:
+            fixes += 1
+            turn.fix = True
+            yield from set_aside(session, "answered in prose right after a failed cell", "asked to fix the code")
+            continue
         if not msg.tool_calls:
             session.end_turn("answered")
             yield AnswerEvent(text=(msg.content or "").strip(), steps=step)
@@ -169,7 +198,7 @@ def tool_steps(strategy: SmallToolModelStrategy, session: "Session") -> Iterator
         if session.temperature != 0 and turn.value is None and resampled < strategy.resamples and all(
                 call_key(c) in turn.results for c in msg.tool_calls):
             resampled += 1
-            yield from set_aside(session, "repeated a call that printed no value")
+            yield from set_aside(session, "repeated a call that printed no value", "asked again, sampled")
             temperature = session.temperature or SAMPLE_TEMPERATURE
             continue
         for call in msg.tool_calls:
@@ -180,6 +209,7 @@ def tool_steps(strategy: SmallToolModelStrategy, session: "Session") -> Iterator
                 continue
             ev = yield from run_call(session, call)
             turn.results[key] = ev
+            turn.failed = ev.status in ("error", "timeout")
             if ev.code is not None:
                 turn.codes.append(ev.code)
             if turn.value is not None and ev.value is not None and ALREADY_RAN in ev.value:
@@ -203,13 +233,13 @@ def tool_steps(strategy: SmallToolModelStrategy, session: "Session") -> Iterator
     yield AnswerEvent(text=text, steps=session.max_steps, outcome="max_steps")
 
 
-def set_aside(session: "Session", why: str) -> Iterator[Event]:
+def set_aside(session: "Session", why: str, then: str) -> Iterator[Event]:
     """The reply just appended becomes a branch not taken (as a template-less model's attempts):
     the next request starts again from before it."""
     node = session.tree.nodes[session.tree.leaf]
     node.outcome = TurnOutcome(status="attempt", note=why)
     session.tree.switch(node.parent)
-    yield NoticeEvent(text=f"the model {why}: asked again, sampled")
+    yield NoticeEvent(text=f"the model {why}: {then}")
 
 
 def example_turns(examples: list[tuple[str, ...]]) -> list[Message]:
@@ -276,6 +306,25 @@ def python_call_from(call: ToolCall, tools: dict[str, Any]) -> ToolCall | None:
     if code is None:
         return None
     return ToolCall(id=call.id, name="python", arguments=json.dumps({"code": code}))
+
+
+def mend_chained_inplace(call: ToolCall) -> tuple[ToolCall, int]:
+    """A python call with `df[col].fillna(v, inplace=True)` lines, as `df[col] = df[col].fillna(v)`,
+    and how many lines changed."""
+    if call.name != "python":
+        return call, 0
+    try:
+        args = call.parsed_arguments()
+    except ValueError:
+        return call, 0
+    code = args.get("code")
+    if not isinstance(code, str) or "inplace" not in code:
+        return call, 0
+    mended, n = CHAINED_INPLACE.subn(
+        lambda m: f"{m['indent']}{m['target']} = {m['target']}.{m['method']}({m['args'] or ''}){m['rest']}", code)
+    if not n:
+        return call, 0
+    return call.model_copy(update={"arguments": json.dumps({**args, "code": mended})}), n
 
 
 def takes_code(tool: Any) -> bool:

@@ -56,6 +56,8 @@ def test_the_strategy_follows_what_the_model_is(tmp_path):
     with Chat(backend=ScriptedBackend([], capabilities=SMALL), workspace=tmp_path) as chat:
         assert isinstance(chat.strategy, SmallToolModelStrategy) and chat.answer_from_output
         assert chat.max_calls == MAX_CALLS_PER_REPLY and chat.max_tokens_per_step == 1024
+        chat.resamples, chat.fix_requests = 0, 1
+        assert (chat.strategy.resamples, chat.strategy.fix_requests) == (0, 1)
         chat.use_backend(ScriptedBackend([], capabilities=big))
         assert chat.strategy is PLAIN
         chat.use_backend(ScriptedBackend([], capabilities=Capabilities(tools=False, streaming=False)))
@@ -265,3 +267,56 @@ def test_factorials_written_as_math_are_rewritten(tmp_path):
         events, answer = run(chat, "What is 100 factorial divided by 98 factorial? Use Python.")
     assert answer.text == "9900" and cells_run(events)[0].output.strip().endswith("9900.0")
     assert any("as `math.factorial(N)`" in getattr(e, "text", "") for e in events)
+
+
+def test_chained_inplace_calls_become_assignments(tmp_path):
+    """Recorded from Qwen2.5-Coder-1.5B on Titanic: `df['Age'].fillna(..., inplace=True)`, a silent
+    no-op under pandas' copy-on-write (the NaNs stayed and training failed later)."""
+    code = ("import pandas as pd\nimport numpy as np\ndf = pd.DataFrame({'Age': [1.0, np.nan], 'Sex': ['m', 'f']})\n"
+            "df['Age'].fillna(df['Age'].median(), inplace=True)\n"
+            "for c in ['Sex']:\n    df[c].replace({'m': 0, 'f': 1}, inplace = True)  # numeric\n"
+            "df.fillna(0, inplace=True)\nprint(int(df['Age'].isna().sum()), df['Sex'].tolist())")
+    backend = ScriptedBackend([python_call(code), "done"], capabilities=SMALL)
+    with Chat(backend=backend, workspace=tmp_path) as chat:
+        events, answer = run(chat, "Fill the missing ages and encode Sex.")
+        cell = cells_run(events)[0]
+        assert cell.output.strip().endswith("0 [0, 1]") and "ChainedAssignmentError" not in cell.output
+        assert "df['Age'] = df['Age'].fillna(df['Age'].median())" in cell.code
+        assert "df.fillna(0, inplace=True)" in cell.code  # not chained: left as written
+    assert any("2 chained `inplace=True` calls" in getattr(e, "text", "") for e in events)
+
+
+def test_prose_right_after_a_failed_cell_is_set_aside_and_the_model_asked_to_fix_it(tmp_path):
+    """Recorded from Qwen2.5-Coder-1.5B on Titanic: the fit fails on a text column and the reply
+    explains the traceback instead of fixing it, which ended the task undone."""
+    explain = "The error occurs because the column `Name` holds strings, which the model cannot use."
+    backend = ScriptedBackend([python_call("import pandas as pd\nX = pd.DataFrame({'a': ['x']})\nprint(X['a'].astype(float))"),
+                               explain, python_call("X = pd.DataFrame({'a': [1.5]})\nprint(float(X['a'].sum()))"),
+                               "The sum is 1.5."], capabilities=SMALL)
+    with Chat(backend=backend, workspace=tmp_path) as chat:
+        events, answer = run(chat, "Sum the column.")
+        assert answer.text == "The sum is 1.5."
+        assert [e.status for e in cells_run(events)] == ["error", "ok"]
+        # the explanation stays in the tree, as a branch not taken; the fix follows the error
+        assert [m.role for m in chat.messages()] == ["system", "user", "assistant", "tool", "assistant", "tool",
+                                                     "assistant"]
+        aside = [n for n in chat.tree.nodes.values() if n.outcome and n.outcome.status == "attempt"]
+        assert [n.message.content for n in aside] == [explain]
+    fix = backend.requests[2][-1]
+    assert fix.role == "user" and "Fix the code" in fix.content
+    assert all("Fix the code" not in (m.content or "") for m in backend.requests[3])  # for that request only
+    assert any("asked to fix the code" in getattr(e, "text", "") for e in events)
+
+
+def test_fix_requests_are_bounded_and_never_follow_a_value(tmp_path):
+    fail = python_call("print(undefined_name)")
+    backend = ScriptedBackend([fail, "It failed.", "It failed again.", "It cannot be done."], capabilities=SMALL)
+    with Chat(backend=backend, workspace=tmp_path) as chat:
+        _, answer = run(chat, "Print the variable.")
+    assert answer.text == "It cannot be done." and len(backend.requests) == 4
+    # a value already printed: a later failure's prose is an answer (as the arithmetic bench needs)
+    backend = ScriptedBackend([python_call("print(2**10)"), python_call("print(undefined_name)"), "It is 1024."],
+                              capabilities=SMALL)
+    with Chat(backend=backend, workspace=tmp_path) as chat:
+        _, answer = run(chat, "What is 2**10?")
+    assert answer.text == "It is 1024." and len(backend.requests) == 3
