@@ -170,6 +170,9 @@ def build_launch(kernel_argv: list[str], *, isolation: Isolation, workspace: Pat
             a += ["--ro-bind", str(p), str(p)]
     a += ["--proc", "/proc", "--dev", "/dev"]
     a += ["--perms", "1777", "--size", str(limits.tmp_mb * 2**20), "--tmpfs", "/tmp"]
+    # POSIX semaphores and shared memory (multiprocessing, joblib: scikit-learn's n_jobs; without it
+    # every import of sklearn warns "[Errno 13] Permission denied. joblib will operate in serial mode")
+    a += ["--perms", "1777", "--size", str(limits.tmp_mb * 2**20), "--tmpfs", "/dev/shm"]
     a += ["--perms", "0755", "--dir", "/etc"]  # bwrap would make it 0700 as root
     for name in ETC_FILES + (NET_ETC_FILES if network else ()):
         if os.path.exists(f"/etc/{name}"):

@@ -10,7 +10,8 @@ What this variant does, each rule taken from recorded replies of those models (t
 - a call identical to one already run in the turn is not run again: the model reads that it has
   the result already; when it keeps repeating (`max_repeats`), the turn ends with the printed value;
   so does a second cell printing the value an earlier one printed (the model confirming); a reply
-  that only repeats calls which printed nothing is asked again, sampled (`resamples`);
+  that only repeats calls which printed nothing, or an empty reply before any call, is asked again,
+  sampled (`resamples`);
 - a call to a tool that does not exist, whose arguments hold code, runs as `python` (when that is
   the only code tool), and the model reads that it did;
 - a non-answer after a printed value (empty, thanks, the call written out again, code) is answered
@@ -189,6 +190,15 @@ def tool_steps(strategy: SmallToolModelStrategy, session: "Session") -> Iterator
             fixes += 1
             turn.fix = True
             yield from set_aside(session, "answered in prose right after a failed cell", "asked to fix the code")
+            continue
+        # An empty reply before any call (the 1.5B's first token an end of turn on Titanic's second
+        # prompt, recorded): the greedy path again, asked afresh as a repeat is. After a cell that
+        # printed nothing (`x = 5`), an empty reply is the model being done.
+        if (not msg.tool_calls and not (msg.content or "").strip() and not turn.results
+                and session.temperature != 0 and resampled < strategy.resamples):
+            resampled += 1
+            yield from set_aside(session, "gave an empty reply", "asked again, sampled")
+            temperature = session.temperature or SAMPLE_TEMPERATURE
             continue
         if not msg.tool_calls:
             session.end_turn("answered")

@@ -92,6 +92,25 @@ def test_private_tmp_is_size_capped(tmp_path):
         assert r.stdout == "28\n"  # ENOSPC
 
 
+def test_private_dev_shm_lets_joblib_run_in_parallel_and_is_size_capped(tmp_path):
+    """scikit-learn's n_jobs needs POSIX semaphores (/dev/shm); without them every import warned."""
+    with Kernel(workspace=tmp_path, tmp_mb=16) as k:
+        r = run(k, """
+            import warnings
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                from joblib import Parallel, delayed
+                print(Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(3)))
+            with open('/dev/shm/kc-probe', 'wb') as f:
+                try:
+                    for _ in range(64): f.write(b'x' * 2**20)
+                except OSError as e:
+                    print(e.errno)
+        """)
+        assert r.stdout == "[0, 1, 2]\n28\n", r
+    assert not os.path.exists("/dev/shm/kc-probe")  # private: the host's /dev/shm is not the kernel's
+
+
 @pytest.fixture
 def host_server():
     """A TCP service on the host's loopback, like a database or a dev server."""

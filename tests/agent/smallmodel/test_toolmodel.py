@@ -320,3 +320,19 @@ def test_fix_requests_are_bounded_and_never_follow_a_value(tmp_path):
     with Chat(backend=backend, workspace=tmp_path) as chat:
         _, answer = run(chat, "What is 2**10?")
     assert answer.text == "It is 1024." and len(backend.requests) == 3
+
+
+def test_an_empty_reply_before_any_value_is_asked_again_sampled(tmp_path):
+    """Recorded from Qwen2.5-Coder-1.5B on Titanic's second prompt: one token, the end of turn."""
+    backend = GuidedBackend(["", python_call("accuracy = 0.8\nprint(accuracy)"), "The accuracy is 0.8."])
+    with Chat(backend=backend, workspace=tmp_path, temperature=None) as chat:
+        events, answer = run(chat, "Train a model and print its accuracy.")
+        assert answer.text == "The accuracy is 0.8."
+        assert [m.role for m in chat.messages()] == ["system", "user", "assistant", "tool", "assistant"]
+    assert backend.temperatures == [None, 0.7, None]
+    assert any("gave an empty reply: asked again, sampled" in getattr(e, "text", "") for e in events)
+    # at temperature 0 an empty reply is the answer: nothing is sampled
+    backend = GuidedBackend([""])
+    with Chat(backend=backend, workspace=tmp_path, temperature=0) as chat:
+        _, answer = run(chat, "Train a model and print its accuracy.")
+    assert answer.text == "" and len(backend.requests) == 1
