@@ -68,7 +68,7 @@ class Chat(Session):
 
     The small-model mode's knobs (see SmallModelStrategy): `examples`, `ground_numbers`,
     `example_bonus`, `attempts`, `agree`; for small tool-trained models (SmallToolModelStrategy)
-    `max_calls` and `max_repeats`.
+    `max_calls`, `max_repeats`, `resamples` and `fix_requests`.
     """
 
     examples: SmallModelKnob[Examples] = SmallModelKnob()
@@ -78,6 +78,8 @@ class Chat(Session):
     agree: SmallModelKnob[int] = SmallModelKnob()
     max_calls: SmallModelKnob[int] = SmallModelKnob()
     max_repeats: SmallModelKnob[int] = SmallModelKnob()
+    resamples: SmallModelKnob[int] = SmallModelKnob()
+    fix_requests: SmallModelKnob[int] = SmallModelKnob()
 
     def __init__(self, model: str | None = None, *, system: str | None = None, base_url: str | None = None,
                  api_key: str | None = None, backend: Backend | None = None, progress: bool = True,
@@ -89,8 +91,9 @@ class Chat(Session):
         `keep_alive`: seconds a local model stays loaded in a background process after use, for the
         next Chat or command to connect to (0: loaded in this process; the command line uses 300)."""
         if backend is None:
-            backend = get_backend(model, base_url=base_url, api_key=api_key, progress=progress,
-                                  keep_alive=keep_alive)
+            kernel = options.get("kernel")  # its workspace: a local model's cache and server stay out of it
+            backend = get_backend(model, base_url=base_url, api_key=api_key, progress=progress, keep_alive=keep_alive,
+                                  workspace=kernel.workspace if kernel is not None else options.get("workspace"))
         if system is None:
             system = default_system(backend)
         super().__init__(backend, system=system, progress=progress, price_of=pricing.lookup, price_help=price_help,

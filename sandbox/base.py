@@ -13,8 +13,8 @@ kernels at exit, `execute()` (restarting a dead kernel first), turning Jupyter m
 from __future__ import annotations
 
 import atexit
+import logging
 import os
-import shutil
 import stat
 import tempfile
 import threading
@@ -30,8 +30,10 @@ from .options import check_bool, check_env, check_fraction, check_gpu, check_tim
 from .quota import DiskQuota
 from .result import ExecResult, RichOutput
 from .safefs import Walk, open_root
+from .saferm import remove_or_say
 from .trim import CellBudget, as_text, clip, count, sentence, take_notices
 
+log = logging.getLogger("kernelchat.sandbox")
 OutputCallback = Callable[[str, "str | RichOutput"], None]
 BOOT = Path(__file__).with_name("boot.py")
 
@@ -76,49 +78,20 @@ def holds_files(root: Path) -> bool:
         os.close(fd)
 
 
-def remove_tree(root: Path) -> None:
-    """rmtree that also removes folders the code made unreadable or unwritable (chmod 000 or 500: a
-    plain user's rmtree cannot enter them). Only real folders are opened up (lstat, not following a
-    link), and only after the kernel has stopped, so nothing swaps them meanwhile; rmtree itself
-    follows no link (it works on folder descriptors: `avoids_symlink_attacks`)."""
-    tried: set[str] = set()
-    top = os.path.abspath(root)
-
-    def open_up(func: Callable, path: str, exc_info: Any) -> None:
-        if not isinstance(exc_info[1], PermissionError) or path in tried:
-            return  # once per path: a folder that stays locked (another owner's) ends the attempt
-        tried.add(path)
-        for folder in (os.path.dirname(path), path):
-            if folder != top and not folder.startswith(top + os.sep):
-                continue  # never a folder above the workspace (its parent is /tmp)
-            try:
-                if stat.S_ISDIR(os.lstat(folder).st_mode):
-                    os.chmod(folder, 0o700)
-            except OSError:
-                pass
-        if stat.S_ISDIR(os.lstat(path).st_mode) if os.path.lexists(path) else False:
-            shutil.rmtree(path, onerror=open_up)  # its own locked folders, the same way
-        else:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-
-    shutil.rmtree(root, onerror=open_up)  # onerror: Python 3.11 (onexc came in 3.12)
-    if root.exists():  # a folder opened up above can be removed now
-        shutil.rmtree(root, ignore_errors=True)
-
-
 def remove_empty_workspace(root: Path) -> bool:
     """Remove a temporary workspace that holds no regular file; True when it is gone. Nothing is
-    followed: rmtree works on folder descriptors here (`avoids_symlink_attacks`)."""
+    followed, at any depth (saferm); what would not go is said once (a warning)."""
     try:
         if holds_files(root):
             return False
     except OSError:
         return not root.exists()
-    remove_tree(root)
-    return not root.exists()
+    return remove_or_say(root)
+
+
+def _cleanup_failed(e: Exception) -> None:
+    log.warning("the kernel was stopped, but cleaning up after it did not finish (%s: %s)",
+                type(e).__name__, str(e)[:300])
 
 
 def kind_for(isolation: object, gateway_url: object) -> str:
@@ -247,20 +220,29 @@ class Kernel(WorkspaceFiles, ABC):
 
     def close(self) -> None:
         """Stop the kernel. A temporary workspace is then removed unless it holds a file (or
-        keep_workspace=False) and kept otherwise: `kept_workspace` is then its path."""
+        keep_workspace=False) and kept otherwise: `kept_workspace` is then its path. Never raises:
+        a cleanup step that fails is one warning (the kernel is stopped first, whatever follows)."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            self._stop()  # first: the files are the host user's again, and no code runs to swap them
-            if self._own_workspace and self.workspace.exists():
-                if self.keep_workspace is False:
-                    remove_tree(self.workspace)
-                elif self.keep_workspace is None:
-                    remove_empty_workspace(self.workspace)
-                self.kept_workspace = self.workspace if self.workspace.exists() else None
             _live.discard(self)
-        self._after_close()
+            try:
+                self._stop()  # first: the files are the host user's again, and no code runs to swap them
+                if self._own_workspace and self.workspace.exists():
+                    if self.keep_workspace is False:
+                        remove_or_say(self.workspace)
+                    elif self.keep_workspace is None:
+                        remove_empty_workspace(self.workspace)
+            except Exception as e:  # noqa: BLE001 - what ran has run: a failed cleanup is said, not raised
+                _cleanup_failed(e)
+            finally:
+                if self._own_workspace:
+                    self.kept_workspace = self.workspace if os.path.lexists(self.workspace) else None
+        try:
+            self._after_close()
+        except Exception as e:  # noqa: BLE001
+            _cleanup_failed(e)
 
     def _after_close(self) -> None:
         """After close, outside the lock (a kind may override)."""

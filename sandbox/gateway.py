@@ -180,7 +180,7 @@ class GatewayKernel(Kernel, kind="gateway"):
     def _stop(self) -> None:
         if self._ch is not None and not self._ch.closed and self._remote_ws_asked is None:
             try:
-                self._call("remove_workspace()", timeout=5)  # the temporary folder we made there
+                self._call("remove_workspace()", timeout=30)  # the temporary folder we made there (any size)
             except (KernelError, ValueError):
                 pass
         self._teardown(wait=True)
@@ -344,12 +344,17 @@ class GatewayKernel(Kernel, kind="gateway"):
             self._fetch(rel, dest.parent, dest.name)
             return dest
         dest.mkdir(parents=True, exist_ok=True)
+        too_deep = 0
         for item in listed:
             sub = item[0] if isinstance(item, list) and item and isinstance(item[0], str) else None
             if not sub:
                 raise KernelError(f"the remote kernel listed {item!r} in {rel!r}: not a file name")
-            safefs.parts(sub)  # '..', absolute, NUL: UnsafePath, nothing written outside dest
+            if len(safefs.parts(sub)) > safefs.MAX_DEPTH:  # '..', absolute, NUL: UnsafePath
+                too_deep += 1  # as a local download: no chain of folders thousands deep on this machine
+                continue
             self._fetch(f"{rel}/{sub}", dest, sub)
+        if too_deep:
+            log.warning("download of %r: skipped %d file(s) more than %d folders deep", rel, too_deep, safefs.MAX_DEPTH)
         return dest
 
     def _fetch(self, remote: str, root: Path, local: str) -> None:

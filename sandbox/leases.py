@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import stat
 import tempfile
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Callable
 
 from .limits import Cgroup
 from .procs import is_running, kill_uid, start_time
+from .saferm import remove_or_say
 
 log = logging.getLogger("kernelchat.sandbox")
 
@@ -139,7 +139,7 @@ def _repair(rec: dict, chown: Chown) -> None:
         kill_uid(uid)  # a dedicated uid: anything it still runs is a leftover
     rt = rec.get("runtime_dir")
     if rt and Path(rt).name.startswith(RUNTIME_PREFIX) and os.path.isabs(rt):
-        shutil.rmtree(rt, ignore_errors=True)
+        remove_or_say(rt)  # the sandbox could write there: any depth, locked folders
     ws = rec.get("workspace")
     if isinstance(uid, int) and ws and os.path.isdir(ws):
         chown(Path(ws), int(rec["owner_uid"]), int(rec["owner_gid"]), uid)

@@ -20,18 +20,25 @@ def _half_of_ram_mb() -> int:
         return 4096
 
 
+MAX_MB = 10**12  # an exabyte: far past any machine, and its bytes (x 1.25) still fit an rlimit or a cgroup
+# The largest value of each limit: larger ones overflow the rlimit, cgroup or tmpfs they become.
+MAX_LIMITS = {"memory_mb": MAX_MB, "max_procs": 4_000_000, "max_file_mb": MAX_MB, "cpu_seconds": 10**12,
+              "tmp_mb": MAX_MB, "output_chars": 10**9, "disk_mb": MAX_MB}
+
+
 class Limits(BaseModel):
     """What one kernel may use. `None` means unlimited."""
 
-    memory_mb: int | None = Field(default_factory=_half_of_ram_mb, gt=0)
-    max_procs: int | None = Field(default=256, gt=0, description="processes and threads")
-    max_file_mb: int | None = Field(default=4096, gt=0, description="largest file it may write")
-    cpu_seconds: int | None = Field(default=None, gt=0)
-    tmp_mb: int = Field(default=1024, gt=0, description="size of the private /tmp")
-    output_chars: int = Field(default=20_000, gt=200, description="per stream, head and tail kept")
+    memory_mb: int | None = Field(default_factory=_half_of_ram_mb, gt=0, le=MAX_MB)
+    max_procs: int | None = Field(default=256, gt=0, le=MAX_LIMITS["max_procs"], description="processes and threads")
+    max_file_mb: int | None = Field(default=4096, gt=0, le=MAX_MB, description="largest file it may write")
+    cpu_seconds: int | None = Field(default=None, gt=0, le=MAX_LIMITS["cpu_seconds"])
+    tmp_mb: int = Field(default=1024, gt=0, le=MAX_MB, description="size of the private /tmp")
+    output_chars: int = Field(default=20_000, gt=200, le=MAX_LIMITS["output_chars"],
+                              description="per stream, head and tail kept")
     # Kernel(disk_mb=-1), the default, sets it to what the workspace holds + a quarter of the free
     # space (at most 50 GiB more): see sandbox/quota.py. None: no quota.
-    disk_mb: int | None = Field(default=None, gt=0, description="most the workspace folder may hold")
+    disk_mb: int | None = Field(default=None, gt=0, le=MAX_MB, description="most the workspace folder may hold")
 
 
 def user_task_count(uid: int) -> int:
@@ -66,7 +73,17 @@ def rlimits(limits: Limits, *, gpu: bool, run_uid: int) -> dict[int, tuple[int, 
     if limits.cpu_seconds:
         # SIGXCPU at the soft limit, SIGKILL a second later: the kernel's death says why.
         out[resource.RLIMIT_CPU] = (limits.cpu_seconds, limits.cpu_seconds + 1)
-    return {k: v if isinstance(v, tuple) else (v, v) for k, v in out.items()}
+    return {k: _within_hard(k, v if isinstance(v, tuple) else (v, v)) for k, v in out.items()}
+
+
+def _within_hard(res: int, value: tuple[int, int]) -> tuple[int, int]:
+    """No more than the host's own hard limit: raising it needs CAP_SYS_RESOURCE (an ordinary user,
+    or root in a container, has none), and past it setrlimit fails in the child, so the kernel
+    would not start."""
+    hard = resource.getrlimit(res)[1]
+    if hard == resource.RLIM_INFINITY:
+        return value
+    return min(value[0], hard), min(value[1], hard)
 
 
 class Cgroup:

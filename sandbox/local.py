@@ -31,6 +31,7 @@ from .trim import parent_id, receive
 from .quota import DiskQuota, default_disk_mb
 from .result import ExecResult
 from .safechown import chown_tree, restore_mode
+from .saferm import remove_or_say
 
 log = logging.getLogger("kernelchat.sandbox")
 
@@ -126,7 +127,10 @@ class LocalKernel(Kernel, kind="local"):
         self._lease.update(rt, spec.cgroup)
         # The kernel's own log: an unnamed file (one in rt could be swapped for a link by the sandbox).
         self._kernel_log = tempfile.TemporaryFile()
-        self._proc = start_process(spec, reaper=self.isolation == "none", cwd=self.workspace, log=self._kernel_log)
+        try:
+            self._proc = start_process(spec, reaper=self.isolation == "none", cwd=self.workspace, log=self._kernel_log)
+        except subprocess.SubprocessError as e:  # its rlimits or cgroups refused in the child, before exec
+            raise KernelError(f"the kernel could not be started: setting up its limits failed ({e})") from None
         client = BlockingKernelClient(connection_file=str(conn))
         client.load_connection_file()
         client.start_channels()
@@ -204,8 +208,8 @@ class LocalKernel(Kernel, kind="local"):
                 pass
         if self._spec is not None and self._spec.cgroup is not None:
             self._spec.cgroup.remove()
-        if self._runtime is not None:
-            shutil.rmtree(self._runtime, ignore_errors=True)
+        if self._runtime is not None:  # the sandbox could write there: any depth, locked folders
+            remove_or_say(self._runtime)
             self._runtime = None
         if self._kernel_log is not None:
             self._kernel_log.close()

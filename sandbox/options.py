@@ -11,7 +11,7 @@ import numbers
 import shutil
 from collections.abc import Mapping
 
-from .limits import Limits
+from .limits import MAX_LIMITS, Limits
 
 # -1 means "the default" for these; None means "unlimited" (or the default, see limits_from).
 LIMIT_OPTIONS = ("memory_mb", "max_procs", "max_file_mb", "cpu_seconds", "tmp_mb", "output_chars")
@@ -61,13 +61,16 @@ def check_fraction(name: str, value: object) -> float | None:
 
 
 def check_limit(name: str, value: object) -> int | None:
-    """-1 (the default), None (unlimited, or the default for tmp_mb/output_chars) or a whole number."""
+    """-1 (the default), None (unlimited, or the default for tmp_mb/output_chars) or a whole number
+    within MAX_LIMITS (a larger one would overflow the rlimit or cgroup it becomes)."""
     if value is None or (value == -1 and type(value) is int):
         return value
-    floor = 200 if name == "output_chars" else 0
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= floor:
+    floor, most = 200 if name == "output_chars" else 0, MAX_LIMITS.get(name)
+    if (not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= floor
+            or (most is not None and value > most)):
         what = "None (unlimited)" if name not in _NO_UNLIMITED else "None (the default)"
-        raise ValueError(f"{name} must be a whole number greater than {floor} or {what}, got {_shown(value)}")
+        span = f"from {floor + 1:,} to {most:,}" if most is not None else f"greater than {floor}"
+        raise ValueError(f"{name} must be a whole number {span} or {what}, got {_shown(value)}")
     return int(value)
 
 

@@ -347,12 +347,13 @@ def replace_file(root: Path, relpath: str | PurePath, chunks: Iterable[bytes], *
 class Walk:
     """Every entry below a folder descriptor, depth first, as (dir_fd, reldir, name, lstat); no
     link is followed and nothing is stat'ed through one. Stops after `max_entries` entries;
-    `complete` says whether everything was seen. The descriptors are valid while iterating."""
+    `complete` says whether everything was seen (not: the budget ran out, a folder was deeper
+    than `max_depth` or could not be read). The descriptors are valid while iterating."""
 
     def __init__(self, top_fd: int, *, max_entries: int = MAX_ENTRIES, max_depth: int = MAX_DEPTH):
         self.top_fd, self.max_entries, self.max_depth = top_fd, max_entries, max_depth
         self.entries = 0
-        self.complete = True  # False: the entry budget ran out, or some folders were too deep
+        self.complete = True  # False: the entry budget ran out, or folders were too deep or unreadable
         self._stopped = False  # the entry budget ran out: no more listing at all
 
     def _list(self, fd: int) -> list[tuple[str, os.stat_result]]:
@@ -366,8 +367,12 @@ class Walk:
                     self.entries += 1
                     try:
                         out.append((e.name, e.stat(follow_symlinks=False)))
+                    except PermissionError:  # a folder the code made unsearchable (600)
+                        self.complete = False
                     except OSError:  # removed meanwhile
                         continue
+        except PermissionError:  # unreadable (000): what it holds is unknown
+            self.complete = False
         except OSError:
             pass
         return out
@@ -391,6 +396,9 @@ class Walk:
                     continue
                 try:  # swapped for a link or a file since listed: O_NOFOLLOW|O_DIRECTORY refuses it
                     sub = os.open(name, _DIR, dir_fd=fd)
+                except PermissionError:  # locked (000): what it holds is unknown
+                    self.complete = False
+                    continue
                 except OSError:
                     continue
                 srel = f"{rel}/{name}" if rel else name

@@ -12,6 +12,7 @@ import pytest
 
 from agent.core.messages import Usage
 from agent.frontends.runner import run_check
+from agent.frontends.task_sandbox import check_task_sandboxes, task_kernel_options
 from agent.frontends.tasks import load_task, load_tasks
 from sandbox import Kernel
 
@@ -28,14 +29,21 @@ def test_example_task_files_validate():
     assert any(c.kernel == "accuracy >= 0.75" for c in titanic.checks)
 
 
+def test_the_documented_commands_need_no_sandbox_flag(tmp_path):
+    """No example asks for more than the run's default sandbox, so `kernelchat run examples/X.toml`
+    runs as the README and the files' comments write it (a looser [sandbox] would stop it, exit 2)."""
+    check_task_sandboxes(load_tasks(sorted(EXAMPLES.glob("*.toml")) + [ROOT / "tests/data/two_prompts.toml"]),
+                         {}, tmp_path)
+
+
 def run_solution(name: str, tmp_path: Path) -> tuple[list, float, object]:
     """Run examples/solutions/NAME.py in a sandboxed kernel set up as the task would set it up, then
     evaluate the task's checks: kernel expressions in the kernel, answer checks on the printed output."""
     task = load_task(EXAMPLES / f"{name}.toml")
     ws = tmp_path / "ws"
     ws.mkdir()
-    with Kernel(workspace=ws, timeout=task.sandbox.timeout, gpu="auto",
-                memory_mb=task.sandbox.memory_mb or -1) as k:
+    options = task_kernel_options(task, {"gpu": "auto"}, ws)  # as `kernelchat run --gpu` sets it up
+    with Kernel(workspace=ws, **options) as k:
         for src in task.source_files():
             k.upload(src)
         t0 = time.monotonic()

@@ -84,7 +84,9 @@ def shown_output(cell: CellRecord) -> tuple[str, list[str]]:
 
 
 def _alt(f: Figure) -> str:
-    return html.escape(f.name or "figure").replace("[", "(").replace("]", ")")
+    """A figure's name as the alt text of an image of ours: one line, no bracket or backslash that
+    could end it early (the kernel chose the name)."""
+    return html.escape(" ".join((f.name or "figure").split())).replace("[", "(").replace("]", ")").replace("\\", "/")
 
 
 # -- HTML --------------------------------------------------------------------------------------------
@@ -153,11 +155,66 @@ def _html_cell(cell: CellRecord, n: int | None) -> str:
 
 # -- Markdown -----------------------------------------------------------------------------------------
 
-def _fence(text: str, lang: str) -> list[str]:
+def fence(text: str, lang: str) -> list[str]:
     """A fenced block that the text cannot close: the fence is longer than any run of backticks in it."""
     longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
-    fence = "`" * max(3, longest + 1)
-    return [fence + lang, text.rstrip(), fence, ""]
+    marks = "`" * max(3, longest + 1)
+    return [marks + lang, text.rstrip(), marks, ""]
+
+
+# The model's and the kernel's text in Markdown: readable, but nothing in it is active in any viewer.
+# Raw HTML, comments and autolinks all start with "<" and a letter, "/", "!" or "?"; an entity could
+# spell a character the escapes below do not see; images (`![x](url)`, `![x][ref]`) fetch an address
+# when the file is opened; links and reference definitions (which also hide their text) show an
+# address other than their words, so they are shown as written, as the terminal shows them.
+_FENCE_LINE = re.compile(r"^([ \t]*)(`{3,}|~{3,})(.*)$")
+_LANG = re.compile(r"[A-Za-z0-9_+#.-]{1,30}")
+_DRAWN = {"mermaid", "geojson", "topojson", "stl"}  # blocks some viewers draw (diagrams, maps): shown as text
+_ENTITY = re.compile(r"&(?=#?[A-Za-z0-9]{1,32};)")
+_HTML_START = re.compile(r"<(?=[A-Za-z/!?])")
+_BRACKET = r"(?<!\\)((?:\\\\)*)"  # after an even run of backslashes: the bracket itself is not escaped
+_IMAGE = re.compile(_BRACKET + r"!\[")
+_DEFINITION = re.compile(_BRACKET + r"\[(?=(?:[^\[\]\\]|\\.){0,999}\]:)")  # a label: at most 999, no "["
+_LINK_TARGET = re.compile(r"\]([ \t]*)\(")
+
+
+def _inert(text: str) -> str:
+    text = _HTML_START.sub("&lt;", _ENTITY.sub("&amp;", text))  # entities first: "&lt;" is ours
+    text = _DEFINITION.sub(r"\1\\[", _IMAGE.sub(r"\1!\\[", text))
+    return _LINK_TARGET.sub(r"]\1\\(", text)
+
+
+def inert_line(text: str) -> str:
+    """Text from the model or the kernel as inert Markdown on one line (a title, a name, a note):
+    whitespace, newlines too, collapsed to single spaces; see `inert_markdown`."""
+    return _inert(" ".join(text.split()))
+
+
+def inert_markdown(text: str) -> str:
+    """The model's (or anyone's) Markdown, readable but inert: no raw HTML, comment or autolink
+    (`<` shown), no entity, no image, link or reference definition (shown as written); its fenced
+    code blocks kept verbatim, in fences of ours that nothing inside can close (an unclosed one runs
+    to the end of the text, as in a viewer), after a blank line so that they open wherever they are."""
+    lines, out, text_from = text.split("\n"), [], 0
+    i = 0
+    while i < len(lines):
+        m = _FENCE_LINE.match(lines[i])
+        if m is None or (m.group(2)[0] == "`" and "`" in m.group(3)):  # backticks in its info: not a fence
+            i += 1
+            continue
+        if i > text_from:  # the text before, as a whole: a label or a link may span lines
+            out.append(_inert("\n".join(lines[text_from:i])))
+        indent, marks = len(m.group(1)), m.group(2)
+        closing = re.compile(rf"[ \t]*{re.escape(marks[0])}{{{len(marks)},}}[ \t]*")
+        end = next((j for j in range(i + 1, len(lines)) if closing.fullmatch(lines[j])), len(lines))
+        lang = _LANG.match(m.group(3).strip())
+        word = lang.group(0) if lang and lang.group(0).lower() not in _DRAWN else ""
+        body = [line[min(indent, len(line) - len(line.lstrip(" "))):] for line in lines[i + 1:end]]  # as a list item's
+        out.append("\n".join(["", *fence("\n".join(body), word)[:-1]]))
+        i = text_from = end + 1
+    if text_from < len(lines):
+        out.append(_inert("\n".join(lines[text_from:])))
+    return "\n".join(out)
 
 
 def markdown(conv: ConversationFile, files_dir: str) -> tuple[str, dict[str, bytes]]:
@@ -165,22 +222,22 @@ def markdown(conv: ConversationFile, files_dir: str) -> tuple[str, dict[str, byt
     each under `files_dir` (write them beside the .md: `write_markdown` does)."""
     nodes = shown_path(conv)
     numbers, answer_ids = cell_numbers(nodes), answers(nodes)
-    out = [f"# kernelchat conversation {conv.id}", "", f"Model: `{conv.model}`", ""]
+    out = [f"# kernelchat conversation {inert_line(conv.id)}", "", f"Model: {inert_line(conv.model)}", ""]
     files: dict[str, bytes] = {}
     for node in nodes:
         m = node.message
         if node.attempt is not None:
             out += [f"*attempt {node.attempt}*", ""]
         if m.role == "user":
-            out += ["## User", "", m.content or "", ""]
+            out += ["## User", "", inert_markdown(m.content or ""), ""]
         elif m.role == "assistant" and m.content:
-            out += ["## Answer" if node.id in answer_ids else "## Assistant", "", m.content, ""]
+            out += ["## Answer" if node.id in answer_ids else "## Assistant", "", inert_markdown(m.content), ""]
         elif m.role == "tool" and node.cell is not None:
             out += _md_cell(node.cell, numbers.get(node.id), files_dir, files)
         elif m.role == "tool":
-            out += [f"**{m.name or 'tool'}:**", ""] + _fence(m.content or "", "text")
+            out += [f"**{inert_line(m.name or 'tool')}:**", ""] + fence(m.content or "", "text")
         if (end := ending(node.outcome)) is not None:
-            out += [f"> **{end}**", ""]
+            out += [f"> **{inert_line(end)}**", ""]
     u = conv.usage
     out += ["---", f"Tokens: {u.prompt_tokens:,} prompt, {u.completion_tokens:,} completion; "
             f"cost ${u.cost_usd:.4f}"]
@@ -189,11 +246,11 @@ def markdown(conv: ConversationFile, files_dir: str) -> tuple[str, dict[str, byt
 
 def _md_cell(cell: CellRecord, n: int | None, files_dir: str, files: dict[str, bytes]) -> list[str]:
     failed = FAILED.get(cell.status)
-    out = [f"**In [{n}]:**" if n is not None else "**Not run:**", ""] + _fence(cell.code, "python")
+    out = [f"**In [{n}]:**" if n is not None else "**Not run:**", ""] + fence(cell.code, "python")
     text, unstored = shown_output(cell)
     if text.strip():
         out += ([f"**{failed}**" if failed == "Error" else f"**Error** ({failed.lower()})", ""] if failed else [])
-        out += _fence(text, "text")
+        out += fence(text, "text")
     for f in cell.figures:
         try:
             data = base64.b64decode(f.data, validate=True)
@@ -203,7 +260,7 @@ def _md_cell(cell: CellRecord, n: int | None, files_dir: str, files: dict[str, b
         rel = f"{files_dir}/figure-{len(files) + 1}.{EXTENSIONS.get(f.mime, 'img')}"
         files[rel] = data
         out.append(f"![{_alt(f)}]({quote(rel)})")
-    out += [f"[image: {p}]" for p in unstored]
+    out += [f"[image: {inert_line(p)}]" for p in unstored]
     return out + ([""] if cell.figures or unstored else [])
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import html
 import json
 import re
 from pathlib import PurePath
 from typing import Any
 
-from agent.core.export import answers, cell_numbers, ending, shown_path
+from agent.core.export import answers, cell_numbers, ending, fence, inert_line, inert_markdown, shown_path
 from agent.core.store import ConversationFile
 from agent.core.tree import CellRecord, Figure
 
@@ -42,13 +43,19 @@ def _stream(name: str, text: str) -> dict[str, Any]:
 
 
 def _figure(f: Figure) -> dict[str, Any] | None:
-    """A display_data output of the image; None for bytes that are not what their type says."""
+    """A display_data output of the image; None for bytes that are not what their type says.
+
+    An SVG is markup that the kernel wrote: as `image/svg+xml` some viewers put it into the page
+    (older nbconvert does), where its scripts run and its links load. It goes in as an `<img>` of its
+    bytes instead, which every viewer shows and no browser lets run or fetch anything."""
     data: dict[str, Any]
     if f.mime == "image/svg+xml":
-        try:  # SVG is text in a notebook
-            data = {f.mime: base64.b64decode(f.data, validate=True).decode("utf-8")}
+        try:
+            base64.b64decode(f.data, validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError):
             return None
+        alt = html.escape(f.name or "figure")  # the data is base64 (Figure's pattern): nothing to escape
+        data = {"text/html": [f'<img alt="{alt}" src="data:image/svg+xml;base64,{f.data}">']}
     else:
         data = {f.mime: f.data}  # PNG, JPEG, GIF: base64, as the tree stores them
     data["text/plain"] = [f"<{f.name or 'figure'}>"]
@@ -121,7 +128,8 @@ def cell_outputs(cell: CellRecord) -> list[dict[str, Any]]:
 
 def to_notebook(conv: ConversationFile) -> dict[str, Any]:
     """The active branch as an nbformat 4 notebook (a dict: `json.dumps` it, or `nbformat.from_dict`)."""
-    cells: list[dict[str, Any]] = [_markdown(f"# kernelchat conversation {conv.id}\n\nModel: `{conv.model}`")]
+    cells: list[dict[str, Any]] = [_markdown(f"# kernelchat conversation {inert_line(conv.id)}\n\n"
+                                             f"Model: {inert_line(conv.model)}")]
     nodes = shown_path(conv)
     numbers, answer_ids = cell_numbers(nodes), answers(nodes)  # as the HTML and Markdown exports show them
     for node in nodes:
@@ -130,10 +138,10 @@ def to_notebook(conv: ConversationFile) -> dict[str, Any]:
         if attempt and not (m.role == "assistant" and m.content):
             cells.append(_markdown(attempt.strip()))
         if m.role == "user":
-            cells.append(_markdown(f"**User**\n\n{m.content or ''}"))
+            cells.append(_markdown(f"**User**\n\n{inert_markdown(m.content or '')}"))
         elif m.role == "assistant" and m.content:
             label = "Answer" if node.id in answer_ids else "Assistant"
-            cells.append(_markdown(f"{attempt}**{label}**\n\n{m.content}"))
+            cells.append(_markdown(f"{attempt}**{label}**\n\n{inert_markdown(m.content)}"))
         elif m.role == "tool" and cell is not None:
             code = {"cell_type": "code", "id": "", "metadata": {"kernelchat": {"status": cell.status}},
                     "source": _lines(cell.code), "execution_count": None, "outputs": []}
@@ -148,9 +156,10 @@ def to_notebook(conv: ConversationFile) -> dict[str, Any]:
                         o["execution_count"] = count
                 code["metadata"]["kernelchat"]["duration"] = round(cell.duration, 3)
         elif m.role == "tool":  # another tool's result
-            cells.append(_markdown(f"**Tool result** ({m.name or 'tool'})\n\n```text\n{(m.content or '').rstrip()}\n```"))
+            cells.append(_markdown("\n".join([f"**Tool result** ({inert_line(m.name or 'tool')})", "",
+                                                *fence(m.content or "", "text")])))
         if (end := ending(node.outcome)) is not None:
-            cells.append(_markdown(f"> **{end}**"))
+            cells.append(_markdown(f"> **{inert_line(end)}**"))
     for i, c in enumerate(cells):
         c["id"] = f"cell-{i}"  # nbformat 4.5 wants unique ids; stable ones keep diffs small
     u = conv.usage

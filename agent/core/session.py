@@ -16,6 +16,7 @@ from tools.schema import Runnable, Tool, as_tool
 from agent.core import store
 from agent.core.backend import Backend
 from agent.core.budget import Budget, BudgetExceeded, BudgetTracker, Price, PriceHelp
+from agent.core.consent import FileCells, allowed, refusal_notice
 from agent.core.events import AnswerEvent, Event, NoticeEvent
 from agent.core.loop import COMPLETION_ALLOWANCE, PLAIN, TurnStrategy, user_message
 from agent.core.messages import Message, ToolCall, Usage
@@ -69,6 +70,11 @@ class Session:
                                     timeout=timeout, memory_mb=memory_mb, **kernel_options)
         self._kernel: Kernel | None = kernel
         self._kernel_cells: list[str] = []  # the cell nodes the live kernel has executed, in order
+        # Cells from a loaded file run only with consent (agent.core.consent): those not yet allowed,
+        # and those refused (not asked about again until an explicit restart_kernel).
+        self.unconsented: set[str] = set()
+        self.refused: set[str] = set()
+        self.loaded_from: Path | None = None
         self.id = uuid.uuid4().hex[:12]
         self.tree = Tree()
         self.tree.add(Message(role="system", content=self.system))
@@ -278,6 +284,9 @@ class Session:
         # and a `time.sleep(60)` stopped by Ctrl-C must not cost 60 s on every switch. It still counts
         # as accounted for, so the kernel is taken to be at the branch.
         run = [n for n in cells if self.replay == "all" or n.cell.completed]
+        self._ask_consent([n for n in run if n.id in self.unconsented and n.id not in self.refused])
+        refused = [n for n in run if n.id in self.unconsented]
+        run = [n for n in run if n.id not in self.unconsented]
         skipped = {n.id for n in cells} - {n.id for n in run}
         failed = done = 0
         with self.tracker.busy(), Progress(transient=True, disable=not self.progress or len(run) < 3) as bar:
@@ -300,9 +309,24 @@ class Session:
         if not cells:
             self.notices.append("kernel restarted: this branch has run no code yet")
             return
+        if refused:
+            self.notices.append(refusal_notice(len(refused), self.approve is not None))
+        unfinished = len(skipped) - len(refused)
         self.notices.append(f"kernel brought to this branch: {len(run)} cell(s) replayed"
-                            + (f", {len(skipped)} that did not finish skipped" if skipped else "")
+                            + (f", {unfinished} that did not finish skipped" if unfinished else "")
                             + (f", {failed} did not finish" if failed else ""))
+
+    def _ask_consent(self, nodes: list[Node]) -> None:
+        """Ask once, through `approve`, whether these cells from the loaded file may run; an answer
+        holds for the rest of the session (a refusal until an explicit restart_kernel)."""
+        if not nodes:
+            return
+        ids = {n.id for n in nodes}
+        cells = FileCells([n.cell.code for n in nodes], self.loaded_from or "the conversation file", self.workspace)
+        if allowed(self.approve, cells):
+            self.unconsented -= ids
+        else:
+            self.refused |= ids
 
     def restart_kernel(self, mode: Literal["replay", "reset"] = "replay") -> None:
         """Restart the kernel; `replay` re-runs the branch's cells, `reset` starts clean."""
@@ -310,6 +334,7 @@ class Session:
             return
         self._restart_kernel(len(self.tree.cells()))
         if mode == "replay":
+            self.refused.clear()  # asked for: the file's cells not allowed so far are asked about again
             self._replay([n.id for n in self.tree.cells()])
         else:
             self._kernel_cells = [n.id for n in self.tree.cells()]
@@ -383,13 +408,18 @@ class Session:
         return self.path
 
     @classmethod
-    def load(cls, path: str | Path, **options: Any) -> "Session":
+    def load(cls, path: str | Path, *, trust_cells: bool = False, **options: Any) -> "Session":
         """Resume a saved conversation; its active branch is replayed into a fresh kernel on first use.
+        The file's cells are someone's code: a replay runs them only once `approve` allows them (it is
+        called once with a FileCells), or with `trust_cells=True`; without either they are left out.
         A file that is not a sound conversation raises store.ConversationError (a ValueError).
         `options` are the constructor's; `saved_options` are the defaults."""
         conv = store.load(Path(path))
         session = cls(**{**cls.saved_options(conv), **options})
         session.id, session.tree, session.path = conv.id, conv.tree, Path(path)
+        session.loaded_from = Path(path)
+        if not trust_cells:
+            session.unconsented = {i for i, n in conv.tree.nodes.items() if n.cell is not None}
         session.tracker.usages = list(conv.settings.usages)
         return session
 

@@ -19,6 +19,7 @@ from agent.core.messages import Usage
 from agent.core.tree import Tree
 
 FORMAT = "kernelchat.conversation/1"
+MAX_DOCUMENT_BYTES = 1 << 30  # a conversation (figures embedded) past 1 GiB is refused, not read
 
 
 class ConversationError(ValueError):
@@ -87,6 +88,13 @@ def save(path: Path, conv: ConversationFile) -> None:
     atomic_write(path, conv.model_dump_json(indent=1))
 
 
+def _size_of(path: Path) -> str:
+    try:
+        return f"{path.stat().st_size:,} bytes"
+    except OSError:
+        return "size unknown"
+
+
 def read_document(path: str | Path, fmt: str, noun: str, error: type[Exception] = ValueError) -> dict[str, Any]:
     """A kernelchat JSON file of format `fmt`, or `error` saying plainly what is wrong with it."""
     path = Path(path)
@@ -94,8 +102,14 @@ def read_document(path: str | Path, fmt: str, noun: str, error: type[Exception] 
         raise error(f"no {noun} at {str(path)!r}")
     what = f"{path}: not a kernelchat {noun}"
     try:
-        text = path.read_bytes().decode("utf-8")
-        data = json.loads(text)
+        with open(path, "rb") as f:  # the size is checked before it is read (read(n) reserves n bytes)
+            size = os.fstat(f.fileno()).st_size
+            raw = f.read(size + 1) if size <= MAX_DOCUMENT_BYTES else b""
+        too_large = size > MAX_DOCUMENT_BYTES
+        data = None if too_large else json.loads(raw.decode("utf-8"))
+    except MemoryError:
+        raise error(f"{path}: not enough memory to load the {noun} "
+                    f"({_size_of(path)}); free some memory or raise the process's limit") from None
     except OSError as e:
         raise error(f"{path}: cannot read the {noun} ({e.strerror or e})") from None
     except UnicodeDecodeError as e:
@@ -106,6 +120,8 @@ def read_document(path: str | Path, fmt: str, noun: str, error: type[Exception] 
         raise error(f"{what} (its JSON is nested too deeply)") from None
     except ValueError as e:  # e.g. an integer of more digits than Python converts
         raise error(f"{what} (invalid JSON: {e})") from None
+    if too_large:
+        raise error(f"{path}: the {noun} is over {MAX_DOCUMENT_BYTES:,} bytes, more than kernelchat loads")
     if not isinstance(data, dict) or data.get("format") != fmt:
         raise error(f"{what} (expected format {fmt!r})")
     return data
@@ -124,5 +140,8 @@ def load(path: Path) -> ConversationFile:
         raise ConversationError(f"{path}: not a valid kernelchat conversation ({where}: {msg})") from None
     except RecursionError:
         raise ConversationError(f"{path}: not a valid kernelchat conversation (nested too deeply)") from None
+    except MemoryError:
+        raise ConversationError(f"{path}: not enough memory to load the conversation ({_size_of(path)}); "
+                                "free some memory or raise the process's limit") from None
     conv.tree.repair_interrupted()
     return conv

@@ -20,6 +20,7 @@ import argparse
 import importlib.metadata
 import itertools
 import json
+import logging
 import os
 import sys
 import tomllib
@@ -35,7 +36,7 @@ from agent.frontends import config
 from agent.frontends.options import (add_budget_args, add_model_args, add_notebook_arg, add_sandbox_args,
                                      chat_options, check_options, check_sandbox_options, conversation_path,
                                      kernel_options)
-from agent.frontends.render import safe_line, safe_text
+from agent.frontends.render import SafeLogHandler, safe_line, safe_text
 
 if TYPE_CHECKING:
     from sandbox import ExecResult
@@ -225,6 +226,7 @@ def build_parser(cfg: config.ConfigFile | None = None) -> argparse.ArgumentParse
 
     run = register_run(sub)
     if cfg is not None:  # the file's keep_alive, and its model (with base_url) for tasks that name none
+        config.apply(run, cfg, config.SANDBOX_KEYS)  # the run's sandbox: what a task file may tighten
         values = config.defaults(cfg)
         run.set_defaults(keep_alive=values.get("keep_alive"), config_model=values.get("model"),
                          config_base_url=values.get("base_url"))
@@ -290,13 +292,18 @@ def show_warning(message: Warning | str, category: type[Warning], filename: str,
     folder is unsafe) as one yellow line, not Python's file:line form; others as Python shows them."""
     if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parents[1]):
         Console(stderr=True).print(Text(f"kernelchat: {safe_text(str(message))}", style="yellow"), soft_wrap=True)
-    else:  # as Python's own showwarning writes it
-        (file or sys.stderr).write(warnings.formatwarning(message, category, filename, lineno, line))
+    else:  # as Python's own showwarning writes it, controls shown (a library may quote a server)
+        (file or sys.stderr).write(safe_text(warnings.formatwarning(message, category, filename, lineno, line)))
+
+
+OUT_OF_MEMORY = "ran out of memory (the process's limit or the machine's); free some memory or raise the limit"
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     warnings.showwarning = show_warning
+    if not logging.root.handlers:  # else Python's last resort writes warnings raw (names from a workspace)
+        logging.root.addHandler(SafeLogHandler(logging.WARNING))
     try:
         if not argv or argv[0] not in SUBCOMMANDS:  # a prompt, or none (the chat), or --help / --version
             parser = prompt_parser()
@@ -309,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         return report(e.message, wants_json(argv))
     except ValueError as e:  # the configuration file: one sentence naming it and the key
         return report(str(e), wants_json(argv))
+    except MemoryError:
+        return report(OUT_OF_MEMORY, wants_json(argv))
     if not getattr(args, "func", None):
         build_parser().print_help()
         return 2
@@ -316,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (ValueError, RuntimeError, OSError) as e:  # bad input, a failed setup: one line, exit 2
         return report(str(e) or type(e).__name__, getattr(args, "json", False))
+    except MemoryError:  # a file or a value too large for the memory this process may use
+        return report(OUT_OF_MEMORY, getattr(args, "json", False))
     except KeyboardInterrupt:
         Console(stderr=True).print(Text("kernelchat: interrupted", style="yellow"))
         return 130

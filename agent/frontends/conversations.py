@@ -106,17 +106,17 @@ def cmd_conversations(args: argparse.Namespace) -> int:
     if not items:
         console.print(Text(f"no saved conversations in {safe_line(str(folder))}"), soft_wrap=True)
         return 0
-    table = Table(title=f"conversations in {safe_line(str(folder))}", title_justify="left", box=None,
+    table = Table(title=Text(f"conversations in {safe_line(str(folder))}"), title_justify="left", box=None,
                   pad_edge=False, header_style="bold")
     for col in ("id", "date", "first prompt", "model", "cost", "size"):
         table.add_column(col, no_wrap=col in ("id", "date", "cost"), min_width=14 if col == "first prompt" else None)
-    for i in items:
+    for i in items:  # the files' text as Text: a prompt holding `[/INST]` or `[link=...]` is not markup
         if "error" in i:
-            table.add_row(safe_line(i["id"][:12]), i["modified"][:16].replace("T", " "),
+            table.add_row(Text(safe_line(i["id"][:12])), i["modified"][:16].replace("T", " "),
                           Text(f"unreadable: {safe_line(Path(i['path']).name)}", style="red"), "", "", _size(i["size"]))
             continue
-        when = _shown_date(i["created"])
-        table.add_row(safe_line(i["id"]), when, safe_line(one_line(i["first_prompt"], 60)), safe_line(i["model"]),
+        table.add_row(Text(safe_line(one_line(i["id"], 20))), Text(_shown_date(i["created"])),  # ids: 12 characters
+                      Text(safe_line(one_line(i["first_prompt"], 60))), Text(safe_line(i["model"])),
                       f"${i['cost_usd']:.4f}", f"{i['messages']} msg, {_size(i['size'])}")
     console.print(table)
     console.print(Text("resume one: kernelchat --resume ID (a prefix will do)", style="dim"))
@@ -155,7 +155,8 @@ def last_exchanges(tree: Tree, n: int = 3, width: int = 200) -> list[tuple[int, 
 def show_loaded(console: Console, path: Path, chat: Any, n: int = 3) -> None:
     """After /load and --resume: how much was loaded, then the last `n` exchanges."""
     console.print(Text(f"loaded {safe_line(str(path))}: {len(chat.tree.user_nodes())} prompt(s) on the active "
-                       f"branch, model {safe_line(chat.model)}; the kernel replays its cells on first use",
+                       f"branch, model {safe_line(chat.model)}; its cells are code from the file: the kernel "
+                       "replays them on first use only if you allow it (they are shown first)",
                        style="yellow"), soft_wrap=True)
     show_last_exchanges(console, chat.tree, n)
 

@@ -21,6 +21,7 @@ from agent.core.dirs import conversations_dir
 from agent.core.notebook_start import notebook_cells
 from agent.core.store import file_name
 from agent.models.resident import KEEP_ALIVE_DEFAULT as KEEP_ALIVE
+from sandbox.limits import MAX_MB
 
 
 class Arguments(Protocol):
@@ -72,14 +73,17 @@ def add_gateway_args(p: Arguments, help_text: str = GATEWAY_HELP) -> None:
                    help="the gateway's auth token (or KERNELCHAT_GATEWAY_TOKEN)")
 
 
-def add_sandbox_args(p: argparse.ArgumentParser) -> None:
+def add_sandbox_args(p: argparse.ArgumentParser, workspace: bool = True) -> None:
+    """The sandbox flags (`workspace=False`: all but --workspace, for `run`, where each task has its own)."""
     g = p.add_argument_group("sandbox")
     g.add_argument("--isolation", choices=["bwrap", "none", "gateway"], default=None,
                    help="bwrap (default where it runs), none (trusted code only), or gateway (see --gateway)")
     add_gateway_args(g)
     g.add_argument("--network", action="store_true", help="let the kernel reach the network")
     g.add_argument("--gpu", action="store_true", help="pass the NVIDIA devices through")
-    g.add_argument("--workspace", default=None, help="the kernel's working folder, made if missing (default: a temporary one)")
+    if workspace:
+        g.add_argument("--workspace", default=None,
+                       help="the kernel's working folder, made if missing (default: a temporary one)")
     g.add_argument("--timeout", type=float, default=120.0, help="seconds per cell (default 120)")
     g.add_argument("--memory-mb", type=int, default=-1, help="memory limit for the kernel")
     g.add_argument("--disk-mb", type=int, default=-1,
@@ -98,8 +102,8 @@ def gateway_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def kernel_options(args: argparse.Namespace) -> dict[str, Any]:
     """Kernel keyword arguments from the sandbox flags."""
-    return {**dict(workspace=args.workspace, isolation=args.isolation, network=args.network, gpu=args.gpu,
-                   timeout=args.timeout, memory_mb=args.memory_mb, disk_mb=args.disk_mb),
+    return {**dict(workspace=getattr(args, "workspace", None), isolation=args.isolation, network=args.network,
+                   gpu=args.gpu, timeout=args.timeout, memory_mb=args.memory_mb, disk_mb=args.disk_mb),
             **gateway_options(args)}
 
 
@@ -134,9 +138,9 @@ def check_sandbox_options(args: argparse.Namespace) -> None:
     when it is a file or cannot be made. The workspace comes last, so a bad value makes no folder."""
     _positive("--timeout", args.timeout, "a number of seconds")
     for flag, value in (("--memory-mb", args.memory_mb), ("--disk-mb", args.disk_mb)):
-        if value != -1:  # -1: the default (argparse's type=int already refused anything but a whole number)
-            _positive(flag, value, "a whole number of MB")
-    if args.workspace is not None:
+        if value != -1 and not 0 < value <= MAX_MB:  # -1: the default (argparse's type=int refused the rest)
+            raise ValueError(f"{flag} must be a whole number of MB from 1 to {MAX_MB:,}, got {value}")
+    if getattr(args, "workspace", None) is not None:
         make_workspace(args.workspace)
 
 

@@ -15,6 +15,7 @@ a terminal, so that progress bars animate. `\\r\\n` is a plain line end.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections import deque
@@ -69,6 +70,18 @@ def live_line(text: str) -> str:
     """A line of a running cell's live view: what follows its last `\\r` (a progress bar redraws
     itself that way), made safe. Only for views that vanish: the result panel shows all of it."""
     return safe_line(text.rsplit("\r", 1)[-1])
+
+
+class SafeLogHandler(logging.Handler):
+    """Log records on stderr with their controls made visible: the sandbox's warnings quote names
+    from the workspace and the task's folders (`skipped ... (a symbolic link)`), which Python's
+    last-resort handler would write raw."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            Console(stderr=True).print(Text(safe_text(self.format(record)), style="yellow"), soft_wrap=True)
+        except Exception:  # noqa: BLE001 - logging must never raise into the caller
+            self.handleError(record)
 
 
 class Sanitized:

@@ -34,9 +34,11 @@ from rich.text import Text
 
 from agent.frontends import commands
 from agent.core.budget import BudgetExceeded
+from agent.core.consent import FileCells
 from agent.core.dirs import conversations_dir, data_dir
 from agent.core.events import Event, NoticeEvent, TextEvent, ToolCallEvent, ToolOutputEvent, ToolResultEvent
 from agent.frontends.conversations import find_conversation, resume_options, show_loaded
+from agent.frontends.file_cells import ask_file_cells
 from agent.frontends.options import chat_options, check_save_path, conversation_path, keep_alive, kernel_options
 from agent.frontends.render import EventPrinter, RunningView, code_panel, safe_line, safe_text
 from agent.frontends.warmup import EarlyKernel
@@ -223,8 +225,7 @@ class Repl:
         self.done = False
         self.state = "idle"  # idle | model | cell: what Ctrl-C stops
         self.stop_after_cell = False
-        if confirm:
-            chat.approve = self._approve
+        chat.approve = self._approve  # also without --confirm: cells from a file are always asked about
         history = data_dir() / "history"
         history.parent.mkdir(parents=True, exist_ok=True)
         self.session: PromptSession = PromptSession(
@@ -342,6 +343,10 @@ class Repl:
             time.sleep(0.5)
 
     def _approve(self, code: str) -> bool | str:
+        if isinstance(code, FileCells):  # a loaded conversation's cells, before a replay runs them
+            return self.consent(code)
+        if not self.confirm:
+            return True
         self.printer.stop_live()
         try:
             choice = _ask_run()
@@ -359,6 +364,15 @@ class Repl:
             self.stop_after_cell = True  # skipped, and the turn ends after the skip is recorded
         self.printer.waiting()
         return False
+
+    def consent(self, cells: FileCells) -> bool:
+        """Show the cells a file would run (numbered, as text, and where) and ask once for all."""
+        self.printer.stop_live()
+        kernel = self.chat.started_kernel
+        yes = ask_file_cells(self.console, cells, temporary=kernel is not None and kernel.temporary_workspace)
+        if self.state == "cell":  # asked while a cell of the model waits for the kernel
+            self.printer.start_cell()
+        return yes
 
     # -- what the commands use -----------------------------------------------------------------
 
@@ -395,7 +409,7 @@ class Repl:
 
         with self.console.status(Text(f"loading {safe_line(name)}…")):
             backend = get_backend(name, base_url=self.args.base_url, api_key=self.args.api_key,
-                                  keep_alive=keep_alive(self.args))
+                                  keep_alive=keep_alive(self.args), workspace=self.chat.workspace)
         chat = self.chat
         chat.use_backend(backend)
         from agent.chat import DEFAULT_SYSTEMS, default_system
@@ -423,8 +437,7 @@ class Repl:
         options = {k: v for k, v in self.options.items() if k not in ("model", "system")}
         with self.console.status(Text(f"loading {safe_line(str(path))}…")):
             chat = Chat.load(path, **options)
-        if self.confirm:
-            chat.approve = self._approve
+        chat.approve = self._approve
         close_chat(self.chat, self.console)  # and say where its temporary workspace is, if it holds files
         self.chat = chat
         show_loaded(self.console, path, chat)

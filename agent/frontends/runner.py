@@ -10,7 +10,8 @@ binds just that folder (and its runtime folder) into the kernel, and `/` is read
 reports beside it are the host's alone. A rerun with the same --out empties the workspace first
 (the last run's code may have left links and FIFOs at the names of the task's files, and leftovers
 would pass `file_exists` checks); the task's files are then copied in through sandbox.safefs.
-With isolation="none" the kernel runs as this user and can write anywhere this user can.
+With isolation="none" the kernel runs as this user: a task file may only tighten the run's sandbox,
+and its base_url and model are checked likewise (task_models.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import argparse
 import html
 import json
 import os
-import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -39,9 +39,12 @@ from agent.core.notebook import notebook_json
 from agent.core.budget import BudgetExceeded
 from agent.models.cassette import Cassette, CassetteError, RecordingBackend, ReplayBackend
 from agent.frontends.checks import CheckResult, run_check
-from agent.frontends.options import add_gateway_args, add_keep_alive_arg, gateway_options, keep_alive
+from agent.frontends.options import add_keep_alive_arg, add_sandbox_args, keep_alive
 from agent.core.events import AnswerEvent, Event, ToolCallEvent, UsageEvent
 from agent.frontends.render import safe_line, safe_text
+from agent.frontends.task_models import check_task_files, check_task_models, local_model
+from agent.frontends.task_sandbox import (TRUST_ALIAS, TRUST_FLAG, check_task_sandboxes, run_sandbox,
+                                          task_kernel_options)
 from agent.frontends.tasks import Task, TaskError, load_tasks
 
 Status = Literal["passed", "failed", "error"]
@@ -93,12 +96,13 @@ class _Bar:
 
 def _fresh_workspace(workspace: Path) -> None:
     """An empty workspace for this run. A rerun with the same --out finds the last run's files there,
-    written by sandboxed code (links, FIFOs, anything): they would make `file_exists` checks pass,
-    so they go (rmtree works on folder descriptors here: it follows no link, `avoids_symlink_attacks`)."""
-    if workspace.is_symlink() or (workspace.exists() and not workspace.is_dir()):
-        workspace.unlink()
-    elif workspace.exists():
-        shutil.rmtree(workspace)
+    written by sandboxed code (links, FIFOs, folders thousands deep or locked): they would make
+    `file_exists` checks pass, so they go (sandbox.saferm: no link followed, any depth)."""
+    from sandbox.saferm import remove_tree
+
+    removal = remove_tree(workspace)
+    if not removal.complete:
+        raise ValueError(f"the last run's workspace: {removal.sentence()}")
     workspace.mkdir(parents=True)
 
 
@@ -114,27 +118,23 @@ def _copy_files(task: Task, workspace: Path) -> None:
 
 
 def run_task(task: Task, folder: Path, backend: Any, progress: Progress | None = None,
-             kernel_options: dict[str, Any] | None = None) -> TaskResult:
-    """Run one task with its own workspace and kernel; write its transcript and report to `folder`."""
+             kernel_options: dict[str, Any] | None = None, trust_task_files: bool = False) -> TaskResult:
+    """Run one task with its own workspace and kernel; write its transcript and report to `folder`.
+    `kernel_options`: the run's sandbox, which the task may only tighten unless `trust_task_files`."""
     from agent.chat import Chat
 
     t0 = time.monotonic()
     bar = _Bar(progress, task)
     workspace = folder / "workspace"
-    sb = task.sandbox
     result = TaskResult(task=task.name, file=str(task.path) if task.path else None, status="failed",
                         report=str(folder), model=getattr(backend, "model", None))
     bar.update("starting the kernel")
     try:
+        sandbox = task_kernel_options(task, kernel_options or {}, folder, trust_task_files)
         _fresh_workspace(workspace)
         _copy_files(task, workspace)
-        sandbox = dict(workspace=workspace, isolation=sb.isolation, network=sb.network,
-                       gpu=sb.gpu, timeout=sb.timeout,  # "auto": the Kernel looks for a GPU
-                       memory_mb=sb.memory_mb if sb.memory_mb is not None else -1,
-                       disk_mb=sb.disk_mb if sb.disk_mb is not None else -1)
-        sandbox.update(kernel_options or {})  # --gateway: every task's kernel on the gateway
         chat = Chat(backend=backend, system=task.system, budget=task.budget.budget(), max_steps=task.max_steps,
-                    temperature=task.temperature, progress=False, **sandbox)
+                    temperature=task.temperature, progress=False, workspace=workspace, **sandbox)
     except Exception as e:  # noqa: BLE001 - reported per task
         result.status, result.error = "error", f"setup: {type(e).__name__}: {e}"
         result.seconds = time.monotonic() - t0
@@ -236,10 +236,14 @@ def _write_task_report(chat, task: Task, result: TaskResult, folder: Path) -> No
 
 
 def _results_md(r: TaskResult) -> str:
-    lines = [f"# Task {r.task}: {r.status.upper()}", "", f"Model: {r.model or '?'}; outcome: {task_outcome(r)}", ""]
-    lines += [f"- [{'x' if c.passed else ' '}] {c.check}" + (f" ({c.detail})" if c.detail else "") for c in r.checks]
+    """The head of transcript.md; the task's, the model's and the kernel's words inert (export.inert_line)."""
+    inert = export.inert_line
+    lines = [f"# Task {inert(r.task)}: {r.status.upper()}", "",
+             f"Model: {inert(r.model or '?')}; outcome: {inert(task_outcome(r))}", ""]
+    lines += [f"- [{'x' if c.passed else ' '}] {inert(c.check)}" + (f" ({inert(c.detail)})" if c.detail else "")
+              for c in r.checks]
     if r.error:
-        lines.append(f"\nError: {r.error}")
+        lines.append(f"\nError: {inert(r.error)}")
     return "\n".join(lines) + "\n"
 
 
@@ -267,12 +271,17 @@ def default_out() -> Path:
 
 def make_backends(tasks: list[Task], out: Path, *, model: str | None = None, base_url: str | None = None,
                   record: str | Path | None = None, replay: str | Path | None = None,
-                  keep_alive: float = 0.0, fallback: tuple[str | None, str | None] = (None, None)) -> dict[str, Any]:
+                  keep_alive: float = 0.0, fallback: tuple[str | None, str | None] = (None, None),
+                  trust_task_files: bool = False) -> dict[str, Any]:
     """One backend per task, built before anything runs: a setup problem stops the run (exit 2).
     `keep_alive` > 0: local models are served by a resident process (agent/models/resident.py).
-    `fallback`: the configuration file's (model, base_url), for tasks that name no model."""
+    `fallback`: the configuration file's (model, base_url), for tasks that name no model. A task's
+    base_url or model path beyond what these name raises TaskError first, unless `trust_task_files`."""
     from agent.models import get_backend
 
+    # the key goes with every request: to no server of a task file's choosing
+    check_task_models(tasks, trust=trust_task_files, model=model, base_url=base_url, config_base_url=fallback[1],
+                      replay=bool(replay))
     backends: dict[str, Any] = {}
     try:
         if replay:
@@ -284,9 +293,9 @@ def make_backends(tasks: list[Task], out: Path, *, model: str | None = None, bas
         if record:
             cassette = Cassette.load(record) if Path(record).is_file() else Cassette(record)
         for t in tasks:
-            chosen = model or t.model
+            chosen = model or (t.model if base_url or t.base_url else local_model(t))
             inner = get_backend(chosen or fallback[0], base_url=base_url or t.base_url or (
-                None if chosen else fallback[1]), progress=False, keep_alive=keep_alive)
+                None if chosen else fallback[1]), progress=False, keep_alive=keep_alive, workspace=_workspace(out, t))
             backends[t.name] = (RecordingBackend(inner, cassette, task=t.name, workspace=_workspace(out, t))
                                 if cassette else inner)
         if cassette:
@@ -328,8 +337,11 @@ def _workspace(out: Path, task: Task) -> Path:
 
 def run_tasks(tasks: list[Task], out: Path, backends: dict[str, Any], parallel: int = 1,
               console: Console | None = None, show_progress: bool = True,
-              kernel_options: dict[str, Any] | None = None) -> list[TaskResult]:
-    """Run the tasks (`parallel` at a time), with a live progress bar per task."""
+              kernel_options: dict[str, Any] | None = None, trust_task_files: bool = False) -> list[TaskResult]:
+    """Run the tasks (`parallel` at a time), with a live progress bar per task. `kernel_options`: the
+    run's sandbox; a task asking for a looser one raises TaskError before anything runs, unless
+    `trust_task_files`."""
+    check_task_sandboxes(tasks, kernel_options or {}, out, trust_task_files)
     console = console or Console(stderr=True)
     out.mkdir(parents=True, exist_ok=True)
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -338,7 +350,7 @@ def run_tasks(tasks: list[Task], out: Path, backends: dict[str, Any], parallel: 
     results: dict[str, TaskResult] = {}
 
     def one(task: Task) -> None:
-        r = run_task(task, out / task.name, backends[task.name], progress, kernel_options)
+        r = run_task(task, out / task.name, backends[task.name], progress, kernel_options, trust_task_files)
         with lock:
             results[task.name] = r
 
@@ -390,14 +402,14 @@ def write_summary(results: list[TaskResult], out: Path, extra: dict | None = Non
     for r in results:
         failed = [c for c in r.checks if not c.passed]
         if r.error or failed:
-            lines.append(f"\n**{r.task}**: " + "; ".join(([r.error] if r.error else [])
-                                                        + [f"{c.check} failed ({c.detail})" for c in failed]))
+            lines.append(f"\n**{export.inert_line(r.task)}**: " + export.inert_line("; ".join(
+                ([r.error] if r.error else []) + [f"{c.check} failed ({c.detail})" for c in failed])))
     store.atomic_write(out / "summary.md", safe_text("\n".join(lines)) + "\n")  # often cat in a terminal
 
 
 def _cell(text: str) -> str:
-    """Text for one Markdown table cell: a `|` would start another."""
-    return text.replace("|", "\\|").replace("\n", " ")
+    """Text for one Markdown table cell, inert (export.inert_line): a `|` would start another."""
+    return export.inert_line(text).replace("|", "\\|")
 
 
 # -- the command ---------------------------------------------------------------------------------
@@ -417,19 +429,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         err.print(Text.assemble(("kernelchat run: invalid task file", "red"), "\n", safe_text(str(e))))
         return 2
     out = Path(args.out) if args.out else default_out()
+    sandbox = run_sandbox(args)
+    try:  # before any model loads or kernel starts: the sandbox, the server and the model are the user's
+        check_task_files(tasks, sandbox, out, trust=args.trust_task_files, model=args.model, base_url=args.base_url,
+                         config_base_url=getattr(args, "config_base_url", None), replay=bool(args.replay))
+    except TaskError as e:
+        err.print(Text.assemble(("kernelchat run: ", "red"), safe_text(str(e))), soft_wrap=True)
+        return 2
     for t in tasks:  # before any weights load: a fallback to the embedded model is no surprise
         err.print(Text(safe_line(model_line(t, model=args.model, replay=args.replay,
                                             fallback=getattr(args, "config_model", None))), style="dim"))
     try:
         backends = make_backends(tasks, out, model=args.model, base_url=args.base_url, record=args.record,
                                  replay=args.replay, keep_alive=keep_alive(args),
-                                 fallback=(getattr(args, "config_model", None), getattr(args, "config_base_url", None)))
+                                 fallback=(getattr(args, "config_model", None), getattr(args, "config_base_url", None)),
+                                 trust_task_files=args.trust_task_files)
     except SetupError as e:
         err.print(Text.assemble(("kernelchat run: setup failed:", "red"), " ", safe_text(str(e))))
         return 2
     started = datetime.now().isoformat(timespec="seconds")
     results = run_tasks(tasks, out, backends, parallel=args.parallel, console=err,
-                        kernel_options=gateway_options(args),
+                        kernel_options=sandbox, trust_task_files=args.trust_task_files,
                         show_progress=not args.no_progress)
     write_summary(results, out, {"started": started, "replay": str(args.replay) if args.replay else None,
                                  "record": str(args.record) if args.record else None})
@@ -465,7 +485,13 @@ def register(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--base-url", default=None, help="an OpenAI-compatible server")
     p.add_argument("--no-progress", action="store_true", help="no live progress bars")
     add_keep_alive_arg(p)
-    add_gateway_args(p, help_text="run every task's kernel on this Jupyter Kernel Gateway / Enterprise Gateway")
+    p.add_argument(TRUST_FLAG, action="store_true", dest="trust_task_files",
+                   help="accept the task files' settings as written (for files you wrote): a [sandbox] looser than "
+                        "this run's (isolation, network, GPU, larger limits), a base_url you did not name (it gets "
+                        "your OPENAI_API_KEY), a model path outside the file's folder; without it such a file stops "
+                        "the run")
+    p.add_argument(TRUST_ALIAS, action="store_true", dest="trust_task_files", help=argparse.SUPPRESS)
+    add_sandbox_args(p, workspace=False)  # the run's sandbox; a task file may only tighten it
     p.set_defaults(func=cmd_run)
     return p
 

@@ -19,6 +19,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.core.budget import Budget
+from sandbox.limits import MAX_MB
+
+MAX_TASK_BYTES = 1 << 22  # a task file past 4 MiB is refused before it is parsed
+MAX_PROBLEMS = 20  # validation problems reported per task file
 
 
 class TaskError(ValueError):
@@ -39,11 +43,16 @@ class BudgetSpec(Budget):
 
 
 class SandboxSpec(_Strict):
-    network: bool = False
-    gpu: bool | Literal["auto"] = "auto"  # auto: the GPU when this machine has one
-    memory_mb: int | None = Field(default=None, gt=0)
-    disk_mb: int | None = Field(default=None, gt=0, description="workspace disk quota (default: a share of the free space)")
-    timeout: float = Field(default=120.0, gt=0, description="seconds per cell")
+    """The task file's [sandbox]; None: as the run gives it (the command line, config.toml). A value
+    looser than the run's stops the run unless the command line grants it (frontends/task_sandbox.py)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)  # `network = "yes"` or `memory_mb = true`: refused
+
+    network: bool | None = None
+    gpu: bool | Literal["auto"] | None = None  # auto: the GPU when this machine has one
+    memory_mb: int | None = Field(default=None, gt=0, le=MAX_MB)
+    disk_mb: int | None = Field(default=None, gt=0, le=MAX_MB, description="workspace disk quota (default: a share of the free space)")
+    timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False, description="seconds per cell")
     isolation: Literal["bwrap", "none", "gateway"] | None = None  # gateway: see the README
 
 
@@ -159,6 +168,16 @@ class Task(_Strict):
             raise ValueError(problem)
         return v
 
+    @field_validator("files")
+    @classmethod
+    def _in_folder(cls, v: list[str]) -> list[str]:
+        for f in v:  # a task file is often someone else's: it brings its own files, not the user's
+            parts = f.replace("\\", "/").split("/")
+            if not f or "\x00" in f or f.startswith(("/", "~")) or ".." in parts or Path(f).is_absolute():
+                raise ValueError(f"{f!r} must be a path inside the task file's folder, relative to it and "
+                                 f"without '..' (e.g. \"data/train.csv\")")
+        return v
+
     @field_validator("prompts")
     @classmethod
     def _non_empty(cls, v: list[str]) -> list[str]:
@@ -167,9 +186,18 @@ class Task(_Strict):
                 raise ValueError("a prompt must not be empty")
         return v
 
+    def source_file(self, rel: str) -> Path:
+        """A `files` entry, resolved. ValueError when it leads out of the task file's folder (a link
+        there to a host file, which the task's code would then read)."""
+        base = (self.path.parent if self.path else Path.cwd()).resolve()
+        src = (base / rel).resolve()
+        if not src.is_relative_to(base):
+            raise ValueError(f"{rel!r} leads out of the task file's folder (to {src}); a task file brings "
+                             "only files from its own folder")
+        return src
+
     def source_files(self) -> list[Path]:
-        base = self.path.parent if self.path else Path.cwd()
-        return [(base / f).resolve() for f in self.files]
+        return [self.source_file(f) for f in self.files]
 
 
 def _key_line(text: str, loc: tuple) -> int | None:
@@ -221,18 +249,29 @@ def parse_task(text: str, path: Path | str = "<task>") -> Task:
         where = f"{path}:{m.group(1)}" if m else str(path)
         reason = re.sub(r" \(at line.*\)", "", str(e))
         raise TaskError(f"{where}: invalid TOML: {reason}") from None
+    except RecursionError:
+        raise TaskError(f"{path}: invalid TOML: nested too deeply to read") from None
+    except MemoryError:
+        raise TaskError(f"{path}: not enough memory to read the task file") from None
+    except ValueError:  # an integer of more digits than Python converts
+        raise TaskError(f"{path}: invalid TOML: a number has too many digits to read") from None
     try:
         task = Task.model_validate(data)
+    except RecursionError:
+        raise TaskError(f"{path}: a value is nested too deeply") from None
     except ValidationError as e:
         problems = []
-        for err in e.errors():
+        for err in e.errors()[:MAX_PROBLEMS]:  # the first few: a line per bad entry of 100,000 is no message
             loc = tuple(x for x in err["loc"] if x not in ("function-after",))
             line = _key_line(text, loc)
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown field"
             problems.append((line or 1, f"{path}:{line or 1}: {_field(loc)}: {msg}"))
-        raise TaskError("\n".join(p for _, p in sorted(problems, key=lambda p: p[0]))) from None
+        lines = [p for _, p in sorted(problems, key=lambda p: p[0])]
+        if (more := e.error_count() - len(problems)) > 0:
+            lines.append(f"{path}: and {more:,} more problems")
+        raise TaskError("\n".join(lines)) from None
     task.path = path.resolve() if path.exists() else path
     if task.name is None:
         if problem := name_problem(path.stem):
@@ -247,7 +286,13 @@ def load_task(path: str | Path) -> Task:
     path = Path(path)
     if not path.is_file():
         raise TaskError(f"{path}: " + ("a folder, not a task file" if path.is_dir() else "no such task file"))
-    data = path.read_bytes()
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_TASK_BYTES + 1)  # never more: a huge file is refused, not read whole
+    except OSError as e:
+        raise TaskError(f"{path}: cannot read the task file ({e.strerror or e})") from None
+    if len(data) > MAX_TASK_BYTES:
+        raise TaskError(f"{path}: the task file is over {MAX_TASK_BYTES:,} bytes; put large inputs in its files")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:  # the line of the first bad byte, for the editor
@@ -255,12 +300,16 @@ def load_task(path: str | Path) -> Task:
         raise TaskError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}); "
                         f"save the file as UTF-8") from None
     task = parse_task(text, path)
-    for rel, src in zip(task.files, task.source_files()):
-        if not src.name:  # "/": the whole file system, copied under no name
-            line = next((i + 1 for i, ln in enumerate(text.splitlines()) if rel in ln), 1)
+    lines = text.splitlines()
+    for rel in task.files:
+        line = next((i + 1 for i, ln in enumerate(lines) if rel in ln), 1)
+        try:
+            src = task.source_file(rel)
+        except ValueError as e:
+            raise TaskError(f"{path}:{line}: files: {e}") from None
+        if not src.name:  # "." of a task file in "/": the whole file system, copied under no name
             raise TaskError(f"{path}:{line}: files: {rel!r} names no file or folder")
         if not src.exists():
-            line = next((i + 1 for i, ln in enumerate(text.splitlines()) if rel in ln), 1)
             raise TaskError(f"{path}:{line}: files: {rel!r} not found (looked for {src})")
     return task
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 from typing import Any
 
 from agent.core.backend import Backend, BackendError, Capabilities
+from agent.core.dirs import cache_dir, overlaps
 
 EMBEDDED = "hf:smollm2"
 _local_cache: dict[str, Any] = {}
@@ -35,30 +37,38 @@ def is_local_model(model: str) -> bool:
 
 
 def get_backend(model: str | None = None, *, base_url: str | None = None, api_key: str | None = None,
-                progress: bool = True, keep_alive: float = 0.0) -> Backend:
+                progress: bool = True, keep_alive: float = 0.0, workspace: str | os.PathLike | None = None) -> Backend:
     """The backend for a model string (see the module docstring). `keep_alive` > 0: a local model is
     kept loaded in a background process for that many seconds after its last use, and later
-    commands connect to it (agent/models/resident.py); 0 loads it in this process."""
+    commands connect to it (agent/models/resident.py); 0 loads it in this process. `workspace`: the
+    sandbox's, where the code it runs can write: a local model's cache and server stay out of it."""
     model = model or default_model()
     if is_local_model(model) and not base_url:
-        # Loading weights takes seconds: one instance per model in this process.
+        from agent.models.embedded import loads_from_cache
+
+        if workspace is not None and loads_from_cache(model) and overlaps(cache_dir(), Path(workspace)):
+            raise BackendError(f"kernelchat's model cache {cache_dir()} overlaps the workspace {workspace}, where "
+                               f"the sandboxed code could change the model; set KERNELCHAT_CACHE to a folder "
+                               f"outside it, or choose another workspace")
+        # Loading weights takes seconds: one instance per model in this process (a resident one per
+        # workspace: each is checked against the runtime folder).
         with _local_lock:
-            key = f"{model}\0{'resident' if keep_alive > 0 else 'local'}"
+            key = f"{model}\0resident\0{workspace}" if keep_alive > 0 else f"{model}\0local"
             if key not in _local_cache:
-                _local_cache[key] = _load_local(model, progress, keep_alive)
+                _local_cache[key] = _load_local(model, progress, keep_alive, workspace)
             return _local_cache[key]
     from agent.models.openai_backend import OpenAIBackend
 
     return OpenAIBackend(model, base_url=base_url, api_key=api_key)
 
 
-def _load_local(model: str, progress: bool, keep_alive: float) -> Backend:
+def _load_local(model: str, progress: bool, keep_alive: float, workspace: str | os.PathLike | None) -> Backend:
     if keep_alive > 0:
         from agent.models.resident import ResidentBackend, ResidentUnavailable
 
         try:
-            return ResidentBackend(model, keep_alive=keep_alive, progress=progress)
-        except ResidentUnavailable as e:  # an unsafe runtime folder: load it here, and say why
+            return ResidentBackend(model, keep_alive=keep_alive, progress=progress, workspace=workspace)
+        except ResidentUnavailable as e:  # an unsafe runtime folder or server: load it here, and say why
             import warnings
 
             warnings.warn(f"the model is loaded in this process: {e}", stacklevel=3)

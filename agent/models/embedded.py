@@ -94,6 +94,13 @@ def resolve_model_path(model: str, progress: bool = True) -> str:
     return str(hub_model_folder(name, progress=progress))  # a Hub id: its snapshot folder in the HF cache
 
 
+def loads_from_cache(model: str) -> bool:
+    """The model is loaded from kernelchat's cache: the embedded model, a GGUF file or an Ollama
+    model (each converted there once)."""
+    name = model[3:] if model.startswith("hf:") else model
+    return model.lower() in EMBEDDED_ALIASES or model.startswith(OLLAMA_PREFIX) or name.lower().endswith(".gguf")
+
+
 def gguf_cache_dir(gguf: Path, stem: str | None = None) -> Path:
     """Where a .gguf file is cached once converted (keyed by its resolved path; `stem` names the
     folder when the file's own name says nothing, as an Ollama blob's `sha256-...`)."""
@@ -225,9 +232,10 @@ def convert_gguf(gguf: Path, out: Path, progress: bool = True) -> None:
         hf_logging.disable_progress_bar()  # our bar replaces transformers' tqdm bars
         _silence_gguf_tqdm()
 
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # the .gguf's folder may hold anyone's files: never their code (as in local.py)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
         bar.update(task, advance=1, description=f"converting {gguf.name}: weights")
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
         bar.update(task, advance=1, description=f"converting {gguf.name}: saving")
         _strip_gguf_quantization(model)
         _fix_generation_config(model, tok)

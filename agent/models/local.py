@@ -12,6 +12,7 @@ the longest common token prefix, which also serves edited branches of a conversa
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import threading
 import time
@@ -50,6 +51,15 @@ CACHE_KW = "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclass_fields__ 
 # bench/backend_bench.py). Torch work of your own beside an in-process model: run it on a thread that
 # ends, or keep the model in its own process (keep_alive, agent/models/resident.py).
 GENERATION_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernelchat-generate")
+
+
+def load_problem(error: Exception) -> str:
+    """What transformers' refusal means, in one sentence (its messages run over several lines)."""
+    text = str(error)
+    if "custom code" in text or "trust_remote_code" in text:
+        return ("it needs its own Python code (an auto_map in its config.json), which kernelchat never runs; "
+                "use a model whose architecture transformers has built in")
+    return " ".join(text.split())
 
 
 def pick_device(device: str | None = None) -> str:
@@ -118,13 +128,21 @@ class LocalBackend(Backend):
             path = resolve_model_path(model, progress=progress)
         except FileNotFoundError as e:
             raise BackendError(str(e)) from None
+        # A model folder may come from anyone (a task file, the Hub): it is data, never code.
+        # trust_remote_code=False refuses a config.json's auto_map (else transformers asks on the
+        # terminal whether to run it); weights_only=True keeps pickled .bin weights to tensors.
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
             with quiet_loading():  # no "Loading weights" bar on every start
                 self.hf_model = AutoModelForCausalLM.from_pretrained(
-                    path, dtype=load_dtype(self.device, self.precision), local_files_only=True)
-        except OSError as e:  # a folder without the files transformers needs
-            raise BackendError(f"cannot load local model {model!r} from {path}: {e}") from None
+                    path, dtype=load_dtype(self.device, self.precision), local_files_only=True,
+                    trust_remote_code=False, weights_only=True)
+        except pickle.UnpicklingError:  # torch's weights-only unpickler met something else
+            raise BackendError(f"cannot load local model {model!r} from {path}: its pickled PyTorch weights hold "
+                               f"Python objects besides tensors, which could run code, and kernelchat loads only "
+                               f"tensors; use a copy of the model with safetensors weights") from None
+        except (OSError, ValueError) as e:  # a folder without the files transformers needs, or with code
+            raise BackendError(f"cannot load local model {model!r} from {path}: {load_problem(e)}") from None
         self.hf_model.to(self.device).eval()
         # fp16 weights on a CPU are packed in the background and take over between generations
         # (precision.Fp16Packer); GPUs load in their precision directly.

@@ -9,9 +9,13 @@ in milliseconds and find the weights loaded, packed in fp16, and the KV cache of
 
 `ResidentBackend` is the Backend protocol over that server and imports neither torch nor
 transformers. The server speaks one JSON object per line over a Unix socket in a folder only this
-user can enter (runtime_dir(), 0700, checked), and answers only this user (SO_PEERCRED). Its address
-is a hash of the model, its files and kernelchat's own code, so a changed install never talks to an
-older server. The server's environment has no secrets (no *KEY*/*TOKEN*/*SECRET*/*PASSWORD* names).
+user can enter (runtime_dir(), 0700, checked, never inside the workspace). The command holds that
+folder open and reaches the socket through the descriptor (a folder swapped above it changes
+nothing); on every connection each side checks the other is this user (SO_PEERCRED), and the client
+checks the socket is this user's and 0600, so an impostor never reads a prompt nor writes a reply:
+the model then loads in the command, with one warning. Its address is a hash of the model, its files
+and kernelchat's own code, so a changed install never talks to an older server. The server's
+environment has no secrets (no *KEY*/*TOKEN*/*SECRET*/*PASSWORD* names), and its command line none.
 """
 
 from __future__ import annotations
@@ -23,43 +27,109 @@ import os
 import re
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from agent.core.backend import Backend, BackendError, Capabilities
-from agent.core.dirs import runtime_dir
+from agent.core.dirs import PrivateFolder, UnsafeFolder, overlaps, runtime_dir
 from agent.core.messages import Done, Message, Reply, StreamEvent, TextDelta
 from agent.models.embedded import resolve_model_path
+from sandbox.isolation import python_roots
+from sandbox.safefs import kind
 
 KEEP_ALIVE_DEFAULT = 300.0
 PROTOCOL = 1
 MAX_LINE = 64 << 20  # a reply line (a whole conversation in a Done) is far smaller
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.I)
 START_TIMEOUT = 600.0  # a first load of a big model from a slow disk
-SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux
+LOG_TAIL_BYTES = 64 << 10  # what log_tail reads of a server's log
 EXCEPTION_LINE = re.compile(r"[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")
 
 
 class ResidentUnavailable(RuntimeError):
-    """No resident server can be used here (an unsafe runtime folder, a too long socket path)."""
+    """No resident server can be used here (an unsafe runtime folder, a socket or server that is
+    not this user's); the message is one sentence, and the model loads in the command instead."""
 
 
-def private_dir() -> Path:
-    """runtime_dir(), made 0700 if missing; refused unless it is a real folder of this user that
-    nobody else can enter (another user's socket there could answer for the model)."""
+def open_folder(path: Path, *, create: bool = False) -> PrivateFolder:
+    """`path` held open, if it is a real folder of this user that nobody else can enter (another
+    user's socket there could answer for the model)."""
+    try:
+        return PrivateFolder.open(path, create=create)
+    except UnsafeFolder as e:
+        raise ResidentUnavailable(str(e)) from None
+
+
+def runtime_folder(workspace: str | os.PathLike | None = None) -> PrivateFolder:
+    """runtime_dir(), made 0700 if missing, held open; refused where the sandbox could reach it: where
+    it overlaps `workspace` (the code could reach the socket, or plant one), or lies in the Python
+    environment the sandbox mounts (read-only, but a socket there still connects)."""
     path = runtime_dir()
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-        raise ResidentUnavailable(f"{path} is not a folder only this user can use (it is "
-                                  f"{oct(st.st_mode & 0o777)}, owner {st.st_uid}); remove it or set XDG_RUNTIME_DIR")
-    return path
+    if workspace is not None and overlaps(path, Path(workspace)):
+        raise ResidentUnavailable(f"the runtime folder {path} overlaps the workspace {workspace}, where the "
+                                  f"sandboxed code could reach the model server; set XDG_RUNTIME_DIR to a folder "
+                                  f"outside it")
+    for root in python_roots():
+        if path.resolve().is_relative_to(root):
+            raise ResidentUnavailable(f"the runtime folder {path} lies in {root}, which the sandbox mounts, so its "
+                                      f"code could reach the model server; set XDG_RUNTIME_DIR to a folder outside it")
+    return open_folder(path, create=True)
+
+
+def peer_uid(conn: socket.socket) -> int:
+    """The user of the process at the other end (Linux SO_PEERCRED: pid, uid, gid)."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A server's socket: a name in the held runtime folder."""
+
+    folder: PrivateFolder
+    name: str
+
+    @property
+    def path(self) -> Path:
+        """Where it is, for messages (connections go through the folder's descriptor)."""
+        return self.folder.path / self.name
+
+    def exists(self) -> bool:
+        try:
+            self.folder.lstat(self.name)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def connect(self, timeout: float | None = None) -> socket.socket:
+        """A connection to the server, checked before a byte is sent: the socket is this user's and
+        0600, and the process listening on it is this user's. No socket there: FileNotFoundError;
+        a dead server's: ConnectionRefusedError; anything else there: ResidentUnavailable."""
+        st = self.folder.lstat(self.name)
+        if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+            raise ResidentUnavailable(f"{self.path} is {kind(st)} (mode {oct(st.st_mode & 0o777)}, owner uid "
+                                      f"{st.st_uid}), not a socket only this user can use; remove it")
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        try:
+            s.connect(self.folder.entry(self.name))
+            uid = peer_uid(s)
+        except OSError:
+            s.close()
+            raise
+        if uid != os.getuid():
+            s.close()
+            raise ResidentUnavailable(f"the model server at {self.path} runs as uid {uid}, not as this user "
+                                      f"(uid {os.getuid()}); it is not kernelchat's: remove {self.path}")
+        return s
 
 
 def code_fingerprint() -> str:
@@ -97,36 +167,30 @@ class Address:
     model: str
     path: str       # what the server loads (resolve_model_path)
     precision: str
-    socket: Path
+    endpoint: Endpoint
+
+    @property
+    def socket(self) -> Path:
+        return self.endpoint.path
+
+    @property
+    def log_name(self) -> str:
+        """The server's output (removed at a clean exit); its lock is `<key>.lock` beside it."""
+        return Path(self.endpoint.name).with_suffix(".log").name
 
     @property
     def log(self) -> Path:
-        """The server's output (removed at a clean exit); its lock is `<key>.lock` beside it."""
-        return self.socket.with_suffix(".log")
+        return self.endpoint.folder.path / self.log_name
 
     @classmethod
-    def of(cls, model: str, path: str, precision: str = "auto") -> "Address":
-        folder = private_dir()
+    def of(cls, model: str, path: str, precision: str = "auto", *,
+           workspace: str | os.PathLike | None = None) -> "Address":
+        folder = runtime_folder(workspace)
         files = Path(path)
         marks = ([(str(p.relative_to(files)), p.stat().st_size, p.stat().st_mtime_ns)
                   for p in sorted(files.iterdir()) if p.is_file()] if files.is_dir() else hub_snapshot(path))
         key = hashlib.sha256(json.dumps([model, path, precision, marks, code_fingerprint()]).encode()).hexdigest()[:16]
-        sock = folder / f"{key}.sock"
-        if len(os.fsencode(sock)) > SOCKET_PATH_MAX:
-            raise ResidentUnavailable(f"the socket path {sock} is too long for a Unix socket; set XDG_RUNTIME_DIR "
-                                      f"to a shorter folder")
-        return cls(model, path, precision, sock)
-
-
-def connect(sock_path: Path, timeout: float | None = None) -> socket.socket:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    try:
-        s.connect(str(sock_path))
-    except OSError:
-        s.close()
-        raise
-    return s
+        return cls(model, path, precision, Endpoint(folder, f"{key}.sock"))
 
 
 def send(sock: socket.socket, obj: dict[str, Any]) -> None:
@@ -141,13 +205,16 @@ def read_line(f: Any) -> dict[str, Any] | None:
     return json.loads(line)
 
 
-def ask(sock_path: Path, request: dict[str, Any], timeout: float | None = 30.0) -> dict[str, Any]:
-    """One request, one answer."""
-    with connect(sock_path, timeout) as s, s.makefile("rb") as f:
+def ask(where: Endpoint | Path, request: dict[str, Any], timeout: float | None = 30.0) -> dict[str, Any]:
+    """One request, one answer (`where`: an endpoint, or a socket's path, whose folder is then
+    opened and checked for this request)."""
+    if not isinstance(where, Endpoint):
+        where = Endpoint(open_folder(Path(where).parent), Path(where).name)
+    with where.connect(timeout) as s, s.makefile("rb") as f:
         send(s, request)
         answer = read_line(f)
     if answer is None:
-        raise ConnectionError(f"the model server at {sock_path} closed the connection")
+        raise ConnectionError(f"the model server at {where.path} closed the connection")
     if "error" in answer:
         raise BackendError(answer["error"])
     return answer
@@ -161,36 +228,45 @@ def server_env() -> dict[str, str]:
     return env
 
 
-def prune(folder: Path, age: float = 86400.0) -> None:
+def prune(folder: PrivateFolder, age: float = 86400.0) -> None:
     """Remove the lock and log files of servers gone for a day (each code change makes a new address)."""
     now = time.time()
-    for f in [*folder.glob("*.lock"), *folder.glob("*.log")]:
+    names = folder.names()
+    for name in names:
+        stem, _, suffix = name.rpartition(".")
         try:
-            if not f.with_suffix(".sock").exists() and now - f.stat().st_mtime > age:
-                f.unlink()
+            if suffix in ("lock", "log") and f"{stem}.sock" not in names and now - folder.lstat(name).st_mtime > age:
+                folder.unlink(name)
         except OSError:
             continue
 
 
 def start_server(addr: Address, keep_alive: float) -> subprocess.Popen:
-    """The server for `addr`, detached (its own session: Ctrl-C in this terminal does not stop it)."""
-    prune(addr.socket.parent)
-    fd = os.open(addr.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    """The server for `addr`, detached (its own session: Ctrl-C in this terminal does not stop it).
+    It gets the runtime folder as the descriptor this command checked, never its path."""
+    folder = addr.endpoint.folder
+    prune(folder)
+    fd = folder.open_file(addr.log_name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     with open(fd, "wb") as log:
         return subprocess.Popen(
             # -P: not the working folder first on sys.path; NAME=VALUE: a value that starts with "-" stays a value
             [sys.executable, "-P", "-m", "agent.models.resident_server", f"--model={addr.model}",
-             f"--path={addr.path}", f"--precision={addr.precision}", f"--socket={addr.socket}",
-             f"--keep-alive={keep_alive}"],
+             f"--path={addr.path}", f"--precision={addr.precision}", f"--folder-fd={folder.fd}",
+             f"--socket={addr.endpoint.name}", f"--keep-alive={keep_alive}"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=server_env(),
-            cwd=str(addr.socket.parent), start_new_session=True, close_fds=True)
+            pass_fds=(folder.fd,), start_new_session=True, close_fds=True)
 
 
-def log_tail(path: Path, lines: int = 8) -> str:
+def log_tail(addr: Address, lines: int = 8) -> str:
     """The end of a server's log, on one line: from its last exception's line on if it has one
     (not the traceback above it), else its last `lines` lines."""
     try:
-        text = [line.strip() for line in path.read_text(errors="replace").strip().splitlines()]
+        fd = addr.endpoint.folder.open_file(addr.log_name, os.O_RDONLY)
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return ""
+            f.seek(max(os.fstat(fd).st_size - LOG_TAIL_BYTES, 0))
+            text = [line.strip() for line in f.read(LOG_TAIL_BYTES).decode(errors="replace").strip().splitlines()]
     except OSError:
         return ""
     errors = [i for i, line in enumerate(text) if EXCEPTION_LINE.match(line)]
@@ -204,14 +280,17 @@ def wait_for_server(addr: Address, proc: subprocess.Popen, keep_alive: float,
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return ask(addr.socket, {"op": "info"})
+            return ask(addr.endpoint, {"op": "info"})
         except OSError:  # not there, refused, closed, timed out
             pass
+        except ResidentUnavailable:  # something not ours answers there: ours must not stay
+            proc.kill()
+            raise
         code = proc.poll()
         if code not in (None, 0):
             raise BackendError(f"the model server for {addr.model} failed to start (exit {code}): "
-                               f"{log_tail(addr.log) or 'no output'} (log: {addr.log})")
-        if code == 0 and not addr.socket.exists():  # it left to one that has gone since: start again
+                               f"{log_tail(addr) or 'no output'} (log: {addr.log})")
+        if code == 0 and not addr.endpoint.exists():  # it left to one that has gone since: start again
             proc = start_server(addr, keep_alive)
         if time.monotonic() > deadline:
             proc.kill()
@@ -226,7 +305,10 @@ class ResidentBackend(Backend):
     and counts `keep_alive` from when the last command using it ended."""
 
     def __init__(self, model: str = "hf:smollm2", *, keep_alive: float = KEEP_ALIVE_DEFAULT,
-                 precision: str = "auto", progress: bool = True) -> None:
+                 precision: str = "auto", progress: bool = True,
+                 workspace: str | os.PathLike | None = None) -> None:
+        """`workspace`: the sandbox's, which the runtime folder must stay out of. ResidentUnavailable
+        (one sentence): no server can be used safely here; load the model in the command instead."""
         if not 0 < keep_alive < math.inf:
             raise ValueError(f"keep_alive must be a number of seconds > 0 for a resident model (0 means: load it "
                              f"in this process), got {keep_alive}")
@@ -241,15 +323,17 @@ class ResidentBackend(Backend):
             raise BackendError(str(e)) from None
         if os.path.exists(path):  # the server runs elsewhere
             path = os.path.abspath(path)
-        self.address = Address.of(model, path, precision)
+        self.address = Address.of(model, path, precision, workspace=workspace)
+        self.progress = progress
         self.started = False  # True: this command started the server (a cold start)
+        self.local: Backend | None = None  # the model loaded here, after the server stopped being safe
         self._hold: socket.socket | None = None
         self._hold_lock = threading.Lock()
         self._use(self._info_or_start())
 
     def _info_or_start(self) -> dict[str, Any]:
         try:
-            return ask(self.address.socket, {"op": "info"})
+            return ask(self.address.endpoint, {"op": "info"})
         except OSError:  # not there, refused, closed, timed out
             pass
         self.started = True
@@ -264,7 +348,7 @@ class ResidentBackend(Backend):
         with self._hold_lock:
             if self._hold is not None:
                 self._hold.close()
-            self._hold = connect(self.address.socket, 30.0)
+            self._hold = self.address.endpoint.connect(30.0)
             send(self._hold, {"op": "hold", "keep_alive": self.keep_alive})
 
     def close(self) -> None:
@@ -274,22 +358,46 @@ class ResidentBackend(Backend):
                 self._hold.close()
                 self._hold = None
 
+    def _fall_back(self, why: ResidentUnavailable) -> Backend:
+        """The model loaded in this process from now on, said once as a warning."""
+        from agent.models.local import LocalBackend
+
+        warnings.warn(f"the model is loaded in this process: {why}", stacklevel=2)
+        self.close()
+        self.local = LocalBackend(self.model, progress=self.progress)
+        return self.local
+
     @contextmanager
     def _request(self, request: dict[str, Any]) -> Iterator[Any]:
         """A connection carrying `request`, restarting the server once if it is gone (killed, or
-        stopped with `kernelchat models --stop`)."""
+        stopped with `kernelchat models --stop`); None where no server can be used safely any more
+        (the model is then loaded here, in `self.local`)."""
         try:
-            s = connect(self.address.socket)
-        except (FileNotFoundError, ConnectionRefusedError):
-            self._use(self._info_or_start())
-            s = connect(self.address.socket)
+            try:
+                s = self.address.endpoint.connect()
+            except (FileNotFoundError, ConnectionRefusedError):
+                self._use(self._info_or_start())
+                s = self.address.endpoint.connect()
+        except ResidentUnavailable as e:
+            self._fall_back(e)
+            yield None
+            return
         with s, s.makefile("rb") as f:
             send(s, {**request, "keep_alive": self.keep_alive})
             yield f
 
     def _gone(self) -> BackendError:
+        # A killed server's socket may accept a moment longer while the process exits: wait (1 s at
+        # most) until it refuses, so that the next request starts a new server rather than lose to it.
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            try:
+                self.address.endpoint.connect(1.0).close()
+            except (OSError, ResidentUnavailable):
+                break
+            time.sleep(0.02)
         return BackendError(f"the model server for {self.model} (pid {self.pid}) stopped mid-reply; "
-                            f"{log_tail(self.address.log, 4) or 'no output'} (log: {self.address.log})")
+                            f"{log_tail(self.address, 4) or 'no output'} (log: {self.address.log})")
 
     def stream(self, messages: list[Message], tools: list[dict[str, Any]] | None = None, *,
                max_tokens: int | None = None, temperature: float | None = None,
@@ -299,17 +407,21 @@ class ResidentBackend(Backend):
                    "max_tokens": max_tokens, "temperature": temperature,
                    "numbers": sorted(numbers) if numbers is not None else None, "favour": favour, "bonus": bonus,
                    "max_calls": max_calls}
-        # Leaving this generator early (Ctrl-C, a budget) closes the connection: the server stops.
-        with self._request(request) as f:
-            while (event := self._read(f)) is not None:
-                if "text" in event:
-                    yield TextDelta(text=event["text"])
-                elif "done" in event:
-                    yield Done(reply=Reply.model_validate(event["done"]))
-                    return
-                elif "error" in event:
-                    raise BackendError(event["error"])
-        raise self._gone()
+        if self.local is None:
+            # Leaving this generator early (Ctrl-C, a budget) closes the connection: the server stops.
+            with self._request(request) as f:
+                if f is not None:
+                    while (event := self._read(f)) is not None:
+                        if "text" in event:
+                            yield TextDelta(text=event["text"])
+                        elif "done" in event:
+                            yield Done(reply=Reply.model_validate(event["done"]))
+                            return
+                        elif "error" in event:
+                            raise BackendError(event["error"])
+                    raise self._gone()
+        yield from self.local.stream(messages, tools, max_tokens=max_tokens, temperature=temperature,
+                                     numbers=numbers, favour=favour, bonus=bonus, max_calls=max_calls, **guides)
 
     def _read(self, f: Any) -> dict[str, Any] | None:
         """The next object from the server; a connection reset or a cut line is its end."""
@@ -319,47 +431,56 @@ class ResidentBackend(Backend):
             return None
 
     def count_prompt_tokens(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> int:
-        with self._request({"op": "count", "messages": [m.model_dump(mode="json") for m in messages],
-                            "tools": tools}) as f:
-            answer = self._read(f)
-        if answer is None:
-            raise self._gone()
-        if "error" in answer:
-            raise BackendError(answer["error"])
-        return int(answer["tokens"])
+        if self.local is None:
+            with self._request({"op": "count", "messages": [m.model_dump(mode="json") for m in messages],
+                                "tools": tools}) as f:
+                answer = self._read(f) if f is not None else None
+            if f is not None:
+                if answer is None:
+                    raise self._gone()
+                if "error" in answer:
+                    raise BackendError(answer["error"])
+                return int(answer["tokens"])
+        return self.local.count_prompt_tokens(messages, tools)
+
+
+def answering(folder: Path | None = None) -> list[tuple[Endpoint, dict[str, Any]]]:
+    """The resident servers answering now in runtime_dir() (or `folder`), with their `info`."""
+    try:
+        held = open_folder(folder) if folder else runtime_folder()
+    except ResidentUnavailable:
+        return []
+    found = []
+    for name in sorted(held.names()):
+        if name.endswith(".sock"):
+            endpoint = Endpoint(held, name)
+            try:
+                found.append((endpoint, ask(endpoint, {"op": "info"}, timeout=5.0)))
+            except (OSError, ValueError, BackendError, ResidentUnavailable):
+                continue  # a stale socket of a server that is gone (or not one of ours)
+    return found
 
 
 def servers(folder: Path | None = None) -> list[dict[str, Any]]:
     """The resident servers answering now (in runtime_dir(), or `folder`): their `info` (model, pid,
     memory, keep_alive, idle...) and socket."""
-    try:
-        folder = folder or private_dir()
-    except (ResidentUnavailable, OSError):
-        return []
-    found = []
-    for sock in sorted(folder.glob("*.sock")):
-        try:
-            found.append({**ask(sock, {"op": "info"}, timeout=5.0), "socket": str(sock)})
-        except (OSError, ValueError, BackendError):
-            continue  # a stale socket of a server that is gone
-    return found
+    return [{**info, "socket": str(endpoint.path)} for endpoint, info in answering(folder)]
 
 
 def stop_servers(model: str | None = None, wait: float = 10.0) -> list[dict[str, Any]]:
     """Stop the resident servers (of `model` only, if given) and wait (up to `wait` seconds each)
     until they no longer answer; returns the ones stopped."""
     stopped = []
-    for info in servers():
+    for endpoint, info in answering():
         if model is None or info["model"] == model:
-            sock = Path(info["socket"])
             try:
-                ask(sock, {"op": "stop"}, timeout=10.0)
-            except (OSError, ValueError, BackendError):
+                ask(endpoint, {"op": "stop"}, timeout=10.0)
+            except (OSError, ValueError, BackendError, ResidentUnavailable):
                 continue
             deadline = time.monotonic() + wait
-            while sock.exists() and time.monotonic() < deadline:  # it removes its socket as it leaves
+            while endpoint.exists() and time.monotonic() < deadline:  # it removes its socket as it leaves
                 time.sleep(0.05)
-            stopped.append(info)
+            stopped.append({**info, "socket": str(endpoint.path)})
     return stopped
 
 

@@ -2,7 +2,10 @@
 Unix socket until `keep_alive` seconds after the last one let go (agent/models/resident.py is the
 client and says why).
 
-    python -m agent.models.resident_server --model hf:smollm2 --path DIR --socket S --keep-alive 300
+    python -m agent.models.resident_server --model hf:smollm2 --path DIR --folder-fd N --socket KEY.sock --keep-alive 300
+
+The runtime folder arrives as the descriptor the command checked (N), never as a path; the socket
+is bound inside it through that descriptor, and every connection of another user is closed unread.
 
 One JSON object per line. Requests (one per connection; each may carry "keep_alive"):
 `info`, `hold` (kept open while a command lives), `count` (messages, tools -> tokens),
@@ -18,23 +21,17 @@ import fcntl
 import math
 import os
 import socket
-import struct
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from agent.core.dirs import PrivateFolder
 from agent.core.messages import Done, Message, TextDelta
-from agent.models.resident import ask, read_line, send
+from agent.models.resident import Endpoint, ask, peer_uid, read_line, send
 
 REQUEST_TIMEOUT = 30.0  # seconds for a connection's request line to arrive
-
-
-def peer_uid(conn: socket.socket) -> int:
-    """The connecting process's user (Linux SO_PEERCRED: pid, uid, gid)."""
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[1]
 
 
 def rss_mb() -> float:
@@ -57,8 +54,8 @@ def fp16_ready(backend: Any) -> bool:
 class Server:
     """Serves one backend (a LocalBackend here; any Backend works) to this user's commands."""
 
-    def __init__(self, backend: Any, model: str, sock_path: Path, keep_alive: float) -> None:
-        self.backend, self.model, self.sock_path = backend, model, sock_path
+    def __init__(self, backend: Any, model: str, endpoint: Endpoint, keep_alive: float) -> None:
+        self.backend, self.model, self.endpoint = backend, model, endpoint
         self.keep_alive = keep_alive
         self.started = time.time()
         self.users = 0        # connections open now (holds and requests): never exit under one
@@ -67,6 +64,11 @@ class Server:
         self.stopping = threading.Event()
         self.ready = threading.Event()  # listening
         self.listener: socket.socket | None = None
+
+    @property
+    def sock_path(self) -> Path:
+        """Where the socket is, for messages."""
+        return self.endpoint.path
 
     # --- bookkeeping ---------------------------------------------------------------------------
 
@@ -176,16 +178,17 @@ class Server:
     # --- the loop ------------------------------------------------------------------------------
 
     def serve(self) -> None:
+        folder, name = self.endpoint.folder, self.endpoint.name
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock_path.unlink(missing_ok=True)  # a dead server's (we hold the address's lock)
+        folder.unlink(name)  # a dead server's (we hold the address's lock)
         old = os.umask(0o177)  # the socket is born 0600
         try:
-            listener.bind(str(self.sock_path))
+            listener.bind(folder.entry(name))
         finally:
             os.umask(old)
         listener.listen(16)
         listener.settimeout(0.5)
-        ino = os.stat(self.sock_path).st_ino
+        ino = folder.lstat(name).st_ino
         print(f"serving {self.model} on {self.sock_path} (pid {os.getpid()}, keep_alive {self.keep_alive:g} s)",
               flush=True)
         self.ready.set()
@@ -200,12 +203,12 @@ class Server:
         finally:
             listener.close()
             try:
-                if os.stat(self.sock_path).st_ino == ino:
-                    self.sock_path.unlink()
+                if folder.lstat(name).st_ino == ino:
+                    folder.unlink(name)
             except OSError:
                 pass
         print(f"stopped ({'asked to' if self.stopping.is_set() else 'idle'})", flush=True)
-        self.sock_path.with_suffix(".log").unlink(missing_ok=True)  # a clean exit: nothing to read there
+        folder.unlink(Path(name).with_suffix(".log").name)  # a clean exit: nothing to read there
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,10 +216,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True)
     p.add_argument("--path", required=True, help="what to load (the model resolved by the client)")
     p.add_argument("--precision", default="auto")
-    p.add_argument("--socket", required=True, type=Path)
+    p.add_argument("--folder-fd", type=int, required=True, help="the runtime folder, open (checked again here)")
+    p.add_argument("--socket", required=True, help="the socket's name in that folder")
     p.add_argument("--keep-alive", type=float, default=300.0)
     args = p.parse_args(argv)
-    lock = os.open(args.socket.with_suffix(".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    if Path(args.socket).name != args.socket or not args.socket.endswith(".sock"):
+        p.error(f"--socket must be a name ending in .sock, not a path: {args.socket!r}")
+    folder = PrivateFolder(args.folder_fd, Path(os.readlink(f"/proc/self/fd/{args.folder_fd}")))
+    os.fchdir(folder.fd)  # nobody else can make a name in the working folder
+    endpoint = Endpoint(folder, args.socket)
+    lock = folder.open_file(Path(args.socket).with_suffix(".lock").name, os.O_RDWR | os.O_CREAT)
     deadline = time.monotonic() + 60
     while True:  # one server per address; one that is exiting (idle) holds the lock a moment longer
         try:
@@ -224,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             break
         except BlockingIOError:
             try:
-                ask(args.socket, {"op": "info"}, timeout=5.0)
+                ask(endpoint, {"op": "info"}, timeout=5.0)
                 print("another server serves this model; exiting", flush=True)
                 return 0
             except (OSError, ValueError, RuntimeError):
@@ -235,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
 
     backend = LocalBackend(args.path, precision=args.precision, progress=False)
     backend.model = args.model  # replies and notes name the model as the user did
-    Server(backend, args.model, args.socket, args.keep_alive).serve()
+    Server(backend, args.model, endpoint, args.keep_alive).serve()
     return 0
 
 

@@ -234,3 +234,22 @@ def test_run_tasks_with_their_kernels_on_the_gateway(kernel_gateway, tmp_path, m
     code = cli.main(["run", str(task), "--replay", str(cassette), "--out", str(tmp_path / "out2"),
                      "--gateway", kernel_gateway.url, "--gateway-token", kernel_gateway.token, "--no-progress"])
     assert code == 0
+
+
+def test_a_deep_locked_tree_is_listed_and_removed_on_the_gateway(gw_options, tmp_path, caplog):
+    """1,500 nested folders and a chmod 000 one in the gateway kernel's temporary folder: the folder
+    download walks it (os.walk recursed per level) and, as a local one, copies nothing past 128
+    folders deep here; closing removes the remote folder all the same."""
+    k = Kernel(timeout=60, **gw_options)
+    ws = Path(k.remote_workspace)  # the gateway runs on this machine here
+    code = ("import os\nhere = os.getcwd(); os.makedirs('tree'); os.chdir('tree')\nfor _ in range(1500):\n"
+            "    os.mkdir('d'); os.chdir('d')\nopen('deep.txt', 'w').write('x'); os.makedirs('locked/in')\n"
+            "os.chmod('locked/in', 0); os.chmod('locked', 0); os.chdir(here); open('tree/top.txt', 'w').write('t')")
+    try:
+        assert k.execute(code).ok
+        k.download("tree", tmp_path / "back")  # no RecursionError
+        assert [p.name for p in (tmp_path / "back").iterdir()] == ["top.txt"]  # no deep chain here
+        assert "skipped 1 file(s) more than 128 folders deep" in caplog.text
+    finally:
+        k.close()
+    assert not ws.exists()

@@ -101,7 +101,7 @@ BAD_OPTIONS = [
     ({"max_file_mb": False}, "max_file_mb must be a whole number"),
     ({"cpu_seconds": "2"}, "cpu_seconds must be a whole number"),
     ({"tmp_mb": -3}, "tmp_mb must be a whole number"),
-    ({"output_chars": 100}, "output_chars must be a whole number greater than 200"),
+    ({"output_chars": 100}, "output_chars must be a whole number from 201 to 1,000,000,000"),
     ({"idle_cpu_limit": "0.5"}, "idle_cpu_limit must be a positive number"),
     ({"env": {"A=B": "x"}}, "'A=B' is not a valid variable name"),
     ({"env": {"": "x"}}, "'' is not a valid variable name"),

@@ -58,7 +58,8 @@ def test_kernel_and_isolation_suites_pass_as_an_ordinary_user(user_env):
                           "-q", "-p", "no:cacheprovider", "--rootdir", str(src), "-o", "addopts=",
                           "tests/sandbox/test_kernel.py", "tests/sandbox/test_isolation.py", "tests/sandbox/test_sandbox_faults.py",
                           "tests/sandbox/test_hostile_workspace.py",
-                          "tests/sandbox/test_attacks_round2.py", "tests/sandbox/test_temp_workspace.py"],
+                          "tests/sandbox/test_attacks_round2.py", "tests/sandbox/test_temp_workspace.py",
+                          "tests/sandbox/test_deep_trees.py", "tests/sandbox/test_limit_bounds.py"],
                          cwd=src, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
     assert " passed" in out.stdout.splitlines()[-1]

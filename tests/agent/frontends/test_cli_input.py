@@ -197,8 +197,8 @@ def bad_inputs(tmp_path) -> list[tuple[list[str], str]]:
         (["hi", "--max-usd", "nan"], "--max-usd must be an amount in USD greater than 0, got nan"),
         (["hi", "--max-seconds", "0"], "--max-seconds must be a number of seconds greater than 0"),
         (["hi", "--timeout", "inf"], "--timeout must be a number of seconds greater than 0, got inf"),
-        (["hi", "--disk-mb", "0"], "--disk-mb must be a whole number of MB greater than 0, got 0"),
-        (["hi", "--memory-mb", "-3"], "--memory-mb must be a whole number of MB greater than 0, got -3"),
+        (["hi", "--disk-mb", "0"], "--disk-mb must be a whole number of MB from 1 to 1,000,000,000,000, got 0"),
+        (["hi", "--memory-mb", "-3"], "--memory-mb must be a whole number of MB from 1 to 1,000,000,000,000, got -3"),
         (["hi", "--save", str(tmp_path)], "that is a folder; give a file name"),
         (["--workspace", f], "that is a file, not a folder"),  # the chat checks the same, before its model
         (["exec", "print(1)", "--workspace", f], "that is a file, not a folder"),  # and exec, before its kernel

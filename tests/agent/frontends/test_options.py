@@ -98,7 +98,7 @@ def test_the_defaults_pass_the_checks():
     (["--max-usd", "-1"], "--max-usd must be an amount in USD greater than 0, got -1.0"),
     (["--max-seconds", "inf"], "--max-seconds must be a number of seconds greater than 0, got inf"),
     (["--timeout", "nan"], "--timeout must be a number of seconds greater than 0, got nan"),
-    (["--memory-mb", "0"], "--memory-mb must be a whole number of MB greater than 0, got 0"),
+    (["--memory-mb", "0"], "--memory-mb must be a whole number of MB from 1 to 1,000,000,000,000, got 0"),
 ])
 def test_check_options_refuses_bad_values(flags, says):
     with pytest.raises(ValueError) as e:

@@ -323,6 +323,9 @@ def test_a_notebook_starts_the_chat_and_its_branch_is_replayed(term, tmp_path):
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells]), str(nb))
     t = term([{"python": "print(base + 2)"}, "It is 42.", {"python": "print('base' in globals())"}, "no base",
               {"python": "print(base - 1)"}, "back"], "--notebook", str(nb))
+    t.expect("cell 4 of 4 from the file")  # someone else's code: shown, and asked about once
+    t.expect("from the file? ")
+    t.send("y")
     t.expect("notebook start.ipynb: running its 4 code cells")
     t.expect("Out [3] · error")
     t.expect("Out [4] · ok")

@@ -32,7 +32,7 @@ def write(tmp_path: Path, text: str, name: str = "t.toml") -> Path:
 
 def test_valid_task_defaults(tmp_path):
     t = load_task(write(tmp_path, 'prompts = ["hi"]\n[[checks]]\nanswer_contains = "x"\n', "hello.toml"))
-    assert t.name == "hello" and t.max_steps == 10 and t.sandbox.gpu == "auto" and t.checks[0].kind == "answer_contains"
+    assert t.name == "hello" and t.max_steps == 10 and t.sandbox.gpu is None and t.checks[0].kind == "answer_contains"
 
 
 def test_toml_syntax_error_has_path_and_line(tmp_path):
@@ -334,6 +334,46 @@ def test_file_exists_must_stay_in_the_workspace(tmp_path, value):
     p = write(tmp_path, f'prompts = ["a"]\n[[checks]]\nfile_exists = "{value}"\n')
     with pytest.raises(TaskError, match=r":3: checks\[0\]\.file_exists: must be a path relative to the workspace"):
         load_task(p)
+
+
+@pytest.mark.parametrize("value", ["/etc/passwd", "../secret.txt", "data/../../secret.txt", "~/.ssh/id_rsa",
+                                   "..\\\\secret.txt", ""])
+def test_files_come_only_from_the_task_files_folder(tmp_path, value):
+    """A task file is often someone else's: it must not copy the user's files into the sandbox."""
+    p = write(tmp_path, f'prompts = ["a"]\nfiles = ["{value}"]\n')
+    with pytest.raises(TaskError, match=r":2: files: .* must be a path inside the task file's folder"):
+        load_task(p)
+
+
+def test_a_link_out_of_the_task_folder_is_refused_and_never_copied(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("host secret\n")
+    folder = tmp_path / "task"
+    folder.mkdir()
+    (folder / "data.csv").symlink_to(secret)
+    (folder / "data").symlink_to(tmp_path)
+    for name in ("data.csv", "data", "data/secret.txt"):
+        p = write(folder, f'prompts = ["a"]\nfiles = ["{name}"]\n')
+        with pytest.raises(TaskError, match=rf"{p}:2: files: '{name}' leads out of the task file's folder"):
+            load_task(p)
+    # parse_task does not look at the disk: the run refuses it then, as a setup error, copying nothing
+    task = parse_task('prompts = ["a"]\nfiles = ["data.csv"]\n', folder / "t.toml")
+    r = run_tasks([task], tmp_path / "out", {task.name: ScriptedBackend(["hi"])}, show_progress=False)[0]
+    assert r.status == "error" and "leads out of the task file's folder" in r.error
+    assert not (tmp_path / "out" / "t" / "workspace" / "data.csv").exists()
+
+
+def test_links_inside_a_copied_folder_are_not_followed(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("host secret\n")
+    (tmp_path / "task" / "folder").mkdir(parents=True)
+    (tmp_path / "task" / "folder" / "ok.txt").write_text("ok\n")
+    (tmp_path / "task" / "folder" / "leak.txt").symlink_to(secret)
+    text = 'prompts = ["a"]\nfiles = ["folder"]\n'
+    task = load_task(write(tmp_path / "task", text))
+    r = run_tasks([task], tmp_path / "out", {task.name: ScriptedBackend(["hi"])}, show_progress=False)[0]
+    ws = tmp_path / "out" / "t" / "workspace" / "folder"
+    assert r.status == "passed" and (ws / "ok.txt").read_text() == "ok\n" and not (ws / "leak.txt").exists()
 
 
 def test_invalid_utf8_names_the_file_and_line(tmp_path, capsys):

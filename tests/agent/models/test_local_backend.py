@@ -262,3 +262,71 @@ def test_a_cancel_event_cancels_only_when_set(local_backend):
     gone = threading.Event()
     gone.set()
     assert [e for e in local_backend.stream(msgs, max_tokens=8, cancel=gone)][-1].reply.finish_reason == "cancelled"
+
+
+# --- a model folder is data, never code ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A 1-layer Llama with the embedded model's tokenizer: (folder maker, its state dict)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=49152, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2)
+    tokenizer = AutoTokenizer.from_pretrained(embedded.embedded_model_dir(progress=False))
+    model = LlamaForCausalLM(config)
+
+    def folder(path):
+        path.mkdir()
+        config.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        return path
+
+    return folder, model.state_dict()
+
+
+class RunsCode:
+    """Unpickled, it would write `marker`: what a hostile pytorch_model.bin holds."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
+
+
+def test_pickled_weights_load_as_tensors_only(tmp_path, tiny_model):
+    import torch
+
+    from agent.models.local import LocalBackend
+
+    make, state = tiny_model
+    plain = make(tmp_path / "plain")
+    torch.save(dict(state), plain / "pytorch_model.bin")  # an older model: tensors in a pickle
+    assert LocalBackend(str(plain), device="cpu", progress=False).capabilities.parameters > 0
+    hostile, marker = make(tmp_path / "hostile"), tmp_path / "marker"
+    torch.save({**state, "x": RunsCode(marker)}, hostile / "pytorch_model.bin")
+    with pytest.raises(BackendError) as e:
+        LocalBackend(str(hostile), device="cpu", progress=False)
+    assert not marker.exists()
+    assert "its pickled PyTorch weights hold Python objects besides tensors" in str(e.value)
+    assert "\n" not in str(e.value)
+    torch.load(hostile / "pytorch_model.bin", weights_only=False)  # the file is hostile indeed
+    assert marker.read_text() == "ran"
+
+
+def test_a_model_folders_own_code_never_runs(tmp_path, tiny_model, monkeypatch):
+    from agent.models.local import LocalBackend
+
+    make, _ = tiny_model
+    folder, marker = make(tmp_path / "custom"), tmp_path / "marker"
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="custom-llama", auto_map={"AutoConfig": "custom.Config",
+                                                       "AutoModelForCausalLM": "custom.Model"})
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "custom.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n"
+                                      "from transformers import LlamaConfig as Config, LlamaForCausalLM as Model\n")
+    monkeypatch.setattr("builtins.input", lambda *a: pytest.fail("transformers asked whether to run the code"))
+    with pytest.raises(BackendError, match="needs its own Python code .* which kernelchat never runs"):
+        LocalBackend(str(folder), device="cpu", progress=False)
+    assert not marker.exists()

@@ -22,7 +22,7 @@ from agent.core.backend import BackendError, Capabilities
 from agent.core.messages import Done, Message, Reply, TextDelta, Usage
 from agent.models import get_backend
 from agent.models.resident import (Address, ResidentBackend, ResidentUnavailable, ask, code_fingerprint,
-                                   private_dir, server_env, servers, stop_servers)
+                                   runtime_folder, server_env, servers, stop_servers)
 from agent.models.resident_server import Server
 from agent.models.scripted import ScriptedBackend
 
@@ -47,7 +47,7 @@ def runtime(monkeypatch) -> Iterator[Path]:
 def serve_in_thread(backend: Any, model_dir: Path, keep_alive: float = 60.0) -> Server:
     """A Server on the address a ResidentBackend(model_dir) looks for, in a thread of this process."""
     addr = Address.of(str(model_dir), str(model_dir))
-    server = Server(backend, str(model_dir), addr.socket, keep_alive)
+    server = Server(backend, str(model_dir), addr.endpoint, keep_alive)
     threading.Thread(target=server.serve, daemon=True).start()
     assert server.ready.wait(10)
     IN_THREAD.append(server)
@@ -158,25 +158,31 @@ def test_an_open_runtime_folder_is_refused(runtime):
     (runtime / "kernelchat").mkdir(mode=0o777)
     os.chmod(runtime / "kernelchat", 0o777)
     with pytest.raises(ResidentUnavailable, match="only this user"):
-        private_dir()
+        runtime_folder()
 
 
 def test_a_linked_runtime_folder_is_refused(runtime, tmp_path):
     (runtime / "kernelchat").symlink_to(tmp_path)  # another user's folder, say
-    with pytest.raises(ResidentUnavailable):
-        private_dir()
+    with pytest.raises(ResidentUnavailable, match="is a symbolic link"):
+        runtime_folder()
 
 
-def test_a_socket_path_too_long_is_refused(monkeypatch, tmp_path):
+def test_a_deep_runtime_folder_is_served_through_its_descriptor(monkeypatch, tmp_path):
+    """sun_path holds 108 bytes; /proc/self/fd/N/KEY.sock is always short, however deep the folder."""
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(deep))
-    with pytest.raises(ResidentUnavailable, match="too long"):
-        Address.of("m", "/x")
+    try:
+        serve_in_thread(ScriptedBackend(["deep"]), tmp_path)
+        assert len(os.fsencode(Address.of(str(tmp_path), str(tmp_path)).socket)) > 108
+        assert ResidentBackend(str(tmp_path), keep_alive=30).complete(QUESTION).message.content == "deep"
+    finally:
+        while IN_THREAD:
+            IN_THREAD.pop().stopping.set()
 
 
 def test_the_address_follows_model_precision_and_code(runtime, tmp_path):
     a = Address.of("hf:smollm2", str(tmp_path), "auto")
-    assert a == Address.of("hf:smollm2", str(tmp_path), "auto")
+    assert a.socket == Address.of("hf:smollm2", str(tmp_path), "auto").socket
     assert a.socket != Address.of("hf:smollm2", str(tmp_path), "fp32").socket
     (tmp_path / "model.safetensors").write_bytes(b"new weights")  # the model's files changed
     assert a.socket != Address.of("hf:smollm2", str(tmp_path), "auto").socket
@@ -337,4 +343,4 @@ def test_a_hub_id_is_addressed_by_the_snapshot_its_cache_points_at(runtime, tmp_
     (refs / "main").write_text("def456")  # a newer download
     third = Address.of("hf:org/tiny", "org/tiny")
     assert len({first.socket, second.socket, third.socket}) == 3
-    assert Address.of("hf:org/tiny", "org/tiny") == third
+    assert Address.of("hf:org/tiny", "org/tiny").socket == third.socket

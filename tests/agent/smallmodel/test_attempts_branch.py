@@ -23,5 +23,5 @@ def test_after_load_a_later_attempt_has_the_branchs_variables(tmp_path):
               progress=False, path=path) as chat:
         assert chat("Set x to 5") == "5"
     backend = ScriptedBackend(["x is five.", code("print(x + 1)")], capabilities=SMALL)  # attempt 1: no code
-    with Chat.load(path, backend=backend, workspace=tmp_path, progress=False) as chat:
+    with Chat.load(path, backend=backend, workspace=tmp_path, progress=False, trust_cells=True) as chat:
         assert chat("What is x + 1?") == "6"
