@@ -17,7 +17,7 @@ from agent.smallmodel.strategy import MAX_TOKENS_PER_STEP, SMALL_MODEL_SYSTEM, E
 from agent.smallmodel.toolmodel import SmallToolModelStrategy
 
 # Tool-trained models below this size get the small-model mode's variant for them: measured on
-# Qwen2.5-Coder 0.5B and 1.5B (README, "Small models"); larger ones were not measured here.
+# Qwen2.5-Coder 0.5B and 1.5B (docs/models.md, "Small models"); larger ones were not measured here.
 SMALL_TOOL_MODEL_PARAMETERS = 4_000_000_000
 
 T = TypeVar("T")

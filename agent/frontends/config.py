@@ -107,8 +107,8 @@ def load_config(path: Path | None = None) -> ConfigFile:
         err = e.errors()[0]
         key = ".".join(map(str, err["loc"])) or "the file"
         if err["type"] == "extra_forbidden":
-            raise ValueError(f"{path}: unknown key {_short(key)}; remove it or fix its spelling (the README's "
-                             "Configuration section lists the keys)") from None
+            raise ValueError(f"{path}: unknown key {_short(key)}; remove it or fix its spelling "
+                             "(docs/configuration.md lists the keys)") from None
         msg = err["msg"][0].lower() + err["msg"][1:]
         raise ValueError(f"{path}: {_cut(key)}: {msg}, got {_short(err['input'])}; fix it in the configuration file") from None
 

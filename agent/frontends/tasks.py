@@ -53,7 +53,7 @@ class SandboxSpec(_Strict):
     memory_mb: int | None = Field(default=None, gt=0, le=MAX_MB)
     disk_mb: int | None = Field(default=None, gt=0, le=MAX_MB, description="workspace disk quota (default: a share of the free space)")
     timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False, description="seconds per cell")
-    isolation: Literal["bwrap", "none", "gateway"] | None = None  # gateway: see the README
+    isolation: Literal["bwrap", "none", "gateway"] | None = None  # gateway: see docs/sandbox.md
 
 
 NAME_MAX = 100  # characters of a task name: it names a folder, with room for a "-2" suffix

@@ -1,5 +1,5 @@
 """JSON pieces of the tool-call parser (toolparse.py): repair of malformed JSON, and what counts as a
-call object. Conventions are in toolparse.py's docstring and the README ("Tool calls written as text")."""
+call object. Conventions are in toolparse.py's docstring and docs/models.md ("Tool calls written as text")."""
 
 from __future__ import annotations
 

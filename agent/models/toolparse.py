@@ -10,7 +10,7 @@ several, separated by nothing, spaces, newlines, `,` or `;`; also in ```json or 
 without tool training (the embedded SmolLM2) write ```python blocks; when a tool named `python` is
 offered, those become one call `python({"code": ...})`.
 
-Conventions (also in the README, "Tool calls written as text"):
+Conventions (also in docs/models.md, "Tool calls written as text"):
 - `arguments` and `parameters` are the same thing. A call's `arguments` is JSON text: a string that
   holds a JSON object is decoded once; any other string is kept as a JSON string.
 - After a marker (`<tool_call>`, `<|python_tag|>`, `<|tool_call|>`, `[TOOL_CALLS]`) an object with a

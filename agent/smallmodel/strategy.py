@@ -29,7 +29,7 @@ You are a helpful assistant. Answer every question with one Python code block th
 the answer and prints it. Use the exact numbers and words from the question.
 """
 
-EXAMPLE_BONUS = 2.0  # best of 0 to 5 on bench/small_model_accuracy.py: see the README's performance section
+EXAMPLE_BONUS = 2.0  # best of 0 to 5 on bench/small_model_accuracy.py: see docs/performance.md
 SAMPLE_TEMPERATURE = 0.7  # for the attempts after the first (greedy) one
 MAX_TOKENS_PER_STEP = 384  # a code block is short; a small model that runs on is rambling, and each token costs time
 

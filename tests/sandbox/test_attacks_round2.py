@@ -62,7 +62,7 @@ finally:
 """
 
 
-@pytest.mark.skipif(not ROOT, reason="as an ordinary user the sandbox shares the host's uid (README)")
+@pytest.mark.skipif(not ROOT, reason="as an ordinary user the sandbox shares the host's uid (docs/sandbox.md)")
 def test_host_never_connects_to_a_socket_the_kernel_links_its_own_to(tmp_path):
     folder = tempfile.mkdtemp(prefix="kc-test-hostsock-")
     target = os.path.join(folder, "s")
