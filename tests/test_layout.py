@@ -1,11 +1,14 @@
-"""The architecture's rules, checked on the source so they stay true (README: "The layout").
+"""The architecture's rules, checked on the source so they stay true (docs/development.md: "The layout").
 
-- no import cycles between modules;
+- no import cycles between modules, counting every import: at the top, inside a function (run
+  later, but still a dependency) and under `if TYPE_CHECKING:` (never run, but a type from the
+  module that imports this one is the same circle, drawn in annotations);
 - no private names (a leading underscore) used across modules;
 - layers: `sandbox/` imports nothing above it, `tools/` nothing from `agent/`, the agent's core no
   front end, no model implementation and no small-model code; the small-model strategy is imported
   only by the composition root (`agent/chat.py`) and front ends;
 - no module over 500 lines;
+- no new constructor over 12 parameters (today's wide ones are listed, with their counts);
 - `tests/` mirrors the packages.
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 import ast
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -52,35 +56,64 @@ def in_type_checking(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
     return False
 
 
-def imports(name: str) -> list[tuple[str, list[str], int]]:
-    """(module imported, names taken from it, line) for every import of ours in `name`."""
-    path = MODULES[name]
-    tree = ast.parse(path.read_text())
+def in_function(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
+    while node in parents:
+        node = parents[node]
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            return True
+    return False
+
+
+class Import(NamedTuple):
+    module: str        # the module imported
+    names: list[str]   # the names taken from it (`from m import a, b`), else []
+    line: int
+    where: str         # "top", "function" (imported when the function runs) or "typing" (TYPE_CHECKING)
+
+
+def imports_in(source: str, name: str, is_package: bool = False) -> list[Import]:
+    """Every import of ours in the module `name` whose text is `source`: top-level, in functions
+    and under TYPE_CHECKING alike."""
+    tree = ast.parse(source)
     parents = {child: parent for parent in ast.walk(tree) for child in ast.iter_child_nodes(parent)}
     out = []
     for node in ast.walk(tree):
-        if in_type_checking(node, parents):
+        if not isinstance(node, (ast.Import, ast.ImportFrom)):
             continue
+        where = ("typing" if in_type_checking(node, parents) else
+                 "function" if in_function(node, parents) else "top")
         if isinstance(node, ast.Import):
-            out += [(a.name, [], node.lineno) for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            target = resolve(name, path.name == "__init__.py", node)
+            out += [Import(a.name, [], node.lineno, where) for a in node.names]
+        else:
+            target = resolve(name, is_package, node)
             names = [a.name for a in node.names]
             # `from pkg import submodule` imports the submodule
             subs = [f"{target}.{n}" for n in names if f"{target}.{n}" in MODULES]
-            out += [(s, [], node.lineno) for s in subs]
+            out += [Import(s, [], node.lineno, where) for s in subs]
             rest = [n for n in names if f"{target}.{n}" not in MODULES]
             if rest:
-                out.append((target, rest, node.lineno))
-    return [(m, ns, line) for m, ns, line in out if m.split(".")[0] in PACKAGES]
+                out.append(Import(target, rest, node.lineno, where))
+    return [i for i in out if i.module.split(".")[0] in PACKAGES]
+
+
+def imports(name: str) -> list[Import]:
+    """Every import of ours in the module `name`."""
+    path = MODULES[name]
+    return imports_in(path.read_text(), name, path.name == "__init__.py")
 
 
 def graph() -> dict[str, set[str]]:
-    return {name: {m for m, _, _ in imports(name) if m in MODULES and m != name} for name in MODULES}
+    return {name: {i.module for i in imports(name) if i.module in MODULES and i.module != name} for name in MODULES}
 
 
-def test_no_import_cycles():
-    g = graph()
+def edge(a: str, b: str) -> str:
+    """How `a` imports `b`, for a cycle's report: `a -[line 85, function]-> b`."""
+    how = ", ".join(f"line {i.line}" + ("" if i.where == "top" else f" {i.where}")
+                    for i in imports(a) if i.module == b)
+    return f"{a} -[{how}]-> {b}"
+
+
+def find_cycles(g: dict[str, set[str]]) -> list[list[str]]:
     cycles, state, stack = [], {}, []
 
     def visit(n: str) -> None:
@@ -88,7 +121,7 @@ def test_no_import_cycles():
         stack.append(n)
         for m in sorted(g[n]):
             if state.get(m) == "open":
-                cycles.append(" -> ".join(stack[stack.index(m):] + [m]))
+                cycles.append(stack[stack.index(m):] + [m])
             elif m not in state:
                 visit(m)
         stack.pop()
@@ -97,7 +130,15 @@ def test_no_import_cycles():
     for n in sorted(g):
         if n not in state:
             visit(n)
-    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+    return cycles
+
+
+def test_no_import_cycles():
+    """No circle of imports, whether its imports run at import time, when a function runs or
+    only for the type checker: each is a dependency, and a circle of them is one tangle."""
+    cycles = find_cycles(graph())
+    assert not cycles, "import cycles:\n" + "\n".join(
+        "  " + "; ".join(edge(a, b) for a, b in zip(c, c[1:])) for c in cycles)
 
 
 # Underscore names that are public API of the standard library or of our dependencies.
@@ -109,7 +150,7 @@ ATTR = re.compile(r"(?<![\w.])(?!self\b|cls\b)([A-Za-z]\w*)\._([a-z]\w*)\b")
 def test_no_private_names_across_modules():
     found = []
     for name, path in MODULES.items():
-        for target, names, line in imports(name):
+        for target, names, line, _ in imports(name):
             found += [f"{path.relative_to(ROOT)}:{line}: imports {target}.{n}" for n in names
                       if n.startswith("_") and not n.startswith("__") and n not in ALLOWED_PRIVATE]
         for i, text in enumerate(path.read_text().splitlines(), 1):
@@ -138,7 +179,7 @@ def within(name: str, prefix: str) -> bool:
 def test_layers(layer, forbidden):
     bad = [f"{MODULES[n].relative_to(ROOT)}:{line}: {n} imports {m}"
            for n in MODULES if within(n, layer)
-           for m, _, line in imports(n) if any(within(m, f) for f in forbidden)]
+           for m, _, line, _ in imports(n) if any(within(m, f) for f in forbidden)]
     assert not bad, "\n".join(bad)
 
 
@@ -146,13 +187,49 @@ def test_small_model_strategy_is_a_plug_in():
     """Nothing imports agent.smallmodel except the composition root and the front ends."""
     allowed = ("agent.smallmodel", "agent.chat", "agent.frontends")
     bad = [f"{n} imports {m}" for n in MODULES if not any(within(n, a) for a in allowed)
-           for m, _, _ in imports(n) if within(m, "agent.smallmodel")]
+           for m, *_ in imports(n) if within(m, "agent.smallmodel")]
     assert not bad, "\n".join(bad)
 
 
 def test_modules_are_small():
     big = {str(p.relative_to(ROOT)): n for p in MODULES.values() if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not big, f"modules over {MAX_LINES} lines: {big}"
+
+
+MAX_PARAMETERS = 12
+# Today's constructors over MAX_PARAMETERS, with their counts: these may shrink, never grow.
+WIDE_CONSTRUCTORS = {
+    "agent.core.session.Session": 24,
+    "sandbox.base.Kernel": 16,
+}
+
+
+def constructor_widths() -> dict[str, int]:
+    """Every class's `__init__` in our packages: its named parameters (`self`, `*args` and
+    `**kwargs` not counted), by `module.Class`."""
+    out = {}
+    for name, path in MODULES.items():
+        for cls in ast.walk(ast.parse(path.read_text())):
+            if isinstance(cls, ast.ClassDef):
+                for f in cls.body:
+                    if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) and f.name == "__init__":
+                        a = f.args
+                        out[f"{name}.{cls.name}"] = len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs) - 1
+    return out
+
+
+def test_no_new_wide_constructors():
+    """No constructor over MAX_PARAMETERS parameters but the ones listed in WIDE_CONSTRUCTORS,
+    each at exactly its listed count. An explicit allow-list of today's offenders, not a rule they
+    pass: it fails when a new wide constructor appears, when an offender grows (group the new
+    options into an object instead), and when one shrinks (lower its count here, or drop it from
+    the list once it is within MAX_PARAMETERS, so the list only ever tightens)."""
+    widths = constructor_widths()
+    wide = {k: n for k, n in widths.items() if n > MAX_PARAMETERS}
+    new = {k: n for k, n in wide.items() if k not in WIDE_CONSTRUCTORS}
+    assert not new, f"constructors over {MAX_PARAMETERS} parameters: {new}"
+    changed = {k: f"{n} listed, {widths.get(k)} now" for k, n in WIDE_CONSTRUCTORS.items() if widths.get(k) != n}
+    assert not changed, f"WIDE_CONSTRUCTORS is out of date (a count may only go down): {changed}"
 
 
 def test_tests_mirror_the_packages():
@@ -163,6 +240,30 @@ def test_tests_mirror_the_packages():
               and d.name not in ("data", "__pycache__") and "data" not in d.relative_to(ROOT).parts
               and d.relative_to(ROOT / "tests") not in packages]
     assert not strays, f"test folders that mirror no package: {strays}"
+
+
+SAMPLE = """
+from typing import TYPE_CHECKING
+
+from agent.core.messages import Message
+
+if TYPE_CHECKING:
+    from agent.core.session import Session
+
+
+def later():
+    from agent.core import tree
+    import sandbox.limits
+"""
+
+
+def test_the_checker_sees_every_kind_of_import():
+    """Top-level, function-level and TYPE_CHECKING imports are all found, and all count for cycles."""
+    found = {(i.module, i.where) for i in imports_in(SAMPLE, "agent.core.sample")}
+    assert found == {("agent.core.messages", "top"), ("agent.core.session", "typing"),
+                     ("agent.core.tree", "function"), ("sandbox.limits", "function")}, found
+    assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert find_cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
 
 
 def test_the_rules_see_the_imports():

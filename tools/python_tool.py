@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import queue
 import re
 import threading
@@ -12,7 +11,7 @@ from typing import Generator
 
 from sandbox import ExecResult, Kernel
 
-from tools.schema import Outcome, Output, ToolContext
+from tools.schema import Outcome, Output, ToolContext, parse_arguments
 from tools.text import MAX_MESSAGE_CHARS, clip
 
 DESCRIPTION = ("Run Python code in a persistent Jupyter kernel and get its output. State persists between "
@@ -60,14 +59,17 @@ def render(res: ExecResult, max_chars: int = MAX_MESSAGE_CHARS) -> str:
             parts.append(o.text)
     if res.status == "error":
         parts.append(trim_traceback(res.traceback or f"{res.error_name}: {res.error_value}"))
-    for label, path in (("stdout", res.stdout_file), ("stderr", res.stderr_file)):
-        if path:
-            parts.append(f"[{label} was long and was cut; the full text is in {path}]")
-    if res.message:
-        parts.append(f"[{res.message}]")
+    parts += notes_of(res)
     if not parts:
         parts.append("[done, no output]" if res.ok else f"[{res.status}]")
     return clip("\n".join(parts), max_chars)
+
+
+def notes_of(res: ExecResult) -> list[str]:
+    """The lines the tool message ends with: where cut streams went, and what happened, in words."""
+    notes = [f"[{label} was long and was cut; the full text is in {path}]"
+             for label, path in (("stdout", res.stdout_file), ("stderr", res.stderr_file)) if path]
+    return notes + ([f"[{res.message}]"] if res.message else [])
 
 
 REJECTED = "The user did not allow this code to run. Ask them, or try a different approach."
@@ -116,14 +118,7 @@ class PythonTool:
 
 def code_of(arguments: str) -> str:
     """The code of a call's arguments; ValueError worded for the model."""
-    try:
-        value = json.loads(arguments or "{}")
-    except json.JSONDecodeError as e:
-        raise ValueError(f"the arguments of tool call 'python' are not valid JSON ({e.msg} at "
-                         f"position {e.pos}): {arguments[:200]!r}") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"the arguments of tool call 'python' must be a JSON object, got {type(value).__name__}")
-    code = value.get("code")
+    code = parse_arguments("python", arguments).get("code")
     if not isinstance(code, str):
         raise ValueError('Error: the python tool takes {"code": "<python source>"}: '
                          f"`code` must be a string, got {type(code).__name__}")

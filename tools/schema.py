@@ -57,6 +57,19 @@ class Runnable(Protocol):
 _PARAM_LINE = re.compile(r"^\s*[:@]?(?:param\s+)?(\w+)\s*(?:\([^)]*\))?\s*:\s*(.+)$")
 
 
+def parse_arguments(name: str, arguments: str) -> dict[str, Any]:
+    """A tool call's arguments (JSON text as the model wrote it) as a dict: the one parser of them.
+    ValueError worded for the model."""
+    try:
+        value = json.loads(arguments or "{}")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"the arguments of tool call {name!r} are not valid JSON ({e.msg} at "
+                         f"position {e.pos}): {arguments[:200]!r}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"the arguments of tool call {name!r} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
 def _doc_parts(fn: Callable) -> tuple[str, dict[str, str]]:
     """The summary and per-parameter descriptions (Google `name: text` or reST `:param name: text`)."""
     doc = inspect.getdoc(fn) or ""
@@ -110,10 +123,9 @@ class Tool:
         """Parse and validate; raises ValueError worded for the model."""
         if isinstance(arguments, str):
             try:
-                arguments = json.loads(arguments or "{}")
-            except json.JSONDecodeError as e:
-                raise ValueError(f"Error: the arguments for {self.name} are not valid JSON ({e.msg} at position "
-                                 f"{e.pos}). Send a JSON object like {self.example()}.") from None
+                arguments = parse_arguments(self.name, arguments)
+            except ValueError as e:
+                raise ValueError(f"Error: {e}. Send a JSON object like {self.example()}.") from None
         if not isinstance(arguments, dict):
             raise ValueError(f"Error: the arguments for {self.name} must be a JSON object like {self.example()}.")
         try:

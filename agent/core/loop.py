@@ -3,42 +3,80 @@
 
 How a turn goes is a `TurnStrategy`'s: the plain one here is the tool loop; another (the
 small-model mode) plugs in through the same few hooks and reuses `request` and `run_call`.
+
+The loop works on a `LoopSession`: what it uses of `agent.core.session.Session`, named here so
+that this module needs nothing from the session module, which imports it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
-from sandbox import ExecResult
-from tools.schema import Outcome, ToolContext
+from sandbox import ExecResult, Kernel
+from tools.schema import Outcome, Runnable, ToolContext
 from tools.text import clip
 
-from agent.core.budget import BudgetExceeded, fit_context
+from agent.core.backend import Backend
+from agent.core.budget import BudgetExceeded, BudgetTracker, fit_context
 from agent.core.events import (AnswerEvent, Event, NoticeEvent, TextEvent, ToolCallEvent, ToolOutputEvent,
                                ToolResultEvent, UsageEvent)
 from agent.core.messages import Done, Message, Reply, TextDelta, ToolCall, Usage, tool_result
-from agent.core.tree import CellRecord, figures_of
-
-if TYPE_CHECKING:
-    from agent.core.session import Session
+from agent.core.tree import CellRecord, Node, OutcomeStatus, TurnOutcome, figures_of, returned
 
 COMPLETION_ALLOWANCE = 1024  # tokens asked for per step by default, clipped by the budget
 MIN_CELL_SECONDS = 0.5  # a cell the time budget leaves less for still starts, and stops at once
 
 
+@runtime_checkable
+class LoopSession(Protocol):
+    """What the loop (and a notebook start) use of a session; `agent.core.session.Session` is the
+    one there is. A strategy that needs more of it (agent.smallmodel) takes the Session itself."""
+
+    backend: Backend
+    tracker: BudgetTracker  # the budgets, and the time and tokens spent
+    strategy: TurnStrategy
+    max_steps: int
+    max_tokens_per_step: int
+    temperature: float | None
+    timeout: float  # a cell's, in seconds
+    use_python: bool
+    approve: Callable[[str], bool | str | None] | None  # may a cell run (see Session)
+    # Text to (text without the calls, calls), for replies written as text; None: no such parsing.
+    parse_calls: Callable[[str, list[str]], tuple[str, list[ToolCall]]] | None
+
+    @property
+    def usage(self) -> Usage: ...
+
+    def messages(self) -> list[Message]: ...
+
+    def all_tools(self) -> dict[str, Runnable]: ...
+
+    def tool_schemas(self) -> list[dict]: ...
+
+    def kernel(self, follow_branch: bool = True) -> Kernel: ...
+
+    def append(self, message: Message, **meta: Any) -> Node: ...
+
+    def end_turn(self, status: OutcomeStatus, note: str = "") -> TurnOutcome: ...
+
+    def record_cell(self, node_id: str) -> None: ...
+
+    def forget_kernel_cells(self) -> None: ...
+
+
 class TurnStrategy:
     """How a turn runs. This one is the plain tool loop; subclasses override the hooks they need."""
 
-    def run_turn(self, session: "Session") -> Iterator[Event]:
+    def run_turn(self, session: LoopSession) -> Iterator[Event]:
         """Run the loop from the active leaf (which ends with a user or tool message)."""
         return steps(session)
 
-    def prepare_request(self, session: "Session", messages: list[Message]) -> tuple[list[Message], dict[str, Any]]:
+    def prepare_request(self, session: LoopSession, messages: list[Message]) -> tuple[list[Message], dict[str, Any]]:
         """The messages to send for the conversation `messages`, and extra arguments for the
         backend's `stream` (the decoding guides its capabilities declare)."""
         return messages, {}
 
-    def revise_reply(self, session: "Session", msg: Message) -> tuple[Message, list[str]]:
+    def revise_reply(self, session: LoopSession, msg: Message) -> tuple[Message, list[str]]:
         """A model's reply before it joins the conversation: the message to keep instead, and
         notices for the user saying what changed (the plain loop keeps every reply as it came)."""
         return msg, []
@@ -47,7 +85,7 @@ class TurnStrategy:
         """After a cell ran: the code to run instead, and a notice saying so; None: keep the result."""
         return None
 
-    def result_text(self, session: "Session", call: ToolCall, text: str) -> str:
+    def result_text(self, session: LoopSession, call: ToolCall, text: str) -> str:
         """The text the model reads for a tool's result (the plain loop: the tool's own)."""
         return text
 
@@ -59,7 +97,7 @@ class TurnStrategy:
 PLAIN = TurnStrategy()
 
 
-def steps(session: "Session") -> Iterator[Event]:
+def steps(session: LoopSession) -> Iterator[Event]:
     """Model steps: each reply's tool calls run and their results go back, until a final answer."""
     schemas = session.tool_schemas()
     last_text = ""
@@ -78,7 +116,7 @@ def steps(session: "Session") -> Iterator[Event]:
     yield AnswerEvent(text=text, steps=session.max_steps, outcome="max_steps")
 
 
-def request(session: "Session", schemas: list[dict], temperature: float | None) -> Iterator[Event]:
+def request(session: LoopSession, schemas: list[dict], temperature: float | None) -> Iterator[Event]:
     """One model request within the budget, streamed as events; its reply is appended to the
     conversation and returned (its python blocks as calls where the model wrote no calls)."""
     reply = yield from _send(session, schemas, temperature)
@@ -90,7 +128,7 @@ def request(session: "Session", schemas: list[dict], temperature: float | None) 
     return msg
 
 
-def _send(session: "Session", schemas: list[dict], temperature: float | None) -> Iterator[Event]:
+def _send(session: LoopSession, schemas: list[dict], temperature: float | None) -> Iterator[Event]:
     backend = session.backend
     messages, extra = session.strategy.prepare_request(session, session.messages())
     count = lambda ms: backend.count_prompt_tokens(ms, schemas)  # noqa: E731
@@ -130,7 +168,7 @@ def _send(session: "Session", schemas: list[dict], temperature: float | None) ->
     return reply
 
 
-def stopped_usage(session: "Session", prompt_tokens: int, text: str) -> Usage:
+def stopped_usage(session: LoopSession, prompt_tokens: int, text: str) -> Usage:
     """What an answer stopped mid-stream cost: the provider bills the prompt and the tokens it
     generated, and sent no usage, so the prompt estimate and a local count of the text stand in."""
     completion = max(session.backend.count_prompt_tokens([Message(role="assistant", content=text)])
@@ -140,7 +178,7 @@ def stopped_usage(session: "Session", prompt_tokens: int, text: str) -> Usage:
                  cost_usd=price.cost(prompt_tokens, completion) if price is not None else 0.0)
 
 
-def _fenced_calls(session: "Session", msg: Message) -> Message:
+def _fenced_calls(session: LoopSession, msg: Message) -> Message:
     """A server without tool support (or a model without tool training) answers with ```python
     blocks: when the python tool is offered, the session's parser makes those calls of it."""
     if msg.tool_calls or not session.use_python or session.parse_calls is None or "```" not in (msg.content or ""):
@@ -151,7 +189,7 @@ def _fenced_calls(session: "Session", msg: Message) -> Message:
     return msg.model_copy(update={"content": text or None, "tool_calls": calls})
 
 
-def run_call(session: "Session", call: ToolCall, follow_branch: bool = True) -> Iterator[Event]:
+def run_call(session: LoopSession, call: ToolCall, follow_branch: bool = True) -> Iterator[Event]:
     """Run one tool call, streaming its output; its result is appended and returned as an event.
     `follow_branch=False`: a cell runs in the kernel as it is (see Session.kernel)."""
     tools = session.all_tools()
@@ -177,7 +215,7 @@ def run_call(session: "Session", call: ToolCall, follow_branch: bool = True) -> 
     return (yield from _record(session, call, outcome))
 
 
-def _record(session: "Session", call: ToolCall, outcome: Outcome) -> Iterator[Event]:
+def _record(session: LoopSession, call: ToolCall, outcome: Outcome) -> Iterator[Event]:
     """The outcome into the conversation (a cell also into the tree's record of the kernel)."""
     # A tool's return value (or error) of any size becomes one bounded message.
     text = session.strategy.result_text(session, call, clip(outcome.text))
@@ -185,7 +223,7 @@ def _record(session: "Session", call: ToolCall, outcome: Outcome) -> Iterator[Ev
     cell = None
     if outcome.code is not None:  # a cell: run (res), or refused by the user
         ran = dict(images=res.images, figures=figures_of(res), duration=res.duration,
-                   execution_count=res.execution_count) if res else {}
+                   execution_count=res.execution_count, **returned(res)) if res else {}
         status = outcome.status
         if res is not None and res.status == "error" and res.error_name == "KeyboardInterrupt":
             status = "interrupted"  # the kernel reports an interrupt as an error: replay must tell them apart
@@ -204,7 +242,7 @@ def _record(session: "Session", call: ToolCall, outcome: Outcome) -> Iterator[Ev
     return ev
 
 
-def cell_timeout(session: "Session") -> tuple[float, str | None]:
+def cell_timeout(session: LoopSession) -> tuple[float, str | None]:
     """A cell's timeout, and why the time budget shortened it: a cell gets at most what is left."""
     left = session.tracker.seconds_left()
     if left is None or left >= session.timeout:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+
+from tools.schema import parse_arguments
 
 Role = Literal["system", "user", "assistant", "tool"]
 
@@ -17,15 +18,7 @@ class ToolCall(BaseModel):
 
     def parsed_arguments(self) -> dict[str, Any]:
         """The arguments as a dict; raises ValueError with a message the model can act on."""
-        try:
-            value = json.loads(self.arguments or "{}")
-        except json.JSONDecodeError as e:
-            raise ValueError(f"the arguments of tool call {self.name!r} are not valid JSON ({e.msg} at "
-                             f"position {e.pos}): {self.arguments[:200]!r}") from None
-        if not isinstance(value, dict):
-            raise ValueError(f"the arguments of tool call {self.name!r} must be a JSON object, "
-                             f"got {type(value).__name__}")
-        return value
+        return parse_arguments(self.name, self.arguments)
 
     def to_openai(self) -> dict[str, Any]:
         return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}

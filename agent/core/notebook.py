@@ -2,9 +2,11 @@
 answer, attempt labels and how a turn ended marked as the HTML export marks them), each python cell
 as a code cell with its outputs and the HTML's `In [n]` count, images embedded from the tree's bytes.
 
-A `CellRecord` keeps the text the model saw, not the kernel's separate streams, so the outputs are
-taken apart from that text, which `tools.python_tool.render` lays out as: stdout, `[stderr]` and
-stderr, `Out: ` and the last value, `[image saved: PATH]` lines, the traceback, then `[...]` notes."""
+A cell's outputs are made from the kernel's fields its `CellRecord` keeps (stdout, stderr, the
+result, Markdown displays, the figures, the error, the notes). Files written before those fields
+were kept have only the text the model saw: their outputs are taken apart from that text, which
+`tools.python_tool.render` lays out as: stdout, `[stderr]` and stderr, `Out: ` and the last value,
+`[image saved: PATH]` lines, the traceback, then `[...]` notes."""
 
 from __future__ import annotations
 
@@ -76,6 +78,36 @@ def _split_error(lines: list[str]) -> tuple[list[str], list[str]]:
 
 def cell_outputs(cell: CellRecord) -> list[dict[str, Any]]:
     """The nbformat outputs of a cell that ran, in the order a notebook shows them."""
+    if not cell.has_fields:
+        return _outputs_from_text(cell)
+    outputs: list[dict[str, Any]] = []
+    if cell.stdout:
+        outputs.append(_stream("stdout", cell.stdout))
+    if cell.stderr:
+        outputs.append(_stream("stderr", cell.stderr))
+    if cell.result is not None:
+        outputs.append(_result(cell.result))
+    # Markdown the kernel wrote, as text: a viewer would render its HTML and fetch its images
+    outputs += [{"output_type": "display_data", "data": {"text/plain": _lines(text)}, "metadata": {}}
+                for text in cell.markdown]
+    outputs += [o for o in map(_figure, cell.figures) if o is not None]
+    if (e := cell.error) is not None:
+        outputs.append({"output_type": "error", "ename": e.name, "evalue": e.value, "traceback": e.traceback})
+    stored = {f.name for f in cell.figures}
+    notes = [f"[image saved: {p}]" for p in cell.images if PurePath(p).name not in stored] + cell.notes
+    if notes:
+        outputs.append(_stream("stderr", "\n".join(notes)))
+    return outputs
+
+
+def _result(text: str) -> dict[str, Any]:
+    return {"output_type": "execute_result", "execution_count": None, "data": {"text/plain": _lines(text)},
+            "metadata": {}}
+
+
+def _outputs_from_text(cell: CellRecord) -> list[dict[str, Any]]:
+    """Fallback for files written before the kernel's fields were kept: the outputs taken apart
+    from the text the model saw."""
     lines = [] if cell.output.strip() == _NO_OUTPUT else cell.output.split("\n")
     stored = {f.name for f in cell.figures}
     notes: list[str] = []
@@ -113,8 +145,7 @@ def cell_outputs(cell: CellRecord) -> list[dict[str, Any]]:
     if stderr:
         outputs.append(_stream("stderr", "\n".join(stderr)))
     if result is not None:
-        outputs.append({"output_type": "execute_result", "execution_count": None,
-                        "data": {"text/plain": _lines(result)}, "metadata": {}})
+        outputs.append(_result(result))
     outputs += [o for o in map(_figure, cell.figures) if o is not None]
     if failed:
         last = tb[-1] if tb else ""

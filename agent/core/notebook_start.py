@@ -19,14 +19,11 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Callable, Iterator
 
 from agent.core.events import Event, NoticeEvent, ToolResultEvent
-from agent.core.loop import run_call
+from agent.core.loop import LoopSession, run_call
 from agent.core.messages import Message, ToolCall
-
-if TYPE_CHECKING:
-    from agent.core.session import Session
 
 
 def notebook_cells(path: str | Path) -> list[str]:
@@ -53,7 +50,7 @@ def notebook_cells(path: str | Path) -> list[str]:
     return [c.source for c in nb.cells if c.cell_type == "code" and c.source.strip()]
 
 
-def notebook_events(session: "Session", path: str | Path) -> Iterator[Event]:
+def notebook_events(session: LoopSession, path: str | Path) -> Iterator[Event]:
     """Add the notebook's code cells to the active branch, running each in the kernel; yields the
     events of each cell as a turn does (ToolCallEvent, ToolOutputEvent, ToolResultEvent), between
     a notice of what runs and one of how it went."""
@@ -84,7 +81,7 @@ def notebook_events(session: "Session", path: str | Path) -> Iterator[Event]:
     yield NoticeEvent(text=done)
 
 
-def run_notebook(session: "Session", path: str | Path, on_event: Callable[[Event], None] | None = None) -> None:
+def run_notebook(session: LoopSession, path: str | Path, on_event: Callable[[Event], None] | None = None) -> None:
     """`notebook_events`, run to the end (Chat(notebook=...))."""
     for ev in notebook_events(session, path):
         if on_event is not None:

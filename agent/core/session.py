@@ -20,6 +20,7 @@ from agent.core.consent import FileCells, allowed, refusal_notice
 from agent.core.events import AnswerEvent, Event, NoticeEvent
 from agent.core.loop import COMPLETION_ALLOWANCE, PLAIN, TurnStrategy, user_message
 from agent.core.messages import Message, ToolCall, Usage
+from agent.core.notebook_start import run_notebook
 from agent.core.prompts import DEFAULT_SYSTEM
 from agent.core.tree import Branch, Node, OutcomeStatus, Tree, TurnOutcome
 
@@ -82,8 +83,6 @@ class Session:
         self.notices: list[str] = []  # written from the first message on: no file for a run without a prompt
         self.turn_ended = False  # the running turn's outcome is stored
         if notebook is not None:
-            from agent.core.notebook_start import run_notebook  # here: it imports the loop, as this does
-
             try:
                 run_notebook(self, notebook)
             except BaseException:  # no Session to close for the caller: its kernel is closed here

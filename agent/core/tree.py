@@ -11,6 +11,8 @@ from typing import Iterable, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from sandbox import ExecResult
+from tools.python_tool import notes_of
+from tools.text import MAX_MESSAGE_CHARS, clip
 
 from agent.core.messages import Message, Usage, tool_result
 
@@ -33,8 +35,30 @@ def figures_of(res: ExecResult) -> list[Figure]:
             for o in res.outputs if o.data is not None and o.mime.startswith("image/")]
 
 
+class CellError(BaseModel):
+    """The error a cell raised, as the kernel reported it."""
+
+    name: str
+    value: str = ""
+    traceback: list[str] = Field(default_factory=list)  # the kernel's lines, colours stripped
+
+
+def returned(res: ExecResult, limit: int = MAX_MESSAGE_CHARS) -> dict:
+    """What the kernel returned, as CellRecord's fields, each cut to `limit` characters (the sandbox
+    bounds each stream; this bounds what a conversation file keeps of them)."""
+    error = None
+    if res.error_name:
+        tb = clip(res.traceback, limit).split("\n") if res.traceback else []
+        error = CellError(name=res.error_name, value=clip(res.error_value or "", limit), traceback=tb)
+    return dict(stdout=clip(res.stdout, limit), stderr=clip(res.stderr, limit), error=error,
+                result=clip(res.result, limit) if res.result is not None else None,
+                markdown=[clip(o.text, limit) for o in res.outputs if o.mime == "text/markdown" and o.text],
+                notes=[clip(n, limit) for n in notes_of(res)])
+
+
 class CellRecord(BaseModel):
-    """A python tool call as it ran: enough to replay it and to show it."""
+    """A python tool call as it ran: enough to replay it and to show it. Exports are made from the
+    kernel's fields (stdout ... notes); files written before them have only `output`."""
 
     code: str
     # ok | error | interrupted (stopped by Ctrl-C / Kernel.interrupt) | timeout | died | rejected | invalid
@@ -45,13 +69,28 @@ class CellRecord(BaseModel):
     duration: float = 0.0
     executed: bool = True  # False when rejected by the approval hook
     execution_count: int | None = None  # the kernel's count for it (In [n]); None: not known
+    # What the kernel returned (see `returned`); None (stdout): a file written before these were kept
+    stdout: str | None = None
+    stderr: str | None = None
+    result: str | None = None  # text/plain of the last expression
+    error: CellError | None = None
+    markdown: list[str] = Field(default_factory=list)  # text/markdown displays
+    notes: list[str] = Field(default_factory=list)  # what the model was told besides: "[stdout was long ...]"
+
+    @property
+    def has_fields(self) -> bool:
+        """The kernel's fields were kept (not a record of an older file, or of a cell that did not run)."""
+        return self.stdout is not None
 
     @property
     def completed(self) -> bool:
         """The cell ran to its end: ok, or an ordinary error (whose earlier lines may have defined
         names the later cells use). Interrupted, timed-out and killed cells did not."""
-        if self.status == "error" and any(line.startswith("KeyboardInterrupt") for line in self.output.splitlines()):
-            return False  # saved before "interrupted" was recorded: the traceback tells
+        if self.error is not None and self.error.name == "KeyboardInterrupt":
+            return False
+        if (not self.has_fields and self.status == "error"  # older files: the traceback tells
+                and any(line.startswith("KeyboardInterrupt") for line in self.output.splitlines())):
+            return False
         return self.executed and self.status in ("ok", "error")
 
 
