@@ -127,23 +127,6 @@ def test_last_exchanges_show_prompts_answers_and_unusual_outcomes():
 # -- the terminal chat (a real pty) ---------------------------------------------------------------
 
 
-@pytest.fixture
-def term(tmp_path):
-    pytest.importorskip("pexpect")
-    from test_repl import Term
-
-    terms = []
-
-    def start(script, *flags):
-        terms.append(Term(tmp_path, script, *flags))
-        return terms[-1]
-
-    yield start
-    for t in terms:
-        if t.child.isalive():
-            t.child.terminate(force=True)
-
-
 def four_turns() -> Chat:
     chat = saved(["first question", "second question", "third question", "fourth question"],
                  ["answer one", "answer two", python_call("print(3)"), "answer three", "answer four"])

@@ -35,22 +35,11 @@ def plant(path: Path, code: str = HOSTILE) -> Path:
 
 
 @pytest.fixture
-def term(tmp_path):
-    pytest.importorskip("pexpect")
-    from test_repl import Term
-
+def term(term, tmp_path):
+    """conftest's terminal chats, with the workspace the planted file's cell rewrites."""
     (tmp_path / "ws").mkdir()
     (tmp_path / "ws" / "data.csv").write_text("a,b\n1,2\n")
-    terms = []
-
-    def start(script, *flags):
-        terms.append(Term(tmp_path, script, *flags))
-        return terms[-1]
-
-    yield start
-    for t in terms:
-        if t.child.isalive():
-            t.child.terminate(force=True)
+    return term
 
 
 def untouched(ws: Path) -> bool:

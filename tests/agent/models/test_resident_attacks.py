@@ -16,8 +16,6 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import threading
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
@@ -31,6 +29,7 @@ from agent.models import get_backend
 from agent.models.resident import Address, ResidentBackend, ResidentUnavailable, ask, servers
 from agent.models.resident_server import Server
 from agent.models.scripted import ScriptedBackend
+from test_resident import runtime, serve_in_thread, until  # noqa: F401 - runtime is a fixture
 
 NOBODY = 65534
 root_only = pytest.mark.skipif(os.getuid() != 0, reason="needs root, to run the attacker as another uid")
@@ -38,7 +37,6 @@ root_only = pytest.mark.skipif(os.getuid() != 0, reason="needs root, to run the 
 # privileges at exec, as tests/sandbox/test_unprivileged.py does); subprocess's user= drops them before.
 AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
 QUESTION = [Message(role="user", content="What is the capital of France?")]
-SERVED: list[Server] = []
 
 # An impostor: listens at argv[1] as uid argv[2] (bound first as root when argv[3] is "bind-first",
 # so the socket file is root's and only SO_PEERCRED tells), records every connection and what it
@@ -75,17 +73,6 @@ while True:
 
 
 @pytest.fixture
-def runtime(monkeypatch) -> Iterator[Path]:
-    """XDG_RUNTIME_DIR: a fresh folder (its kernelchat/ is the runtime folder)."""
-    folder = Path(tempfile.mkdtemp(prefix="kc-", dir="/tmp"))
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(folder))
-    yield folder
-    while SERVED:
-        SERVED.pop().stopping.set()
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture
 def here(monkeypatch) -> list[str]:
     """The model 'loaded in this process' when the server cannot be used: a scripted stand-in for
     LocalBackend (the real one is tested in test_local_backend.py); the list records what was loaded."""
@@ -113,12 +100,7 @@ def open_dir() -> Iterator[Path]:
 
 def serve(model_dir: Path, reply: str = "Paris") -> Server:
     """A real server (a scripted model) on the address ResidentBackend(model_dir) looks for, in a thread."""
-    addr = Address.of(str(model_dir), str(model_dir))
-    server = Server(ScriptedBackend([reply] * 5), str(model_dir), addr.endpoint, 60.0)
-    threading.Thread(target=server.serve, daemon=True).start()
-    assert server.ready.wait(10)
-    SERVED.append(server)
-    return server
+    return serve_in_thread(ScriptedBackend([reply] * 5), model_dir)
 
 
 class Impostor:
@@ -415,17 +397,6 @@ def test_the_attacks_fail_for_an_ordinary_user_too(open_dir):
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
     summary = [line for line in out.stdout.splitlines() if " passed" in line]  # (a server thread may print after it)
     assert summary and " failed" not in summary[-1] and " error" not in summary[-1], out.stdout[-2000:]
-
-
-def until(condition: Any, seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 # -- the command line -----------------------------------------------------------------------------------
 
 
