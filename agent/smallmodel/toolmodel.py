@@ -191,26 +191,16 @@ def tool_steps(strategy: SmallToolModelStrategy, session: "Session") -> Iterator
             turn.fix = True
             yield from set_aside(session, "answered in prose right after a failed cell", "asked to fix the code")
             continue
-        # An empty reply before any call (the 1.5B's first token an end of turn on Titanic's second
-        # prompt, recorded): the greedy path again, asked afresh as a repeat is. After a cell that
-        # printed nothing (`x = 5`), an empty reply is the model being done.
-        if (not msg.tool_calls and not (msg.content or "").strip() and not turn.results
-                and session.temperature != 0 and resampled < strategy.resamples):
+        why = resample_reason(session, turn, msg) if resampled < strategy.resamples else None
+        if why is not None:
             resampled += 1
-            yield from set_aside(session, "gave an empty reply", "asked again, sampled")
+            yield from set_aside(session, why, "asked again, sampled")
             temperature = session.temperature or SAMPLE_TEMPERATURE
             continue
         if not msg.tool_calls:
             session.end_turn("answered")
             yield AnswerEvent(text=(msg.content or "").strip(), steps=step)
             return
-        # An explicit temperature of 0 asks for determinism: no sampled second try.
-        if session.temperature != 0 and turn.value is None and resampled < strategy.resamples and all(
-                call_key(c) in turn.results for c in msg.tool_calls):
-            resampled += 1
-            yield from set_aside(session, "repeated a call that printed no value", "asked again, sampled")
-            temperature = session.temperature or SAMPLE_TEMPERATURE
-            continue
         for call in msg.tool_calls:
             key = call_key(call)
             if key in turn.results:
@@ -241,6 +231,20 @@ def tool_steps(strategy: SmallToolModelStrategy, session: "Session") -> Iterator
     session.end_turn("max_steps", note)
     text = f"{turn.value}\n\n[{note}]" if turn.value else f"[{note}]"
     yield AnswerEvent(text=text, steps=session.max_steps, outcome="max_steps")
+
+
+def resample_reason(session: "Session", turn: TurnState, msg: Message) -> str | None:
+    """Why `msg` is the greedy path again, to be asked afresh and sampled (None: it is not). An
+    explicit temperature of 0 asks for determinism: no sampled second try."""
+    if session.temperature == 0:
+        return None
+    if not msg.tool_calls:
+        # An empty reply before any call (the 1.5B's first token an end of turn on Titanic's second
+        # prompt, recorded). After a cell that printed nothing (`x = 5`), it is the model being done.
+        return "gave an empty reply" if not (msg.content or "").strip() and not turn.results else None
+    if turn.value is None and all(call_key(c) in turn.results for c in msg.tool_calls):
+        return "repeated a call that printed no value"
+    return None
 
 
 def set_aside(session: "Session", why: str, then: str) -> Iterator[Event]:
