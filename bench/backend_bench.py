@@ -1,4 +1,4 @@
-"""Local-model benchmark for the embedded SmolLM2: raw model.generate vs LocalBackend vs `transformers serve`.
+"""Local-model benchmark for the embedded SmolLM2: raw model.generate vs TransformersBackend vs `transformers serve`.
 
     python bench/backend_bench.py [--tokens 64] [--skip-cold] [--skip-serve] [--skip-resident] [--steps 10]
 
@@ -29,7 +29,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from agent.models import embedded  # noqa: E402
-from agent.models.local import LocalBackend  # noqa: E402
+from agent.models.transformers_backend import TransformersBackend  # noqa: E402
 from agent.core.messages import Message  # noqa: E402
 
 console = Console()
@@ -51,7 +51,7 @@ def timed(fn):
 
 def in_own_thread(fn):
     """fn() on a thread that then ends. Measured: once the main thread has run one parallel torch op
-    (OpenMP), generation on LocalBackend's generation thread runs at half speed for the rest of the
+    (OpenMP), generation on TransformersBackend's generation thread runs at half speed for the rest of the
     process (38 -> 19 tok/s here); a thread that ends takes its OpenMP team with it."""
     result = []
     t = threading.Thread(target=lambda: result.append(fn()))
@@ -60,7 +60,7 @@ def in_own_thread(fn):
     return result[0]
 
 
-def raw_generate(backend: LocalBackend, ids: list[int], n: int) -> tuple[float, float]:
+def raw_generate(backend: TransformersBackend, ids: list[int], n: int) -> tuple[float, float]:
     """Plain model.generate: (prompt tok/s from a 1-token run, generated tok/s over n forced tokens)."""
     model = backend.hf_model
     x = torch.tensor([ids])
@@ -73,8 +73,8 @@ def raw_generate(backend: LocalBackend, ids: list[int], n: int) -> tuple[float, 
     return len(ids) / t1, (n - 1) / (tn - t1)
 
 
-def backend_speed(backend: LocalBackend, msgs: list[Message], n: int) -> tuple[float, float, int]:
-    """LocalBackend.stream from an empty KV cache, timed like raw_generate: (prompt tok/s from a
+def backend_speed(backend: TransformersBackend, msgs: list[Message], n: int) -> tuple[float, float, int]:
+    """TransformersBackend.stream from an empty KV cache, timed like raw_generate: (prompt tok/s from a
     1-token reply, generated tok/s over the rest, tokens generated; the model may stop before n)."""
     def run(k: int):
         backend._cache, backend._cache_ids = None, []
@@ -179,7 +179,7 @@ def serve_speed(folder: Path, msgs: list[Message], n: int) -> tuple[float, float
         log.close()
 
 
-def conversation(backend: LocalBackend, steps: int, reuse: bool) -> tuple[float, list[str], int]:
+def conversation(backend: TransformersBackend, steps: int, reuse: bool) -> tuple[float, list[str], int]:
     """A growing conversation end to end: (seconds, replies, prompt tokens served from the cache)."""
     backend.reuse_cache = reuse
     backend._cache, backend._cache_ids = None, []
@@ -203,7 +203,7 @@ def cell_output(step: int) -> str:
     return "Output of python:\n     id   value   score  label\n" + "\n".join(rows)
 
 
-def agent_loop(backend: LocalBackend, steps: int, reuse: bool) -> tuple[float, int]:
+def agent_loop(backend: TransformersBackend, steps: int, reuse: bool) -> tuple[float, int]:
     """The code-interpreter loop's shape: each step adds the model's cell and the cell's printed
     output (~300 tokens) to a prefix that is sent again in full. (seconds, tokens reused)"""
     backend.reuse_cache = reuse
@@ -247,8 +247,8 @@ def main() -> None:
     folder, check = timed(lambda: embedded.embedded_model_dir(progress=False))
     loads.add_row("cached: cache validity check", f"{check:.3f}")
     # fp32 here: raw generate on the same weights is the floor (bench/local_speed.py compares precisions)
-    backend, load = timed(lambda: LocalBackend("hf:smollm2", progress=False, precision="fp32"))
-    loads.add_row("cached: LocalBackend load (tokenizer + weights)", f"{load:.2f}")
+    backend, load = timed(lambda: TransformersBackend("hf:smollm2", progress=False, precision="fp32"))
+    loads.add_row("cached: TransformersBackend load (tokenizer + weights)", f"{load:.2f}")
     console.print(loads)
 
     msgs = [Message(role="user", content=PROMPT)]
@@ -264,13 +264,13 @@ def main() -> None:
     backend_speed(backend, msgs, 2)  # warm-up
     runs = [backend_speed(backend, msgs, n) for _ in range(2)]
     p, g, k = max(runs, key=lambda r: r[1])
-    speed.add_row("LocalBackend.stream (fp32)", f"{p:.0f}", f"{g:.1f}", f"{k} tokens, best of 2")
+    speed.add_row("TransformersBackend.stream (fp32)", f"{p:.0f}", f"{g:.1f}", f"{k} tokens, best of 2")
     if args.fp16:
-        fp16 = LocalBackend("hf:smollm2", progress=False)  # the default: fp16 weights on a CPU
+        fp16 = TransformersBackend("hf:smollm2", progress=False)  # the default: fp16 weights on a CPU
         fp16.fp16 and fp16.fp16.wait()
         backend_speed(fp16, msgs, 2)
         p, g, k = backend_speed(fp16, msgs, n)
-        speed.add_row(f"LocalBackend default ({fp16.precision})", f"{p:.0f}", f"{g:.1f}", f"{k} tokens")
+        speed.add_row(f"TransformersBackend default ({fp16.precision})", f"{p:.0f}", f"{g:.1f}", f"{k} tokens")
         del fp16
     if not args.skip_resident:
         g, k, reuse = resident_speed(msgs, n)

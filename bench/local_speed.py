@@ -1,5 +1,5 @@
 """Local generation speed of the embedded SmolLM2-135M: the floor (raw fp32 `model.generate`) beside
-`LocalBackend` as configured by default and each candidate precision, in one run; then the one-shot
+`TransformersBackend` as configured by default and each candidate precision, in one run; then the one-shot
 `kernelchat "What is 2**100? Use Python."` wall time, cold and warm, split into its phases: with the
 model kept loaded in the background (the command line's default) and loaded in the command.
 
@@ -39,8 +39,8 @@ PROJECT = ("You are reviewing a small data-analysis project. The project loads a
 REPEATS = 2  # generation timed this many times per prompt, the best kept
 CANDIDATES = {
     "fp32 generate (floor)": dict(kind="raw", precision="fp32"),
-    "LocalBackend default": dict(kind="backend", precision=None),
-    "LocalBackend fp32": dict(kind="backend", precision="fp32"),
+    "TransformersBackend default": dict(kind="backend", precision=None),
+    "TransformersBackend fp32": dict(kind="backend", precision="fp32"),
     "fp16 weights, Linear (incl. lm_head)": dict(kind="raw", precision="fp16"),
     "fp16 weights, Linear but lm_head": dict(kind="raw", precision="fp16-body"),
     "bf16 weights": dict(kind="raw", precision="bf16"),
@@ -61,17 +61,17 @@ def measure(spec: dict, n: int) -> dict:
     import torch
 
     from agent.core.messages import Message
-    from agent.models.local import LocalBackend
+    from agent.models.transformers_backend import TransformersBackend
     from agent.models.precision import apply as apply_precision
 
     t0 = time.perf_counter()
     precision = spec["precision"]
     if spec["kind"] == "backend":
-        backend = LocalBackend("hf:smollm2", progress=False, **({} if precision is None else {"precision": precision}))
+        backend = TransformersBackend("hf:smollm2", progress=False, **({} if precision is None else {"precision": precision}))
         if backend.fp16 is not None:
             backend.fp16.wait()  # packed in the background; the warm-up request swaps it in
     else:
-        backend = LocalBackend("hf:smollm2", progress=False, precision="bf16" if precision == "bf16" else "fp32")
+        backend = TransformersBackend("hf:smollm2", progress=False, precision="bf16" if precision == "bf16" else "fp32")
         if precision in ("fp16", "fp16-body"):
             apply_precision(backend.hf_model, "cpu", "fp16", frozenset({"lm_head"}) if precision == "fp16-body" else frozenset())
     load = time.perf_counter() - t0
@@ -123,12 +123,12 @@ def measure(spec: dict, n: int) -> dict:
 
 def guides_cost(calls: int = 300) -> tuple[float, float]:
     """Microseconds per generated token of the small-model decoding guides (grounded numbers and the
-    example bonus, agent/models/grounding.py) inside a code block, 40 and 200 tokens into the reply."""
+    example bonus, agent/models/transformers_guides.py) inside a code block, 40 and 200 tokens into the reply."""
     import torch
     from transformers import AutoTokenizer
 
     from agent.models.embedded import embedded_model_dir
-    from agent.models.grounding import GroundedCode
+    from agent.models.transformers_guides import GroundedCode
 
     tok = AutoTokenizer.from_pretrained(embedded_model_dir(progress=False), local_files_only=True)
     prompt = tok("What is 2**100? " * 10, add_special_tokens=False)["input_ids"]
@@ -215,7 +215,7 @@ def candidates_table(console, results: dict, n: int) -> None:
     console.print(table)
     console.print(f"prompt tokens: {floor['150']['prompt_tokens']} and {floor['1000']['prompt_tokens']}")
     near, far = guides_cost()
-    default = results.get("LocalBackend default")
+    default = results.get("TransformersBackend default")
     per_token = 1e6 / default["150"]["gen_tps"] if default else None
     console.print(f"small-model decoding guides: {near:.0f} us per token 40 tokens into a code block, {far:.0f} us "
                   f"200 tokens in" + (f" ({far / per_token:.1%} of a generated token's {per_token / 1000:.0f} ms)"

@@ -8,7 +8,7 @@ from .gateway import GatewayKernel
 from .gateway_client import GatewayError
 from .isolation import IsolationError, bwrap_available, default_isolation
 from .limits import Limits
-from .local import LocalKernel
+from .local_kernel import LocalKernel
 from .pool import KernelPool
 from .result import ExecResult, RichOutput
 

@@ -1,6 +1,6 @@
 """`Kernel`: what every kernel kind shares, and the factory that picks the kind.
 
-`Kernel(...)` returns a `LocalKernel` (isolation "bwrap" or "none": sandbox/local.py) or a
+`Kernel(...)` returns a `LocalKernel` (isolation "bwrap" or "none": sandbox/local_kernel.py) or a
 `GatewayKernel` (isolation "gateway", or a gateway_url: sandbox/gateway.py). Each kind names
 itself when its class is defined (`class LocalKernel(Kernel, kind="local")`), so this module
 imports neither; `sandbox/__init__.py` imports both.
@@ -35,7 +35,7 @@ from .trim import CellBudget, as_text, clip, count, sentence, take_notices
 
 log = logging.getLogger("kernelchat.sandbox")
 OutputCallback = Callable[[str, "str | RichOutput"], None]
-BOOT = Path(__file__).with_name("boot.py")
+BOOT = Path(__file__).parent / "inside" / "boot.py"
 
 
 class KernelError(RuntimeError):

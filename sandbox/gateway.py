@@ -30,7 +30,7 @@ from .result import ExecResult
 
 log = logging.getLogger("kernelchat.sandbox.gateway")
 
-REMOTE = Path(__file__).with_name("gateway_remote.py")
+REMOTE = Path(__file__).parent / "inside" / "gateway_remote.py"
 POLL_S = 0.2
 REST_CHECK_S = 5.0  # during a long silent cell, ask the REST API now and then whether the kernel is dead
 CHUNK = 2 * 2**20  # file transfer chunk (raw bytes); tornado refuses websocket messages over 10 MiB

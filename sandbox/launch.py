@@ -15,7 +15,7 @@ from typing import IO, Callable
 
 from .isolation import HOST_ONLY_ENV, LaunchSpec
 
-REAPER = Path(__file__).with_name("reaper.py")
+REAPER = Path(__file__).parent / "inside" / "reaper.py"
 
 
 class _Launcher:

@@ -96,9 +96,9 @@ def openai_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def local_backend():
     """The embedded SmolLM2 loaded once per test session (converted on first use, ~30 s, then cached)."""
-    from agent.models.local import LocalBackend
+    from agent.models.transformers_backend import TransformersBackend
 
-    return LocalBackend("hf:smollm2", progress=False)
+    return TransformersBackend("hf:smollm2", progress=False)
 
 
 @pytest.fixture(scope="session")
@@ -115,9 +115,9 @@ def qwen_05b_gguf() -> _Path:
 @pytest.fixture(scope="session")
 def qwen_05b(qwen_05b_gguf):
     """The 0.5B loaded once per test session (converted to fp16 safetensors on first use, then cached)."""
-    from agent.models.local import LocalBackend
+    from agent.models.transformers_backend import TransformersBackend
 
-    return LocalBackend(str(qwen_05b_gguf), progress=False)
+    return TransformersBackend(str(qwen_05b_gguf), progress=False)
 
 
 # -- a real Jupyter Kernel Gateway on 127.0.0.1, for sandbox.gateway --------------------------------

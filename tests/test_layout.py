@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("agent", "tools", "sandbox")
 MAX_LINES = 500
 # Files that run elsewhere (inside the sandbox, on a remote kernel) and import nothing of ours.
-STANDALONE = {"sandbox.boot", "sandbox.gateway_remote", "sandbox.reaper"}
+STANDALONE = {"sandbox.inside.boot", "sandbox.inside.gateway_remote", "sandbox.inside.reaper"}
 
 
 def module_name(path: Path) -> str:

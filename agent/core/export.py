@@ -2,7 +2,7 @@
 a folder beside it. Both show the active branch as the tree holds it: cells labelled `In [n]` as
 the kernel counted them, errors as errors, each turn's answer marked, and how a turn ended when it
 did not end in an answer (stopped, step limit, budget, interrupted). Everything shown is escaped:
-the text was written by a model and by sandboxed code. (The notebook export is agent.core.notebook.)"""
+the text was written by a model and by sandboxed code. (The notebook export is agent.core.notebook_export.)"""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from agent.core.consent import FileCells, allowed, refusal_notice
 from agent.core.events import AnswerEvent, Event, NoticeEvent
 from agent.core.loop import COMPLETION_ALLOWANCE, PLAIN, TurnStrategy, user_message
 from agent.core.messages import Message, ToolCall, Usage
-from agent.core.notebook_start import run_notebook
+from agent.core.notebook_import import run_notebook
 from agent.core.prompts import DEFAULT_SYSTEM
 from agent.core.tree import Branch, Node, OutcomeStatus, Tree, TurnOutcome
 
@@ -49,7 +49,7 @@ class Session:
         `parse_calls`: makes a reply's python blocks calls, for models that write no tool calls.
         `replay`: which of the branch's cells a replay re-runs: "completed" (ok or an ordinary error;
         not interrupted, timed out or killed ones) or "all". `notebook`: an .ipynb whose code cells
-        run first, as the conversation's first exchange (see agent.core.notebook_start)."""
+        run first, as the conversation's first exchange (see agent.core.notebook_import)."""
         if sync not in ("replay", "keep", "reset"):
             raise ValueError(f"sync must be 'replay', 'keep' or 'reset', got {sync!r}")
         if replay not in ("completed", "all"):
@@ -433,7 +433,7 @@ class Session:
         if fmt not in ("md", "html", "ipynb"):
             raise ValueError(f"export format must be 'md', 'html' or 'ipynb', got {fmt!r}")
         from agent.core import export  # here: session.py's imports are another helper's
-        from agent.core.notebook import notebook_json
+        from agent.core.notebook_export import notebook_json
 
         conv = self.conversation()
         if fmt == "md":  # its images go into the folder `<stem>_files` beside it

@@ -1,5 +1,5 @@
 """Conversations on disk: atomic JSON saves and loading (the exports are agent.core.export and
-agent.core.notebook)."""
+agent.core.notebook_export)."""
 
 from __future__ import annotations
 

@@ -125,7 +125,7 @@ def cmd_prompt(args: argparse.Namespace) -> int:
         existed = path is not None and path.exists()
         events = chat.run(prompt)
         if args.notebook:  # its cells first, shown as the model's are (and listed in --json's tool_calls)
-            from agent.core.notebook_start import notebook_events
+            from agent.core.notebook_import import notebook_events
 
             events = itertools.chain(notebook_events(chat, args.notebook), events)
         try:
@@ -174,7 +174,7 @@ def load_chat(args: argparse.Namespace, early: "EarlyKernel", timings: "Timings"
 
     with timings.phase("import"):  # torch and transformers for a local model: seconds, while the kernel starts
         if is_local_model(args.model or default_model()) and not args.base_url and not keep_alive(args):
-            import agent.models.local  # noqa: F401 - not for a resident model: its server has them
+            import agent.models.transformers_backend  # noqa: F401 - not for a resident model: its server has them
         from agent.chat import Chat
     with timings.phase("model_load"):
         return Chat(kernel=early.kernel, **chat_options(args))

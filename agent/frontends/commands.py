@@ -394,7 +394,7 @@ def _do_upload(repl: ChatView, cmd: Command) -> None:
 
 def _do_notebook(repl: ChatView, cmd: Command) -> None:
     from agent.core.consent import FileCells
-    from agent.core.notebook_start import notebook_cells, notebook_events
+    from agent.core.notebook_import import notebook_cells, notebook_events
 
     cells = notebook_cells(cmd.arg)  # a bad file: one sentence naming it, before anything is added
     # Someone else's code: shown and asked about once (with --confirm, each cell is asked about instead).

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from agent.core.budget import Budget
 from agent.core.dirs import conversations_dir
-from agent.core.notebook_start import notebook_cells
+from agent.core.notebook_import import notebook_cells
 from agent.core.store import file_name
 from agent.models.resident import KEEP_ALIVE_DEFAULT as KEEP_ALIVE
 from sandbox.limits import MAX_MB

@@ -35,7 +35,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.core import export, store
-from agent.core.notebook import notebook_json
+from agent.core.notebook_export import notebook_json
 from agent.core.budget import BudgetExceeded
 from agent.models.cassette import Cassette, CassetteError, RecordingBackend, ReplayBackend
 from agent.frontends.checks import CheckResult, run_check

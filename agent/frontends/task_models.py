@@ -10,7 +10,7 @@ base_url, OPENAI_BASE_URL) or with `--trust-task-files`; else the run stops befo
 Its `model` may name the embedded model, a Hub model (`hf:ORG/NAME`: only its weights, configuration
 and tokenizer files are fetched, from the Hub the user's environment names), an Ollama model the user
 pulled, or a model folder or .gguf file in the task file's own folder (relative to it, as its
-`files`). None of them runs code when it loads (agent/models/local.py: trust_remote_code=False,
+`files`). None of them runs code when it loads (agent/models/transformers_backend.py: trust_remote_code=False,
 pickled weights only as tensors). A path that leads out of that folder (absolute, `~`, `..`, a link,
 a folder of that name in the current folder) is the user's machine, not the file's: refused likewise,
 unless `--model` (which replaces it) or `--trust-task-files`.

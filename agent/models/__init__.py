@@ -72,9 +72,9 @@ def _load_local(model: str, progress: bool, keep_alive: float, workspace: str | 
             import warnings
 
             warnings.warn(f"the model is loaded in this process: {e}", stacklevel=3)
-    from agent.models.local import LocalBackend
+    from agent.models.transformers_backend import TransformersBackend
 
-    return LocalBackend(model, progress=progress)
+    return TransformersBackend(model, progress=progress)
 
 
 __all__ = ["Backend", "BackendError", "Capabilities", "get_backend", "default_model", "is_local_model", "EMBEDDED"]

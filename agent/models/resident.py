@@ -360,11 +360,11 @@ class ResidentBackend(Backend):
 
     def _fall_back(self, why: ResidentUnavailable) -> Backend:
         """The model loaded in this process from now on, said once as a warning."""
-        from agent.models.local import LocalBackend
+        from agent.models.transformers_backend import TransformersBackend
 
         warnings.warn(f"the model is loaded in this process: {why}", stacklevel=2)
         self.close()
-        self.local = LocalBackend(self.model, progress=self.progress)
+        self.local = TransformersBackend(self.model, progress=self.progress)
         return self.local
 
     @contextmanager

@@ -52,7 +52,7 @@ def fp16_ready(backend: Any) -> bool:
 
 
 class Server:
-    """Serves one backend (a LocalBackend here; any Backend works) to this user's commands."""
+    """Serves one backend (a TransformersBackend here; any Backend works) to this user's commands."""
 
     def __init__(self, backend: Any, model: str, endpoint: Endpoint, keep_alive: float) -> None:
         self.backend, self.model, self.endpoint = backend, model, endpoint
@@ -240,9 +240,9 @@ def main(argv: list[str] | None = None) -> int:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
-    from agent.models.local import LocalBackend  # torch and transformers: seconds
+    from agent.models.transformers_backend import TransformersBackend  # torch and transformers: seconds
 
-    backend = LocalBackend(args.path, precision=args.precision, progress=False)
+    backend = TransformersBackend(args.path, precision=args.precision, progress=False)
     backend.model = args.model  # replies and notes name the model as the user did
     Server(backend, args.model, endpoint, args.keep_alive).serve()
     return 0

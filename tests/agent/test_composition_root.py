@@ -62,7 +62,7 @@ def test_switching_to_a_model_that_takes_tools_in_its_prompt_says_so_once(tmp_pa
         return city
 
     prompted = small_backend([])
-    prompted.tools_note = "tools described in the prompt"  # as LocalBackend says for template-less models
+    prompted.tools_note = "tools described in the prompt"  # as TransformersBackend says for template-less models
     with Chat(backend=ScriptedBackend([]), tools=[get_weather], workspace=tmp_path) as chat:
         assert chat.notices == []
         chat.use_backend(prompted)

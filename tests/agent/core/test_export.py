@@ -10,7 +10,7 @@ import pytest
 from agent.chat import Chat
 from agent.core import export
 from agent.core.messages import Message, ToolCall, tool_result
-from agent.core.notebook import notebook_json, to_notebook
+from agent.core.notebook_export import notebook_json, to_notebook
 from agent.core.store import ConversationFile
 from agent.core.tree import CellRecord, Figure, Tree, TurnOutcome
 from agent.models.scripted import ScriptedBackend, python_call

@@ -20,7 +20,7 @@ from markdown_it import MarkdownIt
 
 from agent.core import export
 from agent.core.messages import Message, ToolCall, tool_result
-from agent.core.notebook import notebook_json
+from agent.core.notebook_export import notebook_json
 from agent.core.store import ConversationFile
 from agent.core.tree import CellRecord, Figure, Tree, TurnOutcome
 from agent.frontends.runner import run_tasks, write_summary

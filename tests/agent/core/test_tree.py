@@ -10,7 +10,7 @@ import nbformat
 from agent import Chat
 from agent.core import store
 from agent.core.events import ToolCallEvent
-from agent.core.notebook import cell_outputs, notebook_json, to_notebook
+from agent.core.notebook_export import cell_outputs, notebook_json, to_notebook
 from agent.core.tree import CellError, CellRecord, returned
 from agent.models.scripted import ScriptedBackend, python_call
 from sandbox import ExecResult

@@ -270,7 +270,7 @@ def test_replay_recorded_real_model_session_offline(tmp_path):
     and no model (nor the local backend) is loaded."""
     out = tmp_path / "out"
     probe = ("import sys; from agent.frontends import cli; code = cli.main(['run', %r, '--replay', %r, '--out', %r, "
-             "'--no-progress']); loaded = 'agent.models.local' in sys.modules or 'transformers' in sys.modules; "
+             "'--no-progress']); loaded = 'agent.models.transformers_backend' in sys.modules or 'transformers' in sys.modules; "
              "print('LOADED' if loaded else 'NOT-LOADED'); sys.exit(code)"
              % (str(DATA / "two_prompts.toml"), str(DATA / "two_prompts.cassette.json"), str(out)))
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "OPENAI_API_KEY": "",

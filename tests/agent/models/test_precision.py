@@ -39,10 +39,10 @@ def test_a_stopped_packer_swaps_all_or_nothing():
 
 @pytest.mark.slow
 def test_fp16_weights_give_the_fp32_models_greedy_tokens(local_backend):
-    from agent.models.local import LocalBackend
+    from agent.models.transformers_backend import TransformersBackend
 
     assert local_backend.precision == "fp16" and local_backend.fp16.wait(120)
-    reference = LocalBackend("hf:smollm2", progress=False, precision="fp32")
+    reference = TransformersBackend("hf:smollm2", progress=False, precision="fp32")
     assert reference.fp16 is None
     msgs = [Message(role="user", content="Explain step by step how you would check a data-analysis project.")]
     tokens = []

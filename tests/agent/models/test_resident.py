@@ -2,7 +2,7 @@
 
 Fast tests drive the real protocol over a real Unix socket with a server thread serving a scripted
 backend; the slow ones start the real server process with the embedded model, as the command line
-does, and compare it with the in-process LocalBackend."""
+does, and compare it with the in-process TransformersBackend."""
 
 from __future__ import annotations
 

@@ -75,7 +75,7 @@ while True:
 @pytest.fixture
 def here(monkeypatch) -> list[str]:
     """The model 'loaded in this process' when the server cannot be used: a scripted stand-in for
-    LocalBackend (the real one is tested in test_local_backend.py); the list records what was loaded."""
+    TransformersBackend (the real one is tested in test_transformers_backend.py); the list records what was loaded."""
     loaded: list[str] = []
 
     class Local(ScriptedBackend):
@@ -83,9 +83,9 @@ def here(monkeypatch) -> list[str]:
             loaded.append(model)
             super().__init__(["loaded here"])
 
-    fake = type(sys)("agent.models.local")
-    fake.LocalBackend = Local
-    monkeypatch.setitem(sys.modules, "agent.models.local", fake)
+    fake = type(sys)("agent.models.transformers_backend")
+    fake.TransformersBackend = Local
+    monkeypatch.setitem(sys.modules, "agent.models.transformers_backend", fake)
     return loaded
 
 

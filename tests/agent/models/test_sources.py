@@ -171,10 +171,10 @@ def test_a_hub_model_is_downloaded_once_then_loads_from_the_cache_alone(hub, hf_
     assert resolve_elsewhere(f"hf:{TINY}", hub.url) == (folder, "")  # the cache first: no server needed
     assert len(hub.requests) == asked
 
-    from agent.models.local import LocalBackend
+    from agent.models.transformers_backend import TransformersBackend
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    backend = LocalBackend(f"hf:{TINY}", progress=False)
+    backend = TransformersBackend(f"hf:{TINY}", progress=False)
     assert type(backend.hf_model).__name__ == "LlamaForCausalLM" and backend.hf_model.config.hidden_size == 32
     from agent.core.messages import Message
 
@@ -228,12 +228,12 @@ def test_a_malformed_hub_id_says_so_without_the_network(model, hf_home):
 
 
 def test_the_backend_says_the_sentence(hf_home, monkeypatch):
-    from agent.models.local import LocalBackend
+    from agent.models.transformers_backend import TransformersBackend
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(BackendError, match=r"^hf:nobody/absent is not in the local Hugging Face cache .* "
                                            r"HF_HUB_OFFLINE is set"):
-        LocalBackend("hf:nobody/absent", progress=False)
+        TransformersBackend("hf:nobody/absent", progress=False)
 
 
 # --- Ollama ------------------------------------------------------------------------------------------

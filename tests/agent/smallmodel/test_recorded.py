@@ -29,7 +29,7 @@ def case(name: str) -> tuple[str, list[str]]:
 
 
 class RecordedBackend(ScriptedBackend):
-    """Replays raw replies of a real model, parsed with the offered tools as LocalBackend does."""
+    """Replays raw replies of a real model, parsed with the offered tools as TransformersBackend does."""
 
     def __init__(self, replies: list[str], parameters: int = 494_032_768):
         super().__init__([], capabilities=Capabilities(streaming=False, parameters=parameters))

@@ -9,7 +9,7 @@ from agent import Chat
 from agent.core.backend import Capabilities
 from agent.core.events import AnswerEvent, NoticeEvent
 from agent.core.messages import Message
-from agent.models.grounding import GroundedCode
+from agent.models.transformers_guides import GroundedCode
 from agent.models.scripted import ScriptedBackend
 from agent.smallmodel.shots import BANK, CONSTANTS, numbers_in, pick
 from agent.smallmodel.strategy import EXAMPLE_BONUS, SAMPLE_TEMPERATURE

@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 
 from agent.chat import Chat
-from agent.core.notebook import cell_outputs, to_notebook
+from agent.core.notebook_export import cell_outputs, to_notebook
 from agent.core.tree import CellRecord, Figure
 from agent.frontends.commands import handle, parse
 from agent.frontends.runner import run_tasks

@@ -31,7 +31,7 @@ from agent.core.backend import Backend, BackendError, Capabilities
 from agent.core.messages import Done, Message, Reply, StreamEvent, TextDelta, ToolCall, Usage
 from agent.models.toolparse import ToolCallStream, parse_tool_calls
 from agent.models.toolprompt import described_tools, template_renders_tools, with_tool_prompt
-from agent.models.grounding import GroundedCode
+from agent.models.transformers_guides import GroundedCode
 from agent.models.precision import Fp16Packer, Precision, load_dtype
 from agent.models.precision import choose as precision_for
 from tools.python_tool import PYTHON_FENCE_CLOSED
@@ -44,7 +44,7 @@ DEFAULT_MAX_TOKENS = 1024
 CACHE_KW = "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclass_fields__ else "past_key_values"
 
 
-# Every generation of every LocalBackend in the process runs on this one thread. Each thread that
+# Every generation of every TransformersBackend in the process runs on this one thread. Each thread that
 # runs torch's parallel ops keeps its own OpenMP team, and two live teams on two cores fight: running
 # generate on varying threads made streaming ~1.5x slower, and a second backend (its own thread), or
 # one parallel op on the main thread, halves generation for the rest of the process (38 -> 19 tok/s,
@@ -113,7 +113,7 @@ class _FenceStop(StoppingCriteria):
         return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
 
-class LocalBackend(Backend):
+class TransformersBackend(Backend):
     """The Backend protocol over a transformers causal LM in this process."""
 
     def __init__(self, model: str = "hf:smollm2", *, device: str | None = None, precision: Precision = "auto",
@@ -153,7 +153,7 @@ class LocalBackend(Backend):
                                        or min(self.tokenizer.model_max_length, 1 << 20))
         self.capabilities = Capabilities(
             tools=template_renders_tools(self.tokenizer),  # else tools are described in the system prompt
-            grounds_numbers=GroundedCode.usable(self.tokenizer),  # see grounding.py
+            grounds_numbers=GroundedCode.usable(self.tokenizer),  # see transformers_guides.py
             favours_tokens=True, stops_after_calls=True, parameters=sum(p.numel() for p in self.hf_model.parameters()))
         self.stop_ids = self._stop_ids()
         self._lock = threading.Lock()  # one model, one KV cache: one generation at a time

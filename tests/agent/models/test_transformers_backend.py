@@ -194,11 +194,11 @@ def test_python_fence_becomes_a_python_tool_call(local_backend):
 
 
 def test_uncached_hub_model_fails_clearly(monkeypatch, tmp_path):
-    from agent.models.local import LocalBackend
+    from agent.models.transformers_backend import TransformersBackend
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(BackendError, match="local Hugging Face cache"):
-        LocalBackend("hf:nobody/no-such-model-xyz")
+        TransformersBackend("hf:nobody/no-such-model-xyz")
 
 
 @pytest.mark.slow
@@ -298,16 +298,16 @@ class RunsCode:
 def test_pickled_weights_load_as_tensors_only(tmp_path, tiny_model):
     import torch
 
-    from agent.models.local import LocalBackend
+    from agent.models.transformers_backend import TransformersBackend
 
     make, state = tiny_model
     plain = make(tmp_path / "plain")
     torch.save(dict(state), plain / "pytorch_model.bin")  # an older model: tensors in a pickle
-    assert LocalBackend(str(plain), device="cpu", progress=False).capabilities.parameters > 0
+    assert TransformersBackend(str(plain), device="cpu", progress=False).capabilities.parameters > 0
     hostile, marker = make(tmp_path / "hostile"), tmp_path / "marker"
     torch.save({**state, "x": RunsCode(marker)}, hostile / "pytorch_model.bin")
     with pytest.raises(BackendError) as e:
-        LocalBackend(str(hostile), device="cpu", progress=False)
+        TransformersBackend(str(hostile), device="cpu", progress=False)
     assert not marker.exists()
     assert "its pickled PyTorch weights hold Python objects besides tensors" in str(e.value)
     assert "\n" not in str(e.value)
@@ -316,7 +316,7 @@ def test_pickled_weights_load_as_tensors_only(tmp_path, tiny_model):
 
 
 def test_a_model_folders_own_code_never_runs(tmp_path, tiny_model, monkeypatch):
-    from agent.models.local import LocalBackend
+    from agent.models.transformers_backend import TransformersBackend
 
     make, _ = tiny_model
     folder, marker = make(tmp_path / "custom"), tmp_path / "marker"
@@ -328,5 +328,5 @@ def test_a_model_folders_own_code_never_runs(tmp_path, tiny_model, monkeypatch):
                                       "from transformers import LlamaConfig as Config, LlamaForCausalLM as Model\n")
     monkeypatch.setattr("builtins.input", lambda *a: pytest.fail("transformers asked whether to run the code"))
     with pytest.raises(BackendError, match="needs its own Python code .* which kernelchat never runs"):
-        LocalBackend(str(folder), device="cpu", progress=False)
+        TransformersBackend(str(folder), device="cpu", progress=False)
     assert not marker.exists()

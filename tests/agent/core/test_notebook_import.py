@@ -10,7 +10,7 @@ import pytest
 
 from agent.chat import Chat
 from agent.core.events import ToolResultEvent
-from agent.core.notebook_start import notebook_cells, notebook_events
+from agent.core.notebook_import import notebook_cells, notebook_events
 from agent.models.scripted import ScriptedBackend, python_call
 
 PLOT = "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3]); plt.show()"
