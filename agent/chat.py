@@ -6,15 +6,17 @@ from __future__ import annotations
 
 from typing import Any, Generic, TypeVar
 
+from pathlib import Path
+
 from agent.core.backend import Backend
 from agent.core.loop import PLAIN
+from agent.core.notebook_import import run_notebook
 from agent.core.prompts import DEFAULT_SYSTEM
 from agent.core.session import Session
 from agent.core.store import ConversationFile
-from agent.models import get_backend, pricing
-from agent.models.toolparse import parse_tool_calls
-from agent.smallmodel.strategy import MAX_TOKENS_PER_STEP, SMALL_MODEL_SYSTEM, Examples, SmallModelStrategy
-from agent.smallmodel.toolmodel import SmallToolModelStrategy
+from agent.models import get_backend
+from agent.smallmodel import (MAX_TOKENS_PER_STEP, SMALL_MODEL_SYSTEM, Examples, SmallModelStrategy,
+                              SmallToolModelStrategy)
 
 # Tool-trained models below this size get the small-model mode's variant for them: measured on
 # Qwen2.5-Coder 0.5B and 1.5B (docs/models.md, "Small models"); larger ones were not measured here.
@@ -38,12 +40,6 @@ def default_system(backend: Backend) -> str:
 
 # The prompts `default_system` gives: a conversation on one of them follows the model (/model).
 DEFAULT_SYSTEMS = (DEFAULT_SYSTEM, SMALL_MODEL_SYSTEM)
-
-
-def price_help(model: str) -> str:
-    """Where the price of `model` can be given (for the refusal of a money budget without one)."""
-    return (f"add it to {pricing.user_prices_path()} (or the file KERNELCHAT_PRICES names) as "
-            f'{{"models": {{"{pricing.bare_model(model)}": {{"input": USD, "output": USD}}}}}} per 1M tokens')
 
 
 class SmallModelKnob(Generic[T]):
@@ -83,39 +79,46 @@ class Chat(Session):
 
     def __init__(self, model: str | None = None, *, system: str | None = None, base_url: str | None = None,
                  api_key: str | None = None, backend: Backend | None = None, progress: bool = True,
-                 answer_from_output: bool | None = None, keep_alive: float = 0.0, **options: Any):
+                 answer_from_output: bool | None = None, keep_alive: float = 0.0,
+                 notebook: str | Path | None = None, **options: Any):
         """`model`, or `base_url`/`api_key` for an OpenAI-compatible server, name the backend (or pass
         one); the other options are Session's (tools, budget, max_steps, use_python, kernel options...).
         `answer_from_output`: the small-model mode, on by default for models without tool support
         and for small tool-trained ones (see `is_small`).
         `keep_alive`: seconds a local model stays loaded in a background process after use, for the
-        next Chat or command to connect to (0: loaded in this process; the command line uses 300)."""
+        next Chat or command to connect to (0: loaded in this process; the command line uses 300).
+        `notebook`: an .ipynb whose code cells run first, as the conversation's first exchange
+        (see agent.core.notebook_import)."""
         if backend is None:
             kernel = options.get("kernel")  # its workspace: a local model's cache and server stay out of it
             backend = get_backend(model, base_url=base_url, api_key=api_key, progress=progress, keep_alive=keep_alive,
                                   workspace=kernel.workspace if kernel is not None else options.get("workspace"))
-        if system is None:
-            system = default_system(backend)
-        super().__init__(backend, system=system, progress=progress, price_of=pricing.lookup, price_help=price_help,
-                         parse_calls=parse_tool_calls, **options)
-        self._note_tools(backend)
+        super().__init__(backend, system=system, progress=progress, **options)  # None: the model's default
         if answer_from_output is not None:
             self.small_model_mode(answer_from_output)
+        if notebook is not None:
+            try:
+                run_notebook(self, notebook)
+            except BaseException:  # no Chat to close for the caller: its kernel is closed here
+                self.close()
+                raise
 
     def use_backend(self, backend: Backend) -> None:
         """Talk to another model from the next request on. What follows the kind of model follows it
-        (the small-model mode, tokens per step); the system prompt stays. A money budget needs the
-        model's price: a model without one is refused (ValueError) and nothing changes."""
+        (the small-model mode, tokens per step, a default system prompt; one you gave stays). A
+        money budget needs the model's price: a model without one is refused (ValueError) and
+        nothing changes."""
         super().use_backend(backend)
+        if self.system in DEFAULT_SYSTEMS and self.system != default_system(backend):
+            self.system = default_system(backend)
         if not backend.capabilities.tools:
             self.max_tokens_per_step = MAX_TOKENS_PER_STEP
         self.small_model_mode(is_small(backend))
-        if hasattr(self, "notices"):  # a switch after the start (in __init__ the tools come later)
-            self._note_tools(backend)
+        self._note_tools(backend)
 
     def _note_tools(self, backend: Backend) -> None:
         """Tools described in the model's prompt (no tool section in its template): say so once."""
-        note = getattr(backend, "tools_note", None)
+        note = backend.tools_note
         if note and self.tools and note not in self.notices:
             self.notices.append(note)
 
@@ -147,4 +150,4 @@ class Chat(Session):
         return {**super().saved_options(conv), "model": conv.model}
 
 
-__all__ = ["Chat", "DEFAULT_SYSTEMS", "default_system", "is_small", "price_help"]
+__all__ = ["Chat", "DEFAULT_SYSTEMS", "default_system", "is_small"]

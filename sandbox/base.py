@@ -26,7 +26,8 @@ from typing import Any, Callable, ClassVar
 
 from .capture import CappedStream, strip_ansi
 from .hostfiles import WorkspaceFiles
-from .options import check_bool, check_env, check_fraction, check_gpu, check_timeout, limits_from
+from .options import (DEFAULTS, LIMIT_OPTIONS, KernelOptions, check_bool, check_env, check_gpu, check_timeout,
+                      limits_from, options_from)
 from .quota import DiskQuota
 from .result import ExecResult, RichOutput
 from .safefs import Walk, open_root
@@ -106,8 +107,9 @@ class Kernel(WorkspaceFiles, ABC):
     ...     k.execute("x = 2**100")
     ...     print(k.execute("x").result)
 
-    Keyword arguments beyond the shared ones are the kind's own (`gateway_url=`, `kernel_name=`, ...
-    of `GatewayKernel`).
+    Takes a `KernelOptions` whole (`Kernel(options)`, `Kernel(options, start=False)`) or its fields
+    as keywords (`Kernel(workspace=..., timeout=5)`); the gateway's (`gateway_url=`, `kernel_name=`,
+    ...) are `GatewayKernel`'s only. The options stay in `self.options`.
     """
 
     kinds: ClassVar[dict[str, type[Kernel]]] = {}
@@ -118,36 +120,30 @@ class Kernel(WorkspaceFiles, ABC):
         if kind is not None:
             Kernel.kinds[kind] = cls
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Kernel:
+    def __new__(cls, options: KernelOptions | None = None, /, *args: Any, **fields: Any) -> Kernel:
         if cls is Kernel:
-            isolation = kwargs.get("isolation", args[1] if len(args) > 1 else None)
-            cls = Kernel.kinds[kind_for(isolation, kwargs.get("gateway_url"))]
+            given = options if isinstance(options, KernelOptions) else DEFAULTS
+            cls = Kernel.kinds[kind_for(fields.get("isolation", given.isolation),
+                                        fields.get("gateway_url", given.gateway_url))]
         return super().__new__(cls)
 
-    def __init__(self, workspace: str | os.PathLike | None = None, isolation: str | None = None,
-                 network: bool = False, gpu: bool = False, env: dict[str, str] | None = None, *,
-                 timeout: float = 120.0, memory_mb: int | None = -1, max_procs: int | None = -1,
-                 max_file_mb: int | None = -1, cpu_seconds: int | None = None, tmp_mb: int | None = None,
-                 output_chars: int | None = None, disk_mb: int | None = -1,
-                 idle_cpu_limit: float | None = None, start: bool = True, keep_workspace: bool | None = None,
-                 **kind_options: Any):
-        self._configure(isolation, **kind_options)  # first: a bad option makes no temporary folder
-        self.network, self.gpu = check_bool("network", network), check_gpu(gpu)
-        self.env, self.timeout = check_env(env), check_timeout(timeout)
-        # A share of one core that leftovers of a cell may use while the kernel is idle; more is stopped.
-        self.idle_cpu_limit = check_fraction("idle_cpu_limit", idle_cpu_limit)
+    def __init__(self, options: KernelOptions | None = None, /, *, start: bool = True, **fields: Any):
+        """`options`, or its fields as keywords (both: the keywords change those options);
+        `start=False`: start on first use (or `start()`)."""
+        self.options = options = options_from(options, "Kernel", **fields)  # checked: no temporary folder yet
         check_bool("start", start)
-        if keep_workspace is not None and not isinstance(keep_workspace, bool):
-            raise ValueError(f"keep_workspace must be None, True or False, got {keep_workspace!r}")
-        self.limits = limits_from(memory_mb=memory_mb, max_procs=max_procs, max_file_mb=max_file_mb,
-                                  cpu_seconds=cpu_seconds, tmp_mb=tmp_mb, output_chars=output_chars,
-                                  disk_mb=disk_mb)
-        self.workspace, self._own_workspace = resolve_workspace(workspace)
+        self._configure(options)  # the kind's own options (a local kernel: is bwrap here?)
+        self.network, self.gpu = options.network, check_gpu(options.gpu)
+        self.env, self.timeout = check_env(options.env), options.timeout
+        # A share of one core that leftovers of a cell may use while the kernel is idle; more is stopped.
+        self.idle_cpu_limit = options.idle_cpu_limit
+        self.limits = limits_from(**{name: getattr(options, name) for name in (*LIMIT_OPTIONS, "disk_mb")})
+        self.workspace, self._own_workspace = resolve_workspace(options.workspace)
         self.outputs_dir = self.workspace / "outputs"
         self._init_bookkeeping()
         # A temporary workspace on close: None removes it unless it holds a file, False always, True never.
-        self.keep_workspace = keep_workspace
-        self._prepare(default_disk=disk_mb == -1)
+        self.keep_workspace = options.keep_workspace
+        self._prepare(default_disk=options.disk_mb == -1)
         if start:
             self.start()
 
@@ -167,8 +163,8 @@ class Kernel(WorkspaceFiles, ABC):
     # -- what each kind provides ---------------------------------------------------------------
 
     @abstractmethod
-    def _configure(self, isolation: str | None, **kind_options: Any) -> None:
-        """Check and keep the kind's own options (before the shared ones)."""
+    def _configure(self, options: KernelOptions) -> None:
+        """Check and keep the kind's own options (before the shared ones are kept)."""
 
     @abstractmethod
     def _prepare(self, default_disk: bool) -> None:

@@ -26,6 +26,7 @@ from . import safefs
 from .base import BOOT, Kernel, KernelError, OutputCallback
 from .gateway_client import (ENV_KERNEL, ENV_TOKEN, ENV_URL, GatewayError, GatewayRest, KernelChannels,
                              KernelGone, died_status)
+from .options import DEFAULTS, KernelOptions
 from .result import ExecResult
 
 log = logging.getLogger("kernelchat.sandbox.gateway")
@@ -34,7 +35,8 @@ REMOTE = Path(__file__).parent / "inside" / "gateway_remote.py"
 POLL_S = 0.2
 REST_CHECK_S = 5.0  # during a long silent cell, ask the REST API now and then whether the kernel is dead
 CHUNK = 2 * 2**20  # file transfer chunk (raw bytes); tornado refuses websocket messages over 10 MiB
-REMOTE_OUTPUT_CHARS = 2_000_000  # the kernel-side cap: what a cell may send over the network per stream
+# The kernel-side cap: what a cell may send over the network per stream (KernelOptions.remote_output_chars).
+REMOTE_OUTPUT_CHARS = DEFAULTS.remote_output_chars
 
 
 class GatewayKernel(Kernel, kind="gateway"):
@@ -49,10 +51,8 @@ class GatewayKernel(Kernel, kind="gateway"):
     with `kernel_name` (a kernelspec) and `env` (`KERNEL_*` variables for Enterprise Gateway).
     """
 
-    def _configure(self, isolation: str | None = "gateway", *, gateway_url: str | None = None,
-                   gateway_token: str | None = None, kernel_name: str | None = None,
-                   remote_workspace: str | None = None, remote_output_chars: int = REMOTE_OUTPUT_CHARS,
-                   request_timeout: float = 30.0, quickack: bool = True) -> None:
+    def _configure(self, options: KernelOptions) -> None:
+        gateway_url, gateway_token, kernel_name = options.gateway_url, options.gateway_token, options.kernel_name
         url = gateway_url or os.environ.get(ENV_URL)
         if not url:
             raise ValueError(f"isolation='gateway' needs the gateway's URL: gateway_url=, --gateway or {ENV_URL}")
@@ -62,12 +62,13 @@ class GatewayKernel(Kernel, kind="gateway"):
         self.isolation = "gateway"
         self.gateway_url = url.rstrip("/")
         self._ws_base = ("wss" if parsed.scheme == "https" else "ws") + self.gateway_url[len(parsed.scheme):]
-        self._rest = GatewayRest(self.gateway_url, gateway_token or os.environ.get(ENV_TOKEN) or None, request_timeout)
+        self._rest = GatewayRest(self.gateway_url, gateway_token or os.environ.get(ENV_TOKEN) or None,
+                                 options.request_timeout)
         self.kernel_name = kernel_name or os.environ.get(ENV_KERNEL) or None
-        self.remote_output_chars = int(remote_output_chars)
-        self._remote_ws_asked = remote_workspace
-        self.remote_workspace: str | None = remote_workspace
-        self._quickack = quickack
+        self.remote_output_chars = options.remote_output_chars
+        self._remote_ws_asked = options.remote_workspace
+        self.remote_workspace: str | None = options.remote_workspace
+        self._quickack = options.quickack
 
     def _prepare(self, default_disk: bool) -> None:
         # Of the limits only output_chars applies here; the others (disk_mb too) and idle_cpu_limit are

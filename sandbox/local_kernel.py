@@ -26,6 +26,7 @@ from .isolation import (Isolation, LaunchSpec, build_launch, default_isolation,
 from .launch import start_process
 from .leases import RUNTIME_PREFIX, Lease
 from .leases import sweep as sweep_leases
+from .options import DEFAULTS, GATEWAY_OPTIONS, KernelOptions
 from .procs import death_reason, kill_descendants
 from .trim import parent_id, receive
 from .quota import DiskQuota, default_disk_mb
@@ -54,7 +55,12 @@ class LocalKernel(Kernel, kind="local"):
     """A persistent IPython kernel on this machine, in bwrap (`isolation="bwrap"`, the default
     where it runs) or with no isolation (`"none"`). Made by `Kernel(...)`; see `Kernel`."""
 
-    def _configure(self, isolation: Isolation | None) -> None:
+    def _configure(self, options: KernelOptions) -> None:
+        given = [name for name in GATEWAY_OPTIONS if getattr(options, name) != getattr(DEFAULTS, name)]
+        if given:
+            raise TypeError(f"{', '.join(given)}: option{'s' if len(given) > 1 else ''} of a gateway kernel "
+                            f"(isolation='gateway'), not of one with isolation={options.isolation!r}")
+        isolation = options.isolation
         if isolation is None:
             isolation = default_isolation()
             if isolation == "none":

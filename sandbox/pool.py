@@ -6,21 +6,23 @@ import threading
 from typing import Any
 
 from .base import Kernel
+from .options import KernelOptions, options_from
 
 
 class KernelPool:
     """Keeps `size` started kernels with the same options ready; `acquire()` hands one
-    over and starts a replacement in the background.
+    over and starts a replacement in the background. The options: a KernelOptions, or its
+    fields as keywords (checked at once; the workspace is left out: each kernel gets its own).
 
     >>> pool = KernelPool(size=2, isolation="bwrap")
     >>> k = pool.acquire()      # already started
     """
 
-    def __init__(self, size: int = 1, **kernel_options: Any):
+    def __init__(self, size: int = 1, options: KernelOptions | None = None, **fields: Any):
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise ValueError(f"size must be a whole number >= 0, got {size!r}")
-        kernel_options.pop("workspace", None)  # each pooled kernel gets its own
-        self.size, self.options = size, kernel_options
+        self.size = size
+        self.options = options_from(options, "KernelPool", **fields).updated(workspace=None)
         self._ready: list[Kernel] = []
         self._cond = threading.Condition()
         self._closed = False
@@ -37,7 +39,7 @@ class KernelPool:
 
     def _start_one(self) -> None:
         try:
-            k = Kernel(**self.options)
+            k = Kernel(self.options)
         except Exception:  # noqa: BLE001 - acquire() will start one and surface the error
             with self._cond:
                 self._starting -= 1
@@ -63,7 +65,7 @@ class KernelPool:
         if k is None or not k.alive:
             if k is not None:
                 k.close()
-            k = Kernel(**self.options)
+            k = Kernel(self.options)
         k.remove_workspace_on_close()
         return k
 

@@ -20,12 +20,19 @@ MAX_COST_SHARE = 0.05  # checks may take at most this share of the wall time
 CHEAP_S = 0.005  # a walk this quick also runs after every cell
 
 
+def default_growth_mb(folder: Path) -> int:
+    """What the default quota adds to a workspace in `folder` (made or not yet): a quarter of its
+    filesystem's free space, at most 50 GiB."""
+    p = Path(folder).absolute()
+    while not p.exists() and p != p.parent:  # a folder made later: the filesystem it will be on
+        p = p.parent
+    st = os.statvfs(p)
+    return min(int(st.f_bavail * st.f_frsize // 2**20 * SHARE_OF_FREE), MAX_DEFAULT_GROWTH_MB)
+
+
 def default_disk_mb(workspace: Path) -> int:
-    """What the workspace holds now, plus a quarter of its filesystem's free space (at most 50 GiB)."""
-    st = os.statvfs(workspace)
-    free_mb = st.f_bavail * st.f_frsize // 2**20
-    used_mb = safefs.tree_bytes(workspace) // 2**20
-    return max(used_mb + min(int(free_mb * SHARE_OF_FREE), MAX_DEFAULT_GROWTH_MB), 1)
+    """What the workspace holds now, plus the default growth."""
+    return max(safefs.tree_bytes(workspace) // 2**20 + default_growth_mb(workspace), 1)
 
 
 class DiskQuota:

@@ -466,3 +466,22 @@ def tree_usage(root: Path, *, limit_entries: int = MAX_ENTRIES) -> Usage:
 def tree_bytes(root: Path, limit_entries: int = MAX_ENTRIES) -> int:
     """`tree_usage(...).bytes`."""
     return tree_usage(root, limit_entries=limit_entries).bytes
+
+
+def entry_kind(root: Path, relpath: str) -> str | None:
+    """'file' or 'folder' when `relpath` is one inside `root` (a workspace) with no link on the way; else
+    None (missing, a link, a FIFO, a device: the same answer, so nothing is told about the host)."""
+    parent, _, name = relpath.strip("/").rpartition("/")
+    try:
+        fd = open_dir(root, parent)
+    except (UnsafePath, NotFound, OSError):  # a link or FIFO on the way, or nothing
+        return None
+    try:
+        if not name:
+            return "folder"
+        mode = os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return "file" if stat.S_ISREG(mode) else "folder" if stat.S_ISDIR(mode) else None

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import queue
-import re
 import threading
 import warnings
-from typing import Generator
+from typing import TYPE_CHECKING, Generator
 
-from sandbox import ExecResult, Kernel
+from sandbox import ExecResult
 
 from tools.schema import Outcome, Output, ToolContext, parse_arguments
 from tools.text import MAX_MESSAGE_CHARS, clip
+
+if TYPE_CHECKING:  # only named in annotations: a reader of tool results needs no kernel client
+    from sandbox import Kernel
 
 DESCRIPTION = ("Run Python code in a persistent Jupyter kernel and get its output. State persists between "
                "calls: variables, imports and files are kept. The working directory is your workspace; "
@@ -22,14 +24,6 @@ SCHEMA = {"type": "function", "function": {
     "name": "python", "description": DESCRIPTION,
     "parameters": {"type": "object", "properties": {"code": {"type": "string", "description": "Python code to run"}},
                    "required": ["code"]}}}
-
-# A ```python (```py, ```python3) block; group 1 is its code. A block left open at the very end
-# (a reply cut by max_tokens) counts: models without tool training answer in these.
-# The one definition of a ```python block (also ```py, ```python3), for every parser of model text.
-_OPENING = r"```[ \t]*(?:python3?|py)[ \t]*\n"
-PYTHON_FENCE_OPENING = re.compile(_OPENING, re.IGNORECASE)
-PYTHON_FENCE = re.compile(_OPENING + r"(.*?)(?:\n[ \t]*```|$)", re.DOTALL | re.IGNORECASE)  # open at the end counts
-PYTHON_FENCE_CLOSED = re.compile(_OPENING + r".*?\n[ \t]*```", re.DOTALL | re.IGNORECASE)
 
 MAX_TRACEBACK_LINES = 12
 

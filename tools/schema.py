@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any, Callable, Generator, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from sandbox import KernelOptions
+
 if TYPE_CHECKING:
     from sandbox import ExecResult, Kernel
 
@@ -28,13 +30,16 @@ class Outcome:
     cell: ExecResult | None = None  # the kernel's result, for a cell that ran
 
 
+DEFAULT_TIMEOUT = KernelOptions.model_fields["timeout"].default  # a cell's, written once in sandbox/options.py
+
+
 @dataclass
 class ToolContext:
     """What the loop lends a tool run: the sandbox and the user's say (the python tool uses them)."""
 
     kernel: Callable[[], Kernel] | None = None  # the kernel to run in, started on first use
     # A cell's timeout in seconds, and why it is shorter than usual (the time budget's words) or None.
-    timeout: Callable[[], tuple[float, str | None]] = lambda: (120.0, None)
+    timeout: Callable[[], tuple[float, str | None]] = lambda: (DEFAULT_TIMEOUT, None)
     approve: Callable[[str], bool | str | None] | None = None  # False/None: refuse; a string: run that
     # After a cell ran: the code to run instead and a notice saying so, or None (see TurnStrategy).
     revise: Callable[[str, ExecResult], tuple[str, str] | None] | None = None

@@ -1,7 +1,8 @@
 """The one interface every model backend implements, and what a backend declares it can do.
 
 A backend has one abstract method, `stream`; `complete` is a convenience built on it. What the loop
-may ask of a backend beyond plain chat is declared in `capabilities`, never probed.
+may ask of a backend beyond plain chat is declared in `capabilities`, never probed; what the session
+asks of it (its price, a note on how it takes tools) are attributes every backend has.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Any, Iterator, Protocol, runtime_checkable
 
+from agent.core.budget import Price
 from agent.core.messages import Done, Message, Reply, StreamEvent, TextDelta
 
 
@@ -46,6 +48,13 @@ class Backend(Protocol):
     model: str                  # the model name as the user gave it (e.g. "gpt-4o-mini", "hf:smollm2")
     context_window: int         # tokens
     capabilities: Capabilities
+    # Per 1M tokens: zero for a model on this machine; None where unknown (a money budget is then
+    # refused, saying what `price_help` says: where a price can be given).
+    price: Price | None = None
+    price_help: str | None = None
+    # Said once to the user when tools are offered: how this model takes them where it is not the
+    # usual way (tools described in its prompt, for a template without a tool section); None: usual.
+    tools_note: str | None = None
 
     @abstractmethod
     def stream(self, messages: list[Message], tools: list[dict[str, Any]] | None = None, *,
@@ -53,7 +62,8 @@ class Backend(Protocol):
                **guides: Any) -> Iterator[StreamEvent]:
         """Yield TextDelta as the text arrives, then one Done with the whole Reply. `guides` are the
         decoding guides the capabilities declare (numbers=, favour=, bonus=, max_calls=); a backend ignores
-        the ones it does not declare."""
+        the ones it does not declare. Tool calls the model wrote as text (```python blocks, a server
+        without tool support) arrive as the Reply's tool calls: the backend parses them."""
 
     @abstractmethod
     def count_prompt_tokens(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> int:

@@ -29,10 +29,6 @@ class Price(Protocol):
         """USD for a request of this size."""
 
 
-# Where a price for `model` can be given, for the refusal of a money budget without one.
-PriceHelp = Callable[[str], str]
-
-
 class BudgetExceeded(RuntimeError):
     """A request would cross a budget limit; it was not sent."""
 
@@ -60,7 +56,7 @@ class BudgetTracker:
     """
 
     def __init__(self, budget: Budget | None = None, price: Price | None = None, model: str = "?",
-                 price_help: PriceHelp | None = None):
+                 price_help: str | None = None):
         self.usages: list[Usage] = []
         # Time counts only while busy (a model request, a cell, a replay), never idle at the prompt.
         self._busy_seconds = 0.0
@@ -83,10 +79,11 @@ class BudgetTracker:
     def price(self) -> Price | None:
         return self._price
 
-    def set_model(self, model: str, price: Price | None) -> None:
-        """The model requests go to from now on; refused (nothing changes) if the budget needs its price."""
-        require_price(self.budget, price, model, self.price_help)
-        self._model, self._price = model, price
+    def set_model(self, model: str, price: Price | None, price_help: str | None = None) -> None:
+        """The model requests go to from now on; refused (nothing changes) if the budget needs its price
+        (`price_help`: where one can be given)."""
+        require_price(self.budget, price, model, price_help)
+        self._model, self._price, self.price_help = model, price, price_help
 
     @property
     def spent(self) -> Usage:
@@ -163,12 +160,13 @@ class BudgetTracker:
         return allowed
 
 
-def require_price(budget: Budget, price: Price | None, model: str, help: PriceHelp | None = None) -> None:
-    """ValueError if `budget` has a money limit and `model` has no price to enforce it with."""
+def require_price(budget: Budget, price: Price | None, model: str, help: str | None = None) -> None:
+    """ValueError if `budget` has a money limit and `model` has no price to enforce it with
+    (`help`: where a price can be given)."""
     if budget.max_usd is None or price is not None:
         return
     raise ValueError(f"max_usd needs the price of {model!r}, and kernelchat does not know it: "
-                     f"{help(model) if help else 'give its price'}, or drop max_usd")
+                     f"{help or 'give its price'}, or drop max_usd")
 
 
 def elision_marker(chars: int, newest: bool = False) -> str:

@@ -30,6 +30,9 @@ class ToolOutputEvent(BaseModel):
 
 
 class ToolResultEvent(BaseModel):
+    """A tool's result. A turn strategy may report it as a subclass of its own, with what it read
+    from the cell (see TurnStrategy.result_event); front ends show the fields here."""
+
     kind: Literal["tool_result"] = "tool_result"
     id: str
     name: str
@@ -38,7 +41,6 @@ class ToolResultEvent(BaseModel):
     code: str | None = None
     images: list[str] = Field(default_factory=list)
     duration: float = 0.0
-    value: str | None = None  # small-model mode: the short value the code printed, taken as the answer
     execution_count: int | None = None  # the kernel's count for the cell (Out [k]); None: no cell ran
 
 

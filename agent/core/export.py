@@ -1,7 +1,8 @@
 """Conversations as people read them: one self-contained HTML page, and Markdown with its images in
 a folder beside it. Both show the active branch as the tree holds it: cells labelled `In [n]` as
-the kernel counted them, errors as errors, each turn's answer marked, and how a turn ended when it
-did not end in an answer (stopped, step limit, budget, interrupted). Everything shown is escaped:
+the kernel counted them, errors as errors, each turn's answer marked, the labels a turn strategy put
+on messages ("attempt 2"), and how a turn ended when it did not end in an answer (stopped, step
+limit, budget, interrupted). Everything shown is escaped:
 the text was written by a model and by sandboxed code. (The notebook export is agent.core.notebook_export.)"""
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ FAILED = {"error": "Error", "timeout": "Timed out", "died": "Kernel died", "inte
 # What a turn's end says when the outcome carries no note of its own
 ENDINGS = {"stopped": "stopped without an answer", "max_steps": "the step limit was reached without a final answer",
            "budget": "the budget refused the next request", "interrupted": "interrupted", "failed": "failed",
-           "attempt": "an attempt that was not taken"}
+           "set_aside": "set aside: tried, not taken"}
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/gif": "gif", "image/svg+xml": "svg",
               "image/webp": "webp", "image/bmp": "bmp"}
 _IMAGE_LINE = re.compile(r"^\[image saved: (.*)\]$")
@@ -73,6 +74,11 @@ def ending(outcome: TurnOutcome | None) -> str | None:
     return f"Turn ended: {outcome.note or ENDINGS[outcome.status]}"
 
 
+def tag_line(label: str) -> str:
+    """A message's label (Node.label, set by a turn strategy) as a line of inert Markdown: `*attempt 2*`."""
+    return f"*{inert_line(label)}*"
+
+
 def shown_output(cell: CellRecord) -> tuple[str, list[str]]:
     """The cell's output as the model saw it, less the "[image saved: PATH]" lines of the images
     shown from their bytes; and the paths of images an older file kept without bytes."""
@@ -97,7 +103,7 @@ CSS = """body{font:15px/1.5 system-ui,sans-serif;max-width:52rem;margin:2rem aut
 .answer{border:2px solid #2a7;background:#f0fbf4;border-radius:8px;padding:.6rem 1rem;margin:1rem 0;white-space:pre-wrap}
 .label{font-weight:bold;font-size:.85em;color:#555;white-space:normal}
 .answer>.label{color:#2a7}
-.attempt{display:inline-block;font-size:.8em;background:#eee;border-radius:4px;padding:0 .4rem;margin:.6rem 0 0}
+.tag{display:inline-block;font-size:.8em;background:#eee;border-radius:4px;padding:0 .4rem;margin:.6rem 0 0}
 .outcome{border-left:4px solid #d80;background:#fff6e6;padding:.4rem 1rem;margin:1rem 0}
 .cell{margin:.8rem 0}.prompt{font:12px monospace;color:#307fc1}
 .hl pre,pre{background:#f6f6f6;padding:.6rem;border-radius:6px;overflow-x:auto;white-space:pre-wrap;margin:.2rem 0}
@@ -115,8 +121,8 @@ def to_html(conv: ConversationFile) -> str:
     body = [f"<h1>kernelchat conversation</h1><p>Model: <code>{html.escape(conv.model)}</code></p>"]
     for node in nodes:
         m = node.message
-        if node.attempt is not None:
-            body.append(f'<div class="attempt">attempt {node.attempt}</div>')
+        if node.label is not None:
+            body.append(f'<div class="tag">{html.escape(node.label)}</div>')
         if m.role == "user":
             body.append(f'<div class="user"><div class="label">User</div>{html.escape(m.content or "")}</div>')
         elif m.role == "assistant" and m.content:
@@ -226,8 +232,8 @@ def markdown(conv: ConversationFile, files_dir: str) -> tuple[str, dict[str, byt
     files: dict[str, bytes] = {}
     for node in nodes:
         m = node.message
-        if node.attempt is not None:
-            out += [f"*attempt {node.attempt}*", ""]
+        if node.label is not None:
+            out += [tag_line(node.label), ""]
         if m.role == "user":
             out += ["## User", "", inert_markdown(m.content or ""), ""]
         elif m.role == "assistant" and m.content:

@@ -41,8 +41,6 @@ class LoopSession(Protocol):
     timeout: float  # a cell's, in seconds
     use_python: bool
     approve: Callable[[str], bool | str | None] | None  # may a cell run (see Session)
-    # Text to (text without the calls, calls), for replies written as text; None: no such parsing.
-    parse_calls: Callable[[str, list[str]], tuple[str, list[ToolCall]]] | None
 
     @property
     def usage(self) -> Usage: ...
@@ -89,9 +87,10 @@ class TurnStrategy:
         """The text the model reads for a tool's result (the plain loop: the tool's own)."""
         return text
 
-    def cell_value(self, result: ExecResult) -> str | None:
-        """The value a cell's result stands for (ToolResultEvent.value), or None."""
-        return None
+    def result_event(self, session: LoopSession, event: ToolResultEvent, result: ExecResult | None) -> ToolResultEvent:
+        """The event a tool's result is reported as: `event` itself, or a subclass of it with what
+        the strategy reads from the cell's `result` (None: no cell ran)."""
+        return event
 
 
 PLAIN = TurnStrategy()
@@ -118,9 +117,9 @@ def steps(session: LoopSession) -> Iterator[Event]:
 
 def request(session: LoopSession, schemas: list[dict], temperature: float | None) -> Iterator[Event]:
     """One model request within the budget, streamed as events; its reply is appended to the
-    conversation and returned (its python blocks as calls where the model wrote no calls)."""
+    conversation and returned."""
     reply = yield from _send(session, schemas, temperature)
-    msg, notes = session.strategy.revise_reply(session, _fenced_calls(session, reply.message))
+    msg, notes = session.strategy.revise_reply(session, reply.message)
     for note in notes:
         yield NoticeEvent(text=note)
     session.append(msg, usage=reply.usage)
@@ -178,17 +177,6 @@ def stopped_usage(session: LoopSession, prompt_tokens: int, text: str) -> Usage:
                  cost_usd=price.cost(prompt_tokens, completion) if price is not None else 0.0)
 
 
-def _fenced_calls(session: LoopSession, msg: Message) -> Message:
-    """A server without tool support (or a model without tool training) answers with ```python
-    blocks: when the python tool is offered, the session's parser makes those calls of it."""
-    if msg.tool_calls or not session.use_python or session.parse_calls is None or "```" not in (msg.content or ""):
-        return msg
-    text, calls = session.parse_calls(msg.content or "", ["python"])
-    if not calls:
-        return msg
-    return msg.model_copy(update={"content": text or None, "tool_calls": calls})
-
-
 def run_call(session: LoopSession, call: ToolCall, follow_branch: bool = True) -> Iterator[Event]:
     """Run one tool call, streaming its output; its result is appended and returned as an event.
     `follow_branch=False`: a cell runs in the kernel as it is (see Session.kernel)."""
@@ -236,8 +224,8 @@ def _record(session: LoopSession, call: ToolCall, outcome: Outcome) -> Iterator[
         session.record_cell(node.id)
     ev = ToolResultEvent(id=call.id, name=call.name, status=outcome.status, output=text, code=outcome.code,
                          images=res.images if res else [], duration=res.duration if res else 0.0,
-                         value=session.strategy.cell_value(res) if res else None,
                          execution_count=res.execution_count if res else None)
+    ev = session.strategy.result_event(session, ev, res)
     yield ev
     return ev
 

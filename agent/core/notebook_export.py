@@ -1,6 +1,7 @@
 """A conversation as a Jupyter notebook (nbformat 4): prompts and answers as Markdown cells (the
-answer, attempt labels and how a turn ended marked as the HTML export marks them), each python cell
-as a code cell with its outputs and the HTML's `In [n]` count, images embedded from the tree's bytes.
+answer, the labels a turn strategy put on messages and how a turn ended marked as the HTML export
+marks them), each python cell as a code cell with its outputs and the HTML's `In [n]` count, images
+embedded from the tree's bytes.
 
 A cell's outputs are made from the kernel's fields its `CellRecord` keeps (stdout, stderr, the
 result, Markdown displays, the figures, the error, the notes). Files written before those fields
@@ -18,7 +19,8 @@ import re
 from pathlib import PurePath
 from typing import Any
 
-from agent.core.export import answers, cell_numbers, ending, fence, inert_line, inert_markdown, shown_path
+from agent.core.export import (answers, cell_numbers, ending, fence, inert_line, inert_markdown, shown_path,
+                               tag_line)
 from agent.core.store import ConversationFile
 from agent.core.tree import CellRecord, Figure
 
@@ -165,14 +167,14 @@ def to_notebook(conv: ConversationFile) -> dict[str, Any]:
     numbers, answer_ids = cell_numbers(nodes), answers(nodes)  # as the HTML and Markdown exports show them
     for node in nodes:
         m, cell = node.message, node.cell
-        attempt = f"*attempt {node.attempt}*\n\n" if node.attempt is not None else ""
-        if attempt and not (m.role == "assistant" and m.content):
-            cells.append(_markdown(attempt.strip()))
+        tag = f"{tag_line(node.label)}\n\n" if node.label is not None else ""
+        if tag and not (m.role == "assistant" and m.content):
+            cells.append(_markdown(tag.strip()))
         if m.role == "user":
             cells.append(_markdown(f"**User**\n\n{inert_markdown(m.content or '')}"))
         elif m.role == "assistant" and m.content:
             label = "Answer" if node.id in answer_ids else "Assistant"
-            cells.append(_markdown(f"{attempt}**{label}**\n\n{inert_markdown(m.content)}"))
+            cells.append(_markdown(f"{tag}**{label}**\n\n{inert_markdown(m.content)}"))
         elif m.role == "tool" and cell is not None:
             code = {"cell_type": "code", "id": "", "metadata": {"kernelchat": {"status": cell.status}},
                     "source": _lines(cell.code), "execution_count": None, "outputs": []}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 from pathlib import PurePath
-from typing import Iterable, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -94,7 +94,9 @@ class CellRecord(BaseModel):
         return self.executed and self.status in ("ok", "error")
 
 
-OutcomeStatus = Literal["answered", "stopped", "max_steps", "budget", "interrupted", "failed", "attempt"]
+OutcomeStatus = Literal["answered", "stopped", "max_steps", "budget", "interrupted", "failed", "set_aside"]
+# Statuses of files written before a rename: "attempt" (an attempt not taken) is a reply set aside.
+OLD_STATUSES = {"attempt": "set_aside"}
 
 
 class TurnOutcome(BaseModel):
@@ -102,13 +104,21 @@ class TurnOutcome(BaseModel):
     transcripts, task reports) tells the same story. No outcome on a turn's last message: an
     ordinary answer (and files written before outcomes were stored).
 
-    answered: a final answer; stopped: the small-model attempts printed no value; max_steps: the
-    step limit; budget: a budget refused the next request; interrupted: Ctrl-C, or the caller let
-    go of the events; failed: an error (the server, the kernel) ended it; attempt: a small-model
-    attempt that was not taken (folded under its turn in `branches()`)."""
+    answered: a final answer; stopped: the turn's strategy stopped it without an answer (the note
+    says why); max_steps: the step limit; budget: a budget refused the next request; interrupted:
+    Ctrl-C, or the caller let go of the events; failed: an error (the server, the kernel) ended it;
+    set_aside: the end of a reply that was tried and not taken (a retry, a sampled alternative),
+    folded under its turn in `Tree.branches()` (see `Tree.folds`)."""
 
     status: OutcomeStatus
-    note: str = ""  # what the user was told, e.g. "stopped after 5 attempts without printing a value"
+    note: str = ""  # what the user was told, e.g. "stopped after 10 steps without a final answer"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_status(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("status") in OLD_STATUSES:
+            data = {**data, "status": OLD_STATUSES[data["status"]]}
+        return data
 
 
 class Node(BaseModel):
@@ -118,8 +128,37 @@ class Node(BaseModel):
     usage: Usage | None = None  # for assistant messages: the request that produced it
     cell: CellRecord | None = None  # for tool messages of the python tool
     outcome: TurnOutcome | None = None  # on the message a turn ended at (see TurnOutcome)
-    attempt: int | None = None  # small-model mode: the attempt (1, 2, ...) this reply starts
+    # Set by a turn strategy, read by every view: a short tag shown with the message ("attempt 2"),
+    # and whether it starts an alternative (one of several tries at its turn: a set-aside branch is
+    # folded from such a reply down to its end, see Tree.folds).
+    label: str | None = None
+    alternative: bool = False
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_fields(cls, data: Any) -> Any:
+        """Files written before labels hold `"attempt": N` on the reply that starts the N-th try at
+        its turn: the label "attempt N" on the start of an alternative."""
+        if not isinstance(data, dict) or "attempt" not in data:
+            return data
+        data = dict(data)
+        n = data.pop("attempt")
+        if n is None:
+            return data
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise ValueError(f"attempt must be a whole number, got {_short(n)}")
+        data.setdefault("label", f"attempt {n}")
+        data.setdefault("alternative", True)
+        return data
+
+
+class Fold(NamedTuple):
+    """The set-aside branches folded under one turn: their messages, and how many alternatives
+    (replies marked `alternative`) start among them."""
+
+    nodes: frozenset[str]
+    count: int
 
 
 class Branch(BaseModel):
@@ -131,7 +170,7 @@ class Branch(BaseModel):
     prompts: list[str]  # the user prompts on its path
     last: str  # a preview of its last message
     outcome: str = "answered"  # how its last turn ended (TurnOutcome.status)
-    attempts: int = 0  # small-model attempts folded under it (not taken; `branches(all=True)` lists them)
+    set_aside: int = 0  # branches set aside (tried, not taken) folded under its turns; `branches(all=True)` lists them
 
 
 class Tree(BaseModel):
@@ -261,13 +300,13 @@ class Tree(BaseModel):
         return None
 
     def branches(self, all: bool = False) -> list[Branch]:  # noqa: A002 - /branches --all
-        """Every leaf, oldest first; after an undo the active point is listed too. A small model's
-        attempts that were not taken are folded under their turn (counted in `attempts`) unless `all`."""
+        """Every leaf, oldest first; after an undo the active point is listed too. Branches set aside
+        (tried, not taken) are folded under their turn (counted in `set_aside`) unless `all`."""
         ends = sorted(self.leaves(), key=lambda n: n.created)
         if self.leaf is not None and self.leaf not in {n.id for n in ends}:
             ends.append(self.nodes[self.leaf])
-        folded = {} if all else self.folded_attempts()
-        hidden = set().union(*folded.values())
+        folds = {} if all else self.folds()
+        hidden = hidden_by(folds)
         ends = [end for end in ends if end.id not in hidden]
         out = []
         for end in ends:
@@ -278,29 +317,33 @@ class Tree(BaseModel):
             out.append(Branch(id=end.id, active=end.id == self.leaf, depth=len(path),
                               prompts=[n.message.content or "" for n in path if n.message.role == "user"],
                               last=last[:80], outcome=outcome.status if outcome else "unfinished",
-                              attempts=sum(self.attempts_in(folded.get(n.id, ())) for n in path)))
+                              set_aside=sum(folds[n.id].count for n in path if n.id in folds)))
         return out
 
-    def folded_attempts(self) -> dict[str, set[str]]:
-        """A small model's attempts that were not taken, by the message they answered (the turn's
-        user message): the nodes of each, from the reply that starts it to its end. Nothing on the
-        active branch is folded."""
+    def folds(self) -> dict[str, Fold]:
+        """The branches set aside, folded under the turn they belong to (by its user message, else
+        by the message the alternative answered). Each runs from a reply marked `alternative` down
+        to a leaf whose outcome is "set_aside"; one without such a start, or that would fold part of
+        the active branch, is not folded (it is listed like any branch)."""
         active = {n.id for n in self.path()} if self.leaf is not None else set()
-        out: dict[str, set[str]] = {}
+        nodes: dict[str, set[str]] = {}
+        starts: dict[str, set[str]] = {}
         for leaf in self.leaves():
-            if leaf.outcome is None or leaf.outcome.status != "attempt" or leaf.id in active:
+            if leaf.outcome is None or leaf.outcome.status != "set_aside":
                 continue
-            nodes, cur = set(), leaf
-            while cur.parent is not None and cur.attempt is None:
-                nodes.add(cur.id)
+            branch, cur = set(), leaf
+            while cur.id not in active and not cur.alternative and cur.parent is not None:
+                branch.add(cur.id)
                 cur = self.nodes[cur.parent]
-            if cur.attempt is not None and cur.parent is not None:
-                out.setdefault(cur.parent, set()).update(nodes | {cur.id})
-        return out
-
-    def attempts_in(self, node_ids: Iterable[str]) -> int:
-        """How many attempts start among these nodes."""
-        return sum(self.nodes[i].attempt is not None for i in node_ids)
+            if cur.id in active or not cur.alternative or cur.parent is None:
+                continue
+            turn = self.nodes[cur.parent]
+            while turn.message.role != "user" and turn.parent is not None:
+                turn = self.nodes[turn.parent]
+            key = turn.id if turn.message.role == "user" else cur.parent
+            nodes.setdefault(key, set()).update(branch | {cur.id})
+            starts.setdefault(key, set()).add(cur.id)
+        return {key: Fold(frozenset(ids), len(starts[key])) for key, ids in nodes.items()}
 
     def switch(self, node_id: str) -> None:
         """Make `node_id` (a leaf or any message) the end of the active branch."""
@@ -314,6 +357,11 @@ class Tree(BaseModel):
     def cells(self, leaf: str | None = None) -> list[Node]:
         """The executed python cells on a path, in order: what the kernel's state is made of."""
         return [n for n in self.path(leaf) if n.cell is not None and n.cell.executed]
+
+
+def hidden_by(folds: dict[str, Fold]) -> set[str]:
+    """Every message the folds hold."""
+    return set().union(*(f.nodes for f in folds.values()))
 
 
 def _short(node_id: object) -> str:

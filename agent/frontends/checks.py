@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import re
-import stat
 import subprocess
 import sys
 from pathlib import Path
 
 from pydantic import BaseModel
+
+from sandbox import entry_kind
 
 from agent.frontends.tasks import Check
 
@@ -51,27 +51,6 @@ def regex_search(pattern: str, text: str, flags: int = 0, seconds: float = REGEX
     if out.returncode != 0 or out.stdout not in ("0", "1"):
         raise RuntimeError(f"the pattern could not be run: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
     return out.stdout == "1"
-
-
-def workspace_entry(workspace: Path, relpath: str) -> str | None:
-    """'file' or 'folder' when `relpath` is one inside the workspace with no link on the way; else
-    None (missing, a link, a FIFO, a device: the same answer, so nothing is told about the host)."""
-    from sandbox import safefs
-
-    parent, _, name = relpath.strip("/").rpartition("/")
-    try:
-        fd = safefs.open_dir(workspace, parent)
-    except (safefs.UnsafePath, safefs.NotFound, OSError):  # a link or FIFO on the way, or nothing
-        return None
-    try:
-        if not name:
-            return "folder"
-        mode = os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    return "file" if stat.S_ISREG(mode) else "folder" if stat.S_ISDIR(mode) else None
 
 
 _NUMBER = re.compile(r"[-+]?(?:\d[\d,_]*\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
@@ -122,7 +101,7 @@ def run_check(check: Check, chat, answer: str, workspace: Path) -> CheckResult:
         return CheckResult(check=label, passed=bool(close),
                            detail=f"found {close[0]:g}" if close else f"numbers in the answer: {nums[:10]}")
     if kind == "file_exists":
-        ok = workspace_entry(workspace, value) is not None
+        ok = entry_kind(workspace, value) is not None
         return CheckResult(check=label, passed=ok,
                            detail="" if ok else "not in the workspace (links, FIFOs and devices do not count)")
     if kind == "kernel":
@@ -131,4 +110,4 @@ def run_check(check: Check, chat, answer: str, workspace: Path) -> CheckResult:
     return CheckResult(check=label, passed=cost <= value, detail=f"cost ${cost:.4f}")
 
 
-__all__ = ["CheckResult", "RegexTimeout", "regex_search", "run_check", "workspace_entry", "REGEX_SECONDS"]
+__all__ = ["CheckResult", "RegexTimeout", "regex_search", "run_check", "REGEX_SECONDS"]

@@ -50,7 +50,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     console = Console()
     code = sys.stdin.read() if args.code == "-" else args.code
     check_sandbox_options(args)  # before the kernel starts: its own errors are worded for Python callers
-    with Kernel(**kernel_options(args)) as kernel:
+    with Kernel(kernel_options(args)) as kernel:
         res = kernel.execute(code)
     if args.json:
         print(json.dumps(res.model_dump(mode="json"), indent=2))  # ASCII only: no raw C1 or bidi control
@@ -107,9 +107,10 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     from agent.frontends.warmup import EarlyKernel, Timings
 
     timings = Timings()  # printed with --timings
-    early = EarlyKernel(kernel_options(args))  # comes up while the model loads
+    options = chat_options(args)
+    early = EarlyKernel(options.pop("kernel"))  # comes up while the model loads; the Chat gets it, not its options
     try:
-        chat = load_chat(args, early, timings)
+        chat = load_chat(args, options, early, timings)
     except BaseException:
         early.close()
         raise
@@ -167,17 +168,18 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     return 3 if stopped else 0
 
 
-def load_chat(args: argparse.Namespace, early: "EarlyKernel", timings: "Timings") -> Any:
-    """The one shot's Chat on the early kernel, the model's import and load timed apart."""
+def load_chat(args: argparse.Namespace, options: dict[str, Any], early: "EarlyKernel", timings: "Timings") -> Any:
+    """The one shot's Chat (`options`: chat_options less the kernel's) on the early kernel, the model's
+    import and load timed apart."""
     from agent.frontends.options import keep_alive
-    from agent.models import default_model, is_local_model
+    from agent.models import default_model, is_local_model, preload_transformers
 
     with timings.phase("import"):  # torch and transformers for a local model: seconds, while the kernel starts
         if is_local_model(args.model or default_model()) and not args.base_url and not keep_alive(args):
-            import agent.models.transformers_backend  # noqa: F401 - not for a resident model: its server has them
+            preload_transformers()  # not for a resident model: its server has them
         from agent.chat import Chat
     with timings.phase("model_load"):
-        return Chat(kernel=early.kernel, **chat_options(args))
+        return Chat(kernel=early.kernel, **options)
 
 
 class UsageError(ValueError):
@@ -337,7 +339,7 @@ def run() -> NoReturn:
     without the interpreter's teardown of torch and transformers, which measured 1.5 s of every
     one-shot's wall time (os._exit: no other exit handler runs, and none is needed once the output
     is flushed; a background fp16 packing simply stops with the process)."""
-    from sandbox.base import close_all_kernels
+    from sandbox import close_all_kernels
 
     code = main()
     close_all_kernels()

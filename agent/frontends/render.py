@@ -30,7 +30,7 @@ from rich.text import Text
 
 from agent.core.events import (AnswerEvent, Event, NoticeEvent, TextEvent, ToolCallEvent, ToolOutputEvent,
                      ToolResultEvent, UsageEvent)
-from tools.python_tool import PYTHON_FENCE_OPENING
+from tools.text import PYTHON_FENCE_OPENING
 
 STATUS_STYLE = {"ok": "green", "error": "red", "timeout": "yellow", "died": "red", "rejected": "yellow",
                 "invalid": "red"}
@@ -177,7 +177,7 @@ class FenceFilter:
         return rest
 
 
-OUTCOME_TITLE = {"stopped": "stopped: no value printed", "max_steps": "stopped: step limit",
+OUTCOME_TITLE = {"stopped": "stopped", "max_steps": "stopped: step limit",
                  "budget": "stopped: budget", "interrupted": "stopped: interrupted", "failed": "stopped: failed"}
 
 

@@ -39,7 +39,7 @@ from agent.core.dirs import conversations_dir, data_dir
 from agent.core.events import Event, NoticeEvent, TextEvent, ToolCallEvent, ToolOutputEvent, ToolResultEvent
 from agent.frontends.conversations import find_conversation, resume_options, show_loaded
 from agent.frontends.file_cells import ask_file_cells
-from agent.frontends.options import chat_options, check_save_path, conversation_path, keep_alive, kernel_options
+from agent.frontends.options import chat_options, check_save_path, conversation_path, keep_alive
 from agent.frontends.render import EventPrinter, RunningView, code_panel, safe_line, safe_text
 from agent.frontends.warmup import EarlyKernel
 from agent.frontends.workspaces import close_chat
@@ -399,7 +399,7 @@ class Repl:
             return kernel.files()
         root = self.chat.workspace
         if root is not None and root.is_dir():
-            from sandbox.safefs import walk_files  # no link followed: lists nothing about the host
+            from sandbox import walk_files  # no link followed: lists nothing about the host
 
             return walk_files(root)
         return []
@@ -411,23 +411,20 @@ class Repl:
             backend = get_backend(name, base_url=self.args.base_url, api_key=self.args.api_key,
                                   keep_alive=keep_alive(self.args), workspace=self.chat.workspace)
         chat = self.chat
-        chat.use_backend(backend)
-        from agent.chat import DEFAULT_SYSTEMS, default_system
-
+        before = chat.system
+        chat.use_backend(backend)  # a default system prompt follows the model; yours stays
         note = "the system prompt is unchanged"
-        if chat.system in DEFAULT_SYSTEMS:  # a default follows the model; yours stays
-            self.set_system(default_system(backend))
+        if chat.system != before:
             note = "the default system prompt for this kind of model"
+        if chat.path is not None and chat.tree.user_nodes():  # the new root is saved (no file for a conversation not begun)
+            chat.save()
         self.notice(f"model: {chat.model} ({note}; /system shows it)")
 
     def set_system(self, text: str) -> None:
         """Replace the system prompt. It is the root of the tree, so every branch uses the new one
         from its next request on; answers already given stay as they were."""
-        from agent.core.messages import Message
-
         chat = self.chat
         chat.system = text
-        chat.tree.nodes[chat.tree.root].message = Message(role="system", content=text)
         if chat.path is not None and chat.tree.user_nodes():  # no file for a conversation not begun
             chat.save()
 
@@ -465,11 +462,11 @@ def main(args: argparse.Namespace, backend: Any = None, console: Console | None 
     if backend is not None:
         options["backend"] = backend
     resume = find_conversation(args.resume or None) if getattr(args, "resume", None) is not None else None
-    early = EarlyKernel(kernel_options(args))  # comes up while the model loads (not in `options`: /load makes its own)
+    early = EarlyKernel(options["kernel"])  # comes up while the model loads; /load starts its own from the options
     try:
         with console.status(Text(f"loading {safe_line(str(resume or args.model or 'the model'))}…")):
-            chat = (Chat.load(resume, kernel=early.kernel, **resume_options(args, options)) if resume
-                    else Chat(kernel=early.kernel, **options))
+            first = {**options, "kernel": early.kernel}
+            chat = (Chat.load(resume, **resume_options(args, first)) if resume else Chat(**first))
     except BaseException:
         early.close()
         raise

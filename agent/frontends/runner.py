@@ -37,14 +37,14 @@ from rich.text import Text
 from agent.core import export, store
 from agent.core.notebook_export import notebook_json
 from agent.core.budget import BudgetExceeded
-from agent.models.cassette import Cassette, CassetteError, RecordingBackend, ReplayBackend
+from agent.models import Cassette, CassetteError, RecordingBackend, ReplayBackend
 from agent.frontends.checks import CheckResult, run_check
 from agent.frontends.options import add_keep_alive_arg, add_sandbox_args, keep_alive
 from agent.core.events import AnswerEvent, Event, ToolCallEvent, UsageEvent
 from agent.frontends.render import safe_line, safe_text
 from agent.frontends.task_models import check_task_files, check_task_models, local_model
-from agent.frontends.task_sandbox import (TRUST_ALIAS, TRUST_FLAG, check_task_sandboxes, run_sandbox,
-                                          task_kernel_options)
+from agent.frontends.task_sandbox import (TRUST_ALIAS, TRUST_FLAG, UserSandbox, check_task_sandboxes, run_sandbox,
+                                          task_options)
 from agent.frontends.tasks import Task, TaskError, load_tasks
 
 Status = Literal["passed", "failed", "error"]
@@ -98,7 +98,7 @@ def _fresh_workspace(workspace: Path) -> None:
     """An empty workspace for this run. A rerun with the same --out finds the last run's files there,
     written by sandboxed code (links, FIFOs, folders thousands deep or locked): they would make
     `file_exists` checks pass, so they go (sandbox.saferm: no link followed, any depth)."""
-    from sandbox.saferm import remove_tree
+    from sandbox import remove_tree
 
     removal = remove_tree(workspace)
     if not removal.complete:
@@ -109,7 +109,7 @@ def _fresh_workspace(workspace: Path) -> None:
 def _copy_files(task: Task, workspace: Path) -> None:
     """The task's files into the workspace, each under its own name, through safefs: nothing on the
     workspace side is followed."""
-    from sandbox.safecopy import copy_in
+    from sandbox import copy_in
 
     for src in task.source_files():
         if workspace.resolve().is_relative_to(src):  # files = ["."] with --out inside that folder
@@ -118,7 +118,7 @@ def _copy_files(task: Task, workspace: Path) -> None:
 
 
 def run_task(task: Task, folder: Path, backend: Any, progress: Progress | None = None,
-             kernel_options: dict[str, Any] | None = None, trust_task_files: bool = False) -> TaskResult:
+             kernel_options: UserSandbox | None = None, trust_task_files: bool = False) -> TaskResult:
     """Run one task with its own workspace and kernel; write its transcript and report to `folder`.
     `kernel_options`: the run's sandbox, which the task may only tighten unless `trust_task_files`."""
     from agent.chat import Chat
@@ -130,11 +130,11 @@ def run_task(task: Task, folder: Path, backend: Any, progress: Progress | None =
                         report=str(folder), model=getattr(backend, "model", None))
     bar.update("starting the kernel")
     try:
-        sandbox = task_kernel_options(task, kernel_options or {}, folder, trust_task_files)
+        sandbox = task_options(task, kernel_options or {}, folder, workspace, trust_task_files)
         _fresh_workspace(workspace)
         _copy_files(task, workspace)
         chat = Chat(backend=backend, system=task.system, budget=task.budget.budget(), max_steps=task.max_steps,
-                    temperature=task.temperature, progress=False, workspace=workspace, **sandbox)
+                    temperature=task.temperature, progress=False, kernel=sandbox)
     except Exception as e:  # noqa: BLE001 - reported per task
         result.status, result.error = "error", f"setup: {type(e).__name__}: {e}"
         result.seconds = time.monotonic() - t0
@@ -337,7 +337,7 @@ def _workspace(out: Path, task: Task) -> Path:
 
 def run_tasks(tasks: list[Task], out: Path, backends: dict[str, Any], parallel: int = 1,
               console: Console | None = None, show_progress: bool = True,
-              kernel_options: dict[str, Any] | None = None, trust_task_files: bool = False) -> list[TaskResult]:
+              kernel_options: UserSandbox | None = None, trust_task_files: bool = False) -> list[TaskResult]:
     """Run the tasks (`parallel` at a time), with a live progress bar per task. `kernel_options`: the
     run's sandbox; a task asking for a looser one raises TaskError before anything runs, unless
     `trust_task_files`."""

@@ -26,8 +26,7 @@ from typing import Any
 
 from agent.frontends.task_sandbox import TRUST_FLAG, sandbox_refusal
 from agent.frontends.tasks import Task, TaskError
-from agent.models.embedded import EMBEDDED_ALIASES
-from agent.models.sources import OLLAMA_PREFIX
+from agent.models import EMBEDDED_ALIASES, OLLAMA_PREFIX
 
 # What the openai SDK sends from the environment with every request, to whichever server it is given.
 SECRETS = ("OPENAI_API_KEY", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID")

@@ -10,8 +10,8 @@ that value or more (`--isolation none`, `--network`, `--gpu`, `--timeout 300`, `
 `--disk-mb 20000`), or `--trust-task-files`, which accepts the task files' settings as written (their
 [sandbox], and their model and base_url: frontends/task_models.py).
 
-`user` below is the run's sandbox as Kernel keyword arguments (isolation, network, gpu, timeout,
-memory_mb, disk_mb, and the gateway's); a key left out has the Kernel's default.
+`user` below is the run's sandbox: a KernelOptions, or a mapping of its fields (isolation, network,
+gpu, timeout, memory_mb, disk_mb, the gateway's, ...); a field left out has the KernelOptions default.
 """
 
 from __future__ import annotations
@@ -19,37 +19,38 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from agent.frontends.options import check_sandbox_options, kernel_options
 from agent.frontends.tasks import SandboxSpec, Task, TaskError
-from sandbox.limits import Limits
-from sandbox.quota import MAX_DEFAULT_GROWTH_MB, SHARE_OF_FREE
+from sandbox import KernelOptions, Limits, default_growth_mb
 
 TRUST_FLAG = "--trust-task-files"
 TRUST_ALIAS = "--trust-task-sandbox"  # its first name, from when it covered the [sandbox] alone
-# The Kernel's defaults for what a task file can set (-1: the sandbox's own default limit).
-KERNEL_DEFAULTS: dict[str, Any] = {"isolation": None, "network": False, "gpu": False, "timeout": 120.0,
-                                   "memory_mb": -1, "disk_mb": -1}
-SETTINGS = tuple(KERNEL_DEFAULTS)
+# What a task file can set: KernelOptions fields (whose defaults, -1 the sandbox's own limit, hold
+# where neither the run nor the file sets them).
+SETTINGS = tuple(SandboxSpec.model_fields)
+UserSandbox = KernelOptions | Mapping[str, Any]
+
+
+def user_options(user: UserSandbox) -> KernelOptions:
+    """The run's sandbox as KernelOptions (from a mapping of its fields: checked as any)."""
+    return user if isinstance(user, KernelOptions) else KernelOptions(**user)
 
 
 def run_sandbox(args: argparse.Namespace) -> dict[str, Any]:
     """The run's sandbox from the sandbox flags (config.toml's values are their defaults), checked:
-    Kernel keyword arguments, less the workspace (each task has its own)."""
+    the KernelOptions fields they set, less the workspace (each task has its own)."""
     check_sandbox_options(args)
-    return {k: v for k, v in kernel_options(args).items() if k != "workspace"}
+    return kernel_options(args).model_dump(exclude_unset=True, exclude={"workspace"})
 
 
 def default_disk_growth_mb(out: Path) -> int:
-    """The default quota's growth for a workspace under `out` (a share of the free space there); what
-    the workspace will hold at start comes on top, so this is the smaller side of the default."""
-    p = Path(out).absolute()
-    while not p.exists() and p != p.parent:  # the report folder is made later
-        p = p.parent
-    st = os.statvfs(p)
-    return min(int(st.f_bavail * st.f_frsize // 2**20 * SHARE_OF_FREE), MAX_DEFAULT_GROWTH_MB)
+    """The default quota's growth for a workspace under `out` (made later); what the workspace will
+    hold at start comes on top, so this is the smaller side of the default."""
+    return default_growth_mb(out)
 
 
 def _limit(value: int | float | None, default: Any) -> float:
@@ -59,30 +60,30 @@ def _limit(value: int | float | None, default: Any) -> float:
     return default() if value == -1 else value
 
 
-def looser_settings(spec: SandboxSpec, user: dict[str, Any], out: Path) -> list[tuple[str, str]]:
+def looser_settings(spec: SandboxSpec, user: UserSandbox, out: Path) -> list[tuple[str, str]]:
     """(the setting as the file writes it, the flag that grants it) for each [sandbox] setting of
     `spec` that loosens the sandbox `user` gives."""
-    u = {**KERNEL_DEFAULTS, **user}
+    u = user_options(user)
     found: list[tuple[str, str]] = []
     # bwrap is the strongest isolation (where it cannot run, the kernel refuses to start: never a
     # silent fallback); under the user's gateway every kernel runs there, whatever the file says.
-    if u["isolation"] != "gateway" and spec.isolation not in (None, "bwrap", u["isolation"]):
+    if u.isolation != "gateway" and spec.isolation not in (None, "bwrap", u.isolation):
         found.append((f"isolation = {json.dumps(spec.isolation)}",
                       "--gateway URL" if spec.isolation == "gateway" else f"--isolation {spec.isolation}"))
-    if spec.network and not u["network"]:
+    if spec.network and not u.network:
         found.append(("network = true", "--network"))
-    if spec.gpu and not u["gpu"]:  # True, or "auto": the GPU whenever this machine has one
+    if spec.gpu and not u.gpu:  # True, or "auto": the GPU whenever this machine has one
         found.append((f"gpu = {json.dumps(spec.gpu)}", "--gpu"))
-    if spec.timeout is not None and spec.timeout > u["timeout"]:
+    if spec.timeout is not None and spec.timeout > u.timeout:
         found.append((f"timeout = {spec.timeout:g}", f"--timeout {spec.timeout:g}"))
-    if spec.memory_mb is not None and spec.memory_mb > _limit(u["memory_mb"], lambda: Limits().memory_mb):
+    if spec.memory_mb is not None and spec.memory_mb > _limit(u.memory_mb, lambda: Limits().memory_mb):
         found.append((f"memory_mb = {spec.memory_mb}", f"--memory-mb {spec.memory_mb}"))
-    if spec.disk_mb is not None and spec.disk_mb > _limit(u["disk_mb"], lambda: default_disk_growth_mb(out)):
+    if spec.disk_mb is not None and spec.disk_mb > _limit(u.disk_mb, lambda: default_disk_growth_mb(out)):
         found.append((f"disk_mb = {spec.disk_mb}", f"--disk-mb {spec.disk_mb}"))
     return found
 
 
-def sandbox_refusal(task: Task, user: dict[str, Any], out: Path) -> str | None:
+def sandbox_refusal(task: Task, user: UserSandbox, out: Path) -> str | None:
     """One sentence when `task` asks for a looser sandbox than `user` (None: it does not)."""
     found = looser_settings(task.sandbox, user, out)
     if not found:
@@ -94,7 +95,7 @@ def sandbox_refusal(task: Task, user: dict[str, Any], out: Path) -> str | None:
             f"to accept the task files' settings")
 
 
-def check_task_sandboxes(tasks: list[Task], user: dict[str, Any], out: Path, trust: bool = False) -> None:
+def check_task_sandboxes(tasks: list[Task], user: UserSandbox, out: Path, trust: bool = False) -> None:
     """Raise TaskError (a sentence per task) when a task asks for more than `user` gives, unless `trust`."""
     if trust:
         return
@@ -103,18 +104,24 @@ def check_task_sandboxes(tasks: list[Task], user: dict[str, Any], out: Path, tru
         raise TaskError("\n".join(problems))
 
 
-def task_kernel_options(task: Task, user: dict[str, Any], out: Path, trust: bool = False) -> dict[str, Any]:
-    """The Kernel keyword arguments for `task`: the user's sandbox with the file's settings where it
-    sets them (checked first unless `trust`: TaskError). Under the user's gateway every kernel runs there."""
+def task_kernel_options(task: Task, user: UserSandbox, out: Path, trust: bool = False) -> dict[str, Any]:
+    """The KernelOptions fields for `task`: those the user's sandbox sets, with the file's settings
+    where it sets them (checked first unless `trust`: TaskError), less the workspace (each task has
+    its own). Under the user's gateway every kernel runs there."""
     check_task_sandboxes([task], user, out, trust)
-    options = {**KERNEL_DEFAULTS, **user}
-    options.pop("workspace", None)  # each task has its own
+    u = user_options(user)
+    options = u.model_dump(exclude_unset=True, exclude={"workspace"})
     for key in SETTINGS:
         value = getattr(task.sandbox, key)
-        if value is not None and not (key == "isolation" and options["isolation"] == "gateway"):
+        if value is not None and not (key == "isolation" and u.isolation == "gateway"):
             options[key] = value
     return options
 
 
+def task_options(task: Task, user: UserSandbox, out: Path, workspace: Path, trust: bool = False) -> KernelOptions:
+    """`task`'s kernel options, whole: `task_kernel_options` in `workspace`."""
+    return KernelOptions(**task_kernel_options(task, user, out, trust), workspace=workspace)
+
+
 __all__ = ["TRUST_ALIAS", "TRUST_FLAG", "check_task_sandboxes", "looser_settings", "run_sandbox", "sandbox_refusal",
-           "task_kernel_options"]
+           "task_kernel_options", "task_options", "user_options"]

@@ -19,7 +19,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.core.budget import Budget
-from sandbox.limits import MAX_MB
+from sandbox import MAX_LIMITS
 
 MAX_TASK_BYTES = 1 << 22  # a task file past 4 MiB is refused before it is parsed
 MAX_PROBLEMS = 20  # validation problems reported per task file
@@ -43,15 +43,17 @@ class BudgetSpec(Budget):
 
 
 class SandboxSpec(_Strict):
-    """The task file's [sandbox]; None: as the run gives it (the command line, config.toml). A value
-    looser than the run's stops the run unless the command line grants it (frontends/task_sandbox.py)."""
+    """The task file's [sandbox]: KernelOptions fields; None: as the run gives it (the command line,
+    config.toml, else the KernelOptions default). A value looser than the run's stops the run unless
+    the command line grants it (frontends/task_sandbox.py)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)  # `network = "yes"` or `memory_mb = true`: refused
 
     network: bool | None = None
     gpu: bool | Literal["auto"] | None = None  # auto: the GPU when this machine has one
-    memory_mb: int | None = Field(default=None, gt=0, le=MAX_MB)
-    disk_mb: int | None = Field(default=None, gt=0, le=MAX_MB, description="workspace disk quota (default: a share of the free space)")
+    memory_mb: int | None = Field(default=None, gt=0, le=MAX_LIMITS["memory_mb"])
+    disk_mb: int | None = Field(default=None, gt=0, le=MAX_LIMITS["disk_mb"],
+                                description="workspace disk quota (default: a share of the free space)")
     timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False, description="seconds per cell")
     isolation: Literal["bwrap", "none", "gateway"] | None = None  # gateway: see docs/sandbox.md
 

@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from sandbox import Kernel
+from sandbox import Kernel, KernelOptions
 
 
 class EarlyKernel:
@@ -23,8 +23,8 @@ class EarlyKernel:
     start (Kernel.start holds the kernel's lock) and, when the start failed there, starts it again
     in the caller's thread, so the error is raised where it is reported."""
 
-    def __init__(self, options: dict[str, Any]):
-        self.kernel = Kernel(start=False, **options)  # a bad option: ValueError here, at once
+    def __init__(self, options: KernelOptions):
+        self.kernel = Kernel(options, start=False)  # a bad workspace: ValueError here, at once
         self.seconds: float | None = None
         self.thread = threading.Thread(target=self._start, name="kernelchat-kernel-start", daemon=True)
         self.thread.start()

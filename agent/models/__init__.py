@@ -18,6 +18,13 @@ from typing import Any
 
 from agent.core.backend import Backend, BackendError, Capabilities
 from agent.core.dirs import cache_dir, overlaps
+from agent.models.cassette import Cassette, CassetteError, RecordingBackend, ReplayBackend
+from agent.models.embedded import EMBEDDED_ALIASES
+from agent.models.pricing import context_window, is_local_model, prices
+from agent.models.resident import KEEP_ALIVE_DEFAULT, stop_servers
+from agent.models.resident import servers as resident_servers
+from agent.models.sources import OLLAMA_PREFIX
+from agent.models.tokens import count_request
 
 EMBEDDED = "hf:smollm2"
 _local_cache: dict[str, Any] = {}
@@ -28,12 +35,6 @@ def default_model() -> str:
     if os.environ.get("KERNELCHAT_MODEL"):
         return os.environ["KERNELCHAT_MODEL"]
     return "gpt-4o-mini" if os.environ.get("OPENAI_API_KEY") else EMBEDDED
-
-
-def is_local_model(model: str) -> bool:
-    """A model that runs on this machine (in process or in a resident server): hf:, ollama:, a .gguf, a folder."""
-    return (model.startswith(("hf:", "ollama:")) or model.endswith(".gguf")
-            or os.path.isdir(os.path.expanduser(model)))
 
 
 def get_backend(model: str | None = None, *, base_url: str | None = None, api_key: str | None = None,
@@ -62,6 +63,11 @@ def get_backend(model: str | None = None, *, base_url: str | None = None, api_ke
     return OpenAIBackend(model, base_url=base_url, api_key=api_key)
 
 
+def preload_transformers() -> None:
+    """Import the transformers engine (torch, transformers: seconds), for a caller that times it apart."""
+    import agent.models.transformers_backend  # noqa: F401
+
+
 def _load_local(model: str, progress: bool, keep_alive: float, workspace: str | os.PathLike | None) -> Backend:
     if keep_alive > 0:
         from agent.models.resident import ResidentBackend, ResidentUnavailable
@@ -77,4 +83,8 @@ def _load_local(model: str, progress: bool, keep_alive: float, workspace: str | 
     return TransformersBackend(model, progress=progress)
 
 
-__all__ = ["Backend", "BackendError", "Capabilities", "get_backend", "default_model", "is_local_model", "EMBEDDED"]
+# What front ends use of the models: they import from here, never from the modules.
+__all__ = ["Backend", "BackendError", "Capabilities", "get_backend", "default_model", "is_local_model", "EMBEDDED",
+           "EMBEDDED_ALIASES", "OLLAMA_PREFIX", "KEEP_ALIVE_DEFAULT", "Cassette", "CassetteError", "RecordingBackend",
+           "ReplayBackend", "context_window", "count_request", "preload_transformers", "prices", "resident_servers",
+           "stop_servers"]

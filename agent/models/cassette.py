@@ -25,6 +25,8 @@ from pydantic import BaseModel, Field
 from agent.core.backend import Backend, Capabilities, stream_reply
 from agent.core.messages import Done, Message, Reply, StreamEvent
 from agent.core.store import atomic_write, read_document
+from agent.models import pricing
+from agent.models.toolparse import with_text_calls
 
 FORMAT = "kernelchat.cassette/1"
 
@@ -132,6 +134,7 @@ class RecordingBackend(Backend):
         self.context_window: int = inner.context_window
         # The inner backend's decoding guides run as usual: the replies are recorded as they shaped them.
         self.capabilities: Capabilities = inner.capabilities
+        self.price, self.price_help, self.tools_note = inner.price, inner.price_help, inner.tools_note
         self.n = 0
         cassette.start_task(task, TaskInfo(model=self.model, context_window=self.context_window,
                                            supports_tools=self.capabilities.tools, capabilities=self.capabilities))
@@ -171,6 +174,7 @@ class ReplayBackend(Backend):
         self.task, self.info = task, data.tasks[task]
         self.workspace = str(workspace) if workspace else None
         self.model, self.context_window = self.info.model, self.info.context_window
+        self.price, self.price_help = pricing.lookup(self.model), pricing.price_help(self.model)
         # The recorded backend's, so that the loop asks as it did; the replies come whole.
         recorded = self.info.capabilities or Capabilities(tools=self.info.supports_tools)
         self.capabilities = dataclasses.replace(recorded, streaming=False)
@@ -219,7 +223,8 @@ class ReplayBackend(Backend):
     def stream(self, messages, tools=None, *, max_tokens=None, temperature=None,
                **guides) -> Iterator[StreamEvent]:
         """The recorded reply; the guides (numbers=, favour=) shaped it when it was recorded."""
-        yield from stream_reply(self._lookup(messages, tools), chunk=16)
+        # Recorded before backends parsed text calls, a reply may hold ```python blocks: calls too.
+        yield from stream_reply(with_text_calls(self._lookup(messages, tools), tools), chunk=16)
 
 
 def _short(value: Any, n: int = 80) -> str:

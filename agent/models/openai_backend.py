@@ -21,6 +21,7 @@ import openai
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
 from agent.models import pricing, tokens
+from agent.models.toolparse import with_text_calls
 from agent.core.backend import Backend, BackendError, Capabilities
 from agent.core.messages import Done, Message, Reply, StreamEvent, TextDelta, ToolCall, Usage
 
@@ -106,6 +107,7 @@ class OpenAIBackend(Backend):
                  backoff_initial: float = 1.0, backoff_max: float = 30.0):
         self.model = model
         self.api_model = pricing.bare_model(model)
+        self.price, self.price_help = pricing.lookup(model), pricing.price_help(model)
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL).rstrip("/")
         key = api_key or os.environ.get("OPENAI_API_KEY")
         if not key:
@@ -169,7 +171,8 @@ class OpenAIBackend(Backend):
                       for i, c in sorted(calls.items())]
         message = Message(role="assistant", content="".join(text) or None, tool_calls=tool_calls)
         usage = self._usage(raw_usage, estimate, message, time.perf_counter() - start)
-        yield Done(reply=Reply(message=message, usage=usage, finish_reason=finish, model=model))
+        # A server without tool support (or its model) may answer with ```python blocks: calls too.
+        yield Done(reply=with_text_calls(Reply(message=message, usage=usage, finish_reason=finish, model=model), tools))
 
     # -- requests, retries, errors --------------------------------------------------------------------
 

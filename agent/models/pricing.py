@@ -19,7 +19,6 @@ from pydantic import BaseModel, ValidationError
 
 from agent.core.dirs import config_dir
 
-LOCAL_PREFIXES = ("hf:", "ollama:", "local:")  # models run on this machine: they cost nothing
 
 
 class Price(BaseModel):
@@ -78,8 +77,17 @@ def bare_model(model: str) -> str:
     return model.split(":", 1)[1] if model.startswith(("openai:", "oai:")) else model
 
 
-def is_local(model: str) -> bool:
-    return model.startswith(LOCAL_PREFIXES)
+def price_help(model: str) -> str:
+    """Where the price of `model` can be given (for the refusal of a money budget without one)."""
+    return (f"add it to {user_prices_path()} (or the file KERNELCHAT_PRICES names) as "
+            f'{{"models": {{"{bare_model(model)}": {{"input": USD, "output": USD}}}}}} per 1M tokens')
+
+
+def is_local_model(model: str) -> bool:
+    """A model that runs on this machine (in process or in a resident server), and so costs nothing:
+    hf:, ollama:, a .gguf file, a model folder. The one place that decides it."""
+    return (model.startswith(("hf:", "ollama:")) or model.endswith(".gguf")
+            or os.path.isdir(os.path.expanduser(model)))
 
 
 def lookup(model: str) -> Price | None:
@@ -89,8 +97,7 @@ def lookup(model: str) -> Price | None:
     best = max((k for k in table if name.startswith(k)), key=len, default=None)
     if best is not None:
         return table[best]
-    on_this_machine = is_local(name) or name.endswith(".gguf") or os.path.isdir(os.path.expanduser(name))
-    return Price() if on_this_machine else None
+    return Price() if is_local_model(name) else None
 
 
 def cost_usd(model: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:

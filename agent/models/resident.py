@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from agent.core.backend import Backend, BackendError, Capabilities
+from agent.models.pricing import Price
 from agent.core.dirs import PrivateFolder, UnsafeFolder, overlaps, runtime_dir
 from agent.core.messages import Done, Message, Reply, StreamEvent, TextDelta
 from agent.models.embedded import resolve_model_path
@@ -303,6 +304,8 @@ class ResidentBackend(Backend):
     """The Backend protocol over the resident server of a local model (started when none runs).
     The command holds a connection for as long as it lives, so the server stays up while it is used
     and counts `keep_alive` from when the last command using it ended."""
+
+    price = Price()  # on this machine: free, any money budget holds
 
     def __init__(self, model: str = "hf:smollm2", *, keep_alive: float = KEEP_ALIVE_DEFAULT,
                  precision: str = "auto", progress: bool = True,

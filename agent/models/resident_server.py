@@ -93,7 +93,7 @@ class Server:
             users, left = self.users - asking, max(self.deadline - time.monotonic(), 0.0)
         return {"model": self.model, "pid": os.getpid(), "context_window": b.context_window,
                 "capabilities": dataclasses.asdict(caps),
-                "tools_note": getattr(b, "tools_note", None), "device": getattr(b, "device", "cpu"),
+                "tools_note": b.tools_note, "device": getattr(b, "device", "cpu"),
                 "precision": getattr(b, "precision", None), "fp16_ready": fp16_ready(b),
                 "rss_mb": round(rss_mb(), 1), "users": users, "idle_left_s": round(left, 1),
                 "keep_alive": self.keep_alive, "started": self.started}

@@ -8,6 +8,8 @@ from typing import Any, Callable, Iterator
 
 from agent.core.backend import Backend, Capabilities, stream_reply
 from agent.core.messages import Message, Reply, StreamEvent, ToolCall, Usage
+from agent.models import pricing
+from agent.models.toolparse import with_text_calls
 
 Script = str | Message | Callable[[list[Message]], "str | Message"]
 
@@ -24,9 +26,11 @@ class ScriptedBackend(Backend):
 
     context_window = 128_000
 
-    def __init__(self, replies: list[Script], model: str = "local:scripted",  # local: it costs nothing
+    def __init__(self, replies: list[Script], model: str = "local:scripted",
                  capabilities: Capabilities = Capabilities(streaming=False)):
         self.model, self.capabilities = model, capabilities
+        # A script costs nothing, unless it stands in for a priced model (`model="gpt-4o-mini"`).
+        self.price = pricing.lookup(model) or pricing.Price()
         self.replies = list(replies)
         self.requests: list[list[Message]] = []  # what the loop sent, for assertions
 
@@ -49,5 +53,6 @@ class ScriptedBackend(Backend):
         completion = len((msg.content or "") + "".join(c.arguments for c in msg.tool_calls)) // 4 + 1
         usage = Usage(prompt_tokens=self.count_prompt_tokens(messages, tools), completion_tokens=completion)
         usage.estimated_prompt_tokens = usage.prompt_tokens
-        yield from stream_reply(Reply(message=msg, usage=usage, finish_reason="tool_calls" if msg.tool_calls
-                                      else "stop", model=self.model))
+        reply = Reply(message=msg, usage=usage, finish_reason="tool_calls" if msg.tool_calls else "stop",
+                      model=self.model)
+        yield from stream_reply(with_text_calls(reply, tools))  # ```python blocks are calls, as a model's

@@ -38,11 +38,11 @@ import json
 import re
 from typing import Any, Iterable, Iterator
 
-from agent.core.messages import ToolCall
+from agent.core.messages import Reply, ToolCall
 from agent.models.tooljson import Offered, arguments_text, call_from_object, new_call_id, repair_json
-from tools.python_tool import PYTHON_FENCE as PY_FENCE_RE
+from tools.text import PYTHON_FENCE as PY_FENCE_RE
 
-__all__ = ["ToolCallStream", "new_call_id", "parse_tool_calls", "repair_json"]
+__all__ = ["ToolCallStream", "new_call_id", "parse_tool_calls", "repair_json", "with_text_calls"]
 
 HERMES_RE = re.compile(r"<tool_call>(.*?)(</tool_call>|(?=<tool_call>)|$)", re.DOTALL)
 FUNCTION_RE = re.compile(r"<function=([^<>\s]+)\s*>(.*?)(</function>|(?=<function=)|$)", re.DOTALL)
@@ -73,6 +73,18 @@ def parse_tool_calls(text: str, tools: Iterable[str | dict[str, Any]] | None = N
         return _parse(text, Offered(tools))
     except RecursionError:  # JSON nested thousands deep: not a call (json raises rather than refusing)
         return text, []
+
+
+def with_text_calls(reply: Reply, tools: Iterable[str | dict[str, Any]] | None) -> Reply:
+    """A reply with calls written as text (```python blocks: a server without tool support, a model
+    without tool training) as a reply with those calls, for the tools offered; others as they are."""
+    msg = reply.message
+    if msg.tool_calls or not tools or "```" not in (msg.content or ""):
+        return reply
+    text, calls = parse_tool_calls(msg.content or "", tools)
+    if not calls:
+        return reply
+    return reply.model_copy(update={"message": msg.model_copy(update={"content": text or None, "tool_calls": calls})})
 
 
 def _parse(text: str, offered: Offered) -> tuple[str, list[ToolCall]]:

@@ -28,13 +28,14 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from agent.models.embedded import EMBEDDED_ALIASES, quiet_loading, resolve_model_path
 from agent.core.backend import Backend, BackendError, Capabilities
+from agent.models.pricing import Price
 from agent.core.messages import Done, Message, Reply, StreamEvent, TextDelta, ToolCall, Usage
 from agent.models.toolparse import ToolCallStream, parse_tool_calls
 from agent.models.toolprompt import described_tools, template_renders_tools, with_tool_prompt
 from agent.models.transformers_guides import GroundedCode
 from agent.models.precision import Fp16Packer, Precision, load_dtype
 from agent.models.precision import choose as precision_for
-from tools.python_tool import PYTHON_FENCE_CLOSED
+from tools.text import PYTHON_FENCE_CLOSED
 
 # Tokens that end an assistant turn, or start a new one (a model that runs on into the next turn).
 TURN_TOKENS = ("<|im_end|>", "<|im_start|>", "<|endoftext|>", "<|eot_id|>", "<|eom_id|>", "<|end|>",
@@ -115,6 +116,8 @@ class _FenceStop(StoppingCriteria):
 
 class TransformersBackend(Backend):
     """The Backend protocol over a transformers causal LM in this process."""
+
+    price = Price()  # on this machine: free, any money budget holds
 
     def __init__(self, model: str = "hf:smollm2", *, device: str | None = None, precision: Precision = "auto",
                  reuse_cache: bool = True, progress: bool = True) -> None:

@@ -20,7 +20,7 @@ from typing import Iterable
 import torch
 from transformers import LogitsProcessor
 
-from tools.python_tool import PYTHON_FENCE_OPENING
+from tools.text import PYTHON_FENCE_OPENING
 
 # The literal being written: digits (and a decimal point) not glued to a name or an attribute.
 _TRAILING_LITERAL = re.compile(r"(?<![\w.])\d[\d.]*$")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from sandbox import ExecResult
 
-from agent.core.events import AnswerEvent, Event, NoticeEvent
+from agent.core.events import AnswerEvent, Event, NoticeEvent, ToolResultEvent
 from agent.core.loop import TurnStrategy, request, run_call, steps
 from agent.core.messages import Message
 from agent.core.tree import TurnOutcome
@@ -38,6 +38,18 @@ Examples = Callable[[str], list[tuple[str, str]]] | list[tuple[str, str]]
 # `<reversed object at 0x..>`, `<generator object <genexpr> at 0x..>`, `<built-in function len>`,
 # `<class 'int'>`: a printed object, not a value
 OBJECT_REPR = re.compile(r"<(?:[\w.-]+ )+(?:<[\w.]+> )?(?:at 0x[0-9a-fA-F]+|'?[\w.]+'?)>")
+
+
+class ValueResultEvent(ToolResultEvent):
+    """A tool's result as the small-model strategies report it: with the short value its code
+    printed (None: none), which they take as the answer (see `printed_value`)."""
+
+    value: str | None = None
+
+
+def value_of(ev: ToolResultEvent) -> str | None:
+    """The value a result's code printed; None for one reported without (no cell ran, a repeat)."""
+    return ev.value if isinstance(ev, ValueResultEvent) else None
 
 
 class SmallModelStrategy(TurnStrategy):
@@ -83,8 +95,9 @@ class SmallModelStrategy(TurnStrategy):
         module = missing_module(result)
         return (f"import {module}\n{code}", f"added `import {module}` and ran it again") if module else None
 
-    def cell_value(self, result: ExecResult) -> str | None:
-        return printed_value(result)
+    def result_event(self, session: "Session", event: ToolResultEvent, result: ExecResult | None) -> ToolResultEvent:
+        value = printed_value(result) if result is not None else None
+        return ValueResultEvent(**event.model_dump(), value=value)
 
 
 def attempts(strategy: SmallModelStrategy, session: "Session") -> Iterator[Event]:
@@ -93,8 +106,9 @@ def attempts(strategy: SmallModelStrategy, session: "Session") -> Iterator[Event
     branch (the model never sees the others). The first is greedy, the rest sampled; the answer is
     the value most attempts printed (the earliest on a tie), decided once `agree` agree.
 
-    The tree keeps every attempt: its first reply carries `attempt`, and the end of each one not
-    taken the outcome "attempt" (folded under the turn in `branches()`)."""
+    The tree keeps every attempt: its first reply is labelled "attempt N" and marked as the start
+    of an alternative, and the end of each one not taken has the outcome "set_aside" (so the tree
+    folds it under the turn in `branches()`)."""
     schemas = session.tool_schemas()
     start = session.tree.leaf
     earlier = earlier_answers(session)
@@ -107,15 +121,16 @@ def attempts(strategy: SmallModelStrategy, session: "Session") -> Iterator[Event
             session.tree.switch(start)
         temperature = session.temperature if session.temperature or attempt == 1 else SAMPLE_TEMPERATURE
         msg = yield from request(session, schemas, temperature)
-        session.tree.nodes[session.tree.leaf].attempt = attempt
+        first = session.tree.nodes[session.tree.leaf]
+        first.label, first.alternative = f"attempt {attempt}", True
         value = None
         for call in msg.tool_calls:
             # Every attempt's cells run on its branch: the kernel follows it before each cell, which
             # costs nothing when it is already there (attempt 1, or after attempts that ran no
             # code) and a restart and replay when an earlier attempt left its variables behind.
-            result = yield from run_call(session, call)
-            if result.value is not None:
-                value = without_stale(result.value, earlier)
+            value = value_of((yield from run_call(session, call)))
+            if value is not None:
+                value = without_stale(value, earlier)
                 break
         ends.append(session.tree.leaf)
         if value is not None:
@@ -125,7 +140,7 @@ def attempts(strategy: SmallModelStrategy, session: "Session") -> Iterator[Event
         why = "printed no value" if msg.tool_calls else "wrote no code"
         if value is not None:
             why = f"printed {value[:40]!r}, not yet confirmed"
-        session.tree.nodes[session.tree.leaf].outcome = TurnOutcome(status="attempt", note=f"attempt {attempt} {why}")
+        session.tree.nodes[session.tree.leaf].outcome = TurnOutcome(status="set_aside", note=f"attempt {attempt} {why}")
         if attempt < n:
             yield NoticeEvent(text=f"attempt {attempt} {why}: attempt {attempt + 1} of at most {n}, afresh")
     if not printed:

@@ -35,7 +35,7 @@ from agent.core.messages import Message, ToolCall, tool_result
 from agent.core.tree import TurnOutcome
 from agent.smallmodel import shots
 from agent.smallmodel.shots_outputs import OUTPUTS
-from agent.smallmodel.strategy import SAMPLE_TEMPERATURE, SmallModelStrategy, last_prompt
+from agent.smallmodel.strategy import SAMPLE_TEMPERATURE, SmallModelStrategy, last_prompt, value_of
 
 if TYPE_CHECKING:
     from agent.core.session import Session
@@ -212,18 +212,19 @@ def tool_steps(strategy: SmallToolModelStrategy, session: "Session") -> Iterator
             turn.failed = ev.status in ("error", "timeout")
             if ev.code is not None:
                 turn.codes.append(ev.code)
-            if turn.value is not None and ev.value is not None and ALREADY_RAN in ev.value:
+            value = value_of(ev)
+            if turn.value is not None and value is not None and ALREADY_RAN in value:
                 # `print('You already ran this exact call; ... HelloHelloHello')` (recorded): the note
                 # copied into code is no new value.
                 yield from answer_with_value(session, turn.value, step, "the model printed the loop's note")
                 return
-            if ev.value is not None and ev.value == turn.value:
+            if value is not None and value == turn.value:
                 # Other code printing the same value again (`print(1267650600228229401496703205376)`
                 # after `print(2**100)`, recorded): the model is confirming, not computing on.
                 yield from answer_with_value(session, turn.value, step, "two cells printed the same value")
                 return
-            if ev.value is not None:
-                turn.value = ev.value
+            if value is not None:
+                turn.value = value
         if turn.repeats > strategy.max_repeats:
             yield from end_repeating(session, turn, step)
             return
@@ -248,10 +249,11 @@ def resample_reason(session: "Session", turn: TurnState, msg: Message) -> str | 
 
 
 def set_aside(session: "Session", why: str, then: str) -> Iterator[Event]:
-    """The reply just appended becomes a branch not taken (as a template-less model's attempts):
-    the next request starts again from before it."""
+    """The reply just appended becomes a branch not taken (set aside, as a template-less model's
+    attempts, but not marked as an alternative: the tree lists it): the next request starts again
+    from before it."""
     node = session.tree.nodes[session.tree.leaf]
-    node.outcome = TurnOutcome(status="attempt", note=why)
+    node.outcome = TurnOutcome(status="set_aside", note=why)
     session.tree.switch(node.parent)
     yield NoticeEvent(text=f"the model {why}: {then}")
 

@@ -14,7 +14,9 @@ import signal
 import sys
 import time
 
-from procs import descendants  # beside this file: the script's folder is sys.path[0]
+# sandbox/procs.py (stdlib only), in the folder above this one: the script's folder is sys.path[0].
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from procs import descendants  # noqa: E402
 
 PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
 

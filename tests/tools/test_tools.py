@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from tools.python_tool import PYTHON_FENCE, SCHEMA, PythonTool, render
+from tools.python_tool import SCHEMA, PythonTool, render
+from tools.text import PYTHON_FENCE
 from tools.schema import Outcome, Tool, ToolContext
 from tools.text import MAX_MESSAGE_CHARS, clip
 

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from agent.models import pricing, tokens
 from agent.core.budget import Budget, BudgetExceeded, BudgetTracker, ContextOverflow, elision_marker, fit_context
 from agent.frontends.cli import main
-from agent.chat import price_help
+
 from agent.core.messages import Message, ToolCall, Usage, tool_result
 
 
@@ -66,7 +66,7 @@ def test_money_budget_needs_a_price(tmp_path, monkeypatch):
     monkeypatch.setenv("KERNELCHAT_PRICES", str(tmp_path / "prices.json"))
     with pytest.raises(ValueError, match=r"max_usd needs the price of 'my-llama'.*prices.json.*"
                                          r'"my-llama": \{"input": USD, "output": USD\}.*or drop max_usd'):
-        BudgetTracker(budget=Budget(max_usd=1), price=None, model="my-llama", price_help=price_help)
+        BudgetTracker(budget=Budget(max_usd=1), price=None, model="my-llama", price_help=pricing.price_help("my-llama"))
     t = BudgetTracker(budget=Budget(max_usd=1), price=pricing.lookup("gpt-4o"), model="gpt-4o")
     with pytest.raises(ValueError, match="max_usd needs the price of 'my-llama'"):
         t.set_model("my-llama", pricing.lookup("my-llama"))

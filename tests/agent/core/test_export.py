@@ -74,7 +74,7 @@ def test_outcomes_attempts_and_hostile_text_in_every_export(tmp_path):
     stopped = TurnOutcome(status="stopped", note="stopped after 5 attempts without printing a value")
     conv = conversation(
         [(Message(role="user", content=f"q1 {HOSTILE}"), {}),
-         call("x", "a", attempt=5),
+         call("x", "a", label="attempt 5", alternative=True),
          result("a", CellRecord(code="x", status="ok", output="nonsense"), outcome=stopped)],
         [(Message(role="user", content="q2"), {}),
          (Message(role="assistant", content="half an answer"), {"outcome": TurnOutcome(status="interrupted")})],

@@ -105,4 +105,35 @@ def test_branches_fold_the_attempts_not_taken_and_show_outcomes(tmp_path):
     assert "(+2 attempts not taken: /branches --all)" in folded and "[stopped]" in folded
     assert "(+1 attempt not taken" in folded
     assert folded.count("○") + folded.count("●") == 1  # one branch: the active one
-    assert everything.count("○") + everything.count("●") == 4 and "[attempt]" in everything
+    assert everything.count("○") + everything.count("●") == 4 and "[set_aside]" in everything
+
+
+def test_branches_of_a_file_written_before_labels_are_shown_as_before():
+    """A file whose replies carry `"attempt": N` and whose attempts not taken end in "attempt"."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from agent.core import store
+    from agent.frontends.commands import branch_tree
+
+    path = Path(__file__).resolve().parents[2] / "data" / "attempts_before_labels.json"
+    chat = SimpleNamespace(tree=store.load(path).tree)
+
+    def shown(all_: bool) -> list[str]:
+        console = Console(record=True, width=200)
+        console.print(branch_tree(chat, all=all_))
+        return [line.rstrip() for line in console.export_text().splitlines()]
+
+    assert shown(False) == ["conversation",
+                            "└── You [1] What is 6 * 7?  (+2 attempts not taken: /branches --all)",
+                            "    └── You [2] And x?  (+1 attempt not taken: /branches --all)",
+                            "        └── ● bt2  [stopped]"]
+    assert shown(True) == ["conversation",
+                           "└── You [1] What is 6 * 7?",
+                           "    ├── ○ t1  [set_aside]  NameError: name 'nope' is not defined",
+                           "    ├── ○ a2  [set_aside]  no code",
+                           "    └── You [2] And x?",
+                           "        ├── ○ bt1  [set_aside]",
+                           "        └── ● bt2  [stopped]"]

@@ -46,7 +46,7 @@ def test_the_file_sets_defaults_and_flags_win(cfg):
     a = parsed()
     assert (a.model, a.base_url, a.max_usd, a.max_steps, a.network, a.memory_mb, a.timeout) == \
         ("from-file", "http://localhost:8000/v1", 2, 4, True, 2048, 30)
-    assert a.max_tokens is None and a.gpu is False  # not in the file: the built-in defaults
+    assert a.max_tokens is None and a.gpu is None  # not in the file: not given, so the built-in defaults
     b = parsed("--model", "flag", "--max-steps", "7", "--memory-mb", "512")
     assert (b.model, b.max_steps, b.memory_mb) == ("flag", 7, 512)
 
@@ -99,3 +99,40 @@ def test_a_bad_file_is_one_sentence_naming_the_file_and_key_exit_2(cfg, capsys, 
     for w in words:
         assert w in message
     assert cli.main(["exec", "print(1)"]) == 2  # every command that reads it
+
+
+# -- the kernel's options: the model's defaults < the file < the environment < the flags -----------
+
+def test_kernel_options_take_the_file_over_the_defaults_and_the_flags_over_the_file(cfg):
+    from agent.frontends.options import kernel_options
+
+    cfg.write_text(GOOD)
+    k = kernel_options(parsed())
+    assert (k.network, k.memory_mb, k.timeout, k.gpu, k.disk_mb) == (True, 2048, 30.0, False, -1)
+    k = kernel_options(parsed("--timeout", "9", "--memory-mb", "512", "--gpu"))
+    assert (k.network, k.memory_mb, k.timeout, k.gpu) == (True, 512, 9.0, True)
+
+
+def test_the_gateway_variable_wins_over_the_files_gateway_and_the_flag_over_both(cfg, monkeypatch):
+    from agent.frontends.options import kernel_options
+    from sandbox import Kernel
+
+    cfg.write_text('[sandbox]\ngateway = "http://file.example:8888"\n')
+    k = kernel_options(parsed())
+    assert (k.isolation, k.gateway_url) == ("gateway", "http://file.example:8888")
+    monkeypatch.setenv("KERNELCHAT_GATEWAY_URL", "http://env.example:8888")
+    k = kernel_options(parsed())
+    assert (k.isolation, k.gateway_url) == ("gateway", None)  # still a gateway: the variable's
+    kernel = Kernel(k, start=False)
+    try:
+        assert kernel.gateway_url == "http://env.example:8888"
+    finally:
+        kernel.close()
+    assert kernel_options(parsed("--gateway", "http://flag.example:1")).gateway_url == "http://flag.example:1"
+
+
+def test_the_sandbox_section_holds_kernel_options_fields():
+    from agent.frontends.config import SandboxConfig
+    from sandbox import KernelOptions
+
+    assert set(SandboxConfig.model_fields) - {"gateway"} <= set(KernelOptions.model_fields)

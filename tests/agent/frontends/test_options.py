@@ -11,6 +11,7 @@ from agent.core.budget import Budget
 from agent.frontends import options
 from agent.frontends.cli import build_parser, prompt_parser
 from agent.models.scripted import ScriptedBackend
+from sandbox import KernelOptions
 
 # Every flag of the model, budget and sandbox groups, with a value other than its default.
 FLAGS = ["--model", "gpt-4o-mini", "--base-url", "http://models.example", "--api-key", "sk-test",
@@ -18,8 +19,8 @@ FLAGS = ["--model", "gpt-4o-mini", "--base-url", "http://models.example", "--api
          "--max-seconds", "60", "--isolation", "gateway", "--gateway", "http://gw.example:8888",
          "--gateway-token", "tok", "--network", "--gpu", "--workspace", "/tmp/ws", "--timeout", "9",
          "--memory-mb", "512", "--disk-mb", "256", "--keep-alive", "45"]
-KERNEL = dict(workspace="/tmp/ws", isolation="gateway", network=True, gpu=True, timeout=9.0, memory_mb=512,
-              disk_mb=256, gateway_url="http://gw.example:8888", gateway_token="tok")
+KERNEL = KernelOptions(workspace="/tmp/ws", isolation="gateway", network=True, gpu=True, timeout=9.0, memory_mb=512,
+                       disk_mb=256, gateway_url="http://gw.example:8888", gateway_token="tok")
 # Flags of the prompt parser that are not Chat options: what the front end itself does.
 FRONT_END_FLAGS = {"-h", "--help", "--version", "--json", "--save", "--no-save", "--confirm", "--resume",
                    "--notebook",  # the front end runs its cells (notebook_events), to show them
@@ -42,7 +43,7 @@ def test_every_flag_reaches_chat_and_kernel():
     assert options.chat_options(args) == dict(
         model="gpt-4o-mini", system="be brief", base_url="http://models.example", api_key="sk-test",
         budget=Budget(max_tokens=5000, max_usd=1.5, max_seconds=60.0), max_steps=3, progress=True,
-        keep_alive=45.0, **KERNEL)
+        keep_alive=45.0, kernel=KERNEL)
 
 
 def test_exec_takes_the_same_sandbox_flags():
@@ -62,7 +63,8 @@ def test_json_turns_the_progress_bars_off():
 
 
 def test_no_gateway_flag_no_gateway_options():
-    assert "gateway_url" not in options.chat_options(prompt_parser().parse_args([]))
+    kernel = options.chat_options(prompt_parser().parse_args([]))["kernel"]
+    assert "gateway_url" not in kernel.model_fields_set and kernel.gateway_url is None
 
 
 def test_the_terminal_chat_honours_gateway():
@@ -143,3 +145,17 @@ def test_a_bad_keep_alive_is_one_sentence_before_anything_loads(monkeypatch, arg
         monkeypatch.setenv("KERNELCHAT_KEEP_ALIVE", env)
     with pytest.raises(ValueError, match=words):
         options.check_options(prompt_parser().parse_args(argv))
+
+
+# -- the kernel's options: one model, built once ---------------------------------------------------
+
+def test_no_sandbox_flag_is_the_models_defaults():
+    """A flag's default is None, "not given": the KernelOptions default is the only one."""
+    for args in (prompt_parser().parse_args([]), build_parser().parse_args(["exec", "1"])):
+        kernel = options.kernel_options(args)
+        assert kernel == KernelOptions() and kernel.model_fields_set == set()
+
+
+def test_the_timeout_help_reads_the_models_default():
+    text = " ".join(prompt_parser().format_help().split())
+    assert f"seconds per cell (default {KernelOptions.model_fields['timeout'].default:g})" in text

@@ -180,3 +180,15 @@ def test_the_python_api_refuses_before_anything_runs(tmp_path):
 def test_sandbox_values_are_checked_strictly(text):
     with pytest.raises(TaskError, match="sandbox."):
         spec(text)
+
+
+def test_the_task_files_sandbox_holds_kernel_options_fields_and_a_task_gets_them_whole(tmp_path):
+    from agent.frontends.task_sandbox import task_options
+    from agent.frontends.tasks import SandboxSpec
+    from sandbox import KernelOptions
+
+    assert set(SandboxSpec.model_fields) <= set(KernelOptions.model_fields)
+    task = parse_task('prompts = ["a"]\n[sandbox]\ntimeout = 9\n')
+    opts = task_options(task, KernelOptions(network=True, memory_mb=512), tmp_path, tmp_path / "ws")
+    assert opts == KernelOptions(network=True, memory_mb=512, timeout=9, workspace=tmp_path / "ws")
+    assert task_options(parse_task('prompts = ["a"]\n'), {}, tmp_path, tmp_path).timeout == KernelOptions().timeout

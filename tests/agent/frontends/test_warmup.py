@@ -87,3 +87,27 @@ def test_the_flag_is_in_the_help(flag, capsys):
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     assert flag in capsys.readouterr().out
+
+
+def test_the_one_shot_builds_the_kernels_options_once_and_passes_the_kernel_alone(monkeypatch, tmp_path):
+    """EarlyKernel gets the KernelOptions; the Chat gets that kernel, and no kernel option beside it."""
+    from agent.chat import Chat
+    from sandbox import Kernel, KernelOptions
+
+    given, seen = [], {}
+    real = EarlyKernel.__init__
+
+    def keep(self, options):
+        given.append(options)
+        real(self, options)
+
+    def init(self, *args, **kwargs):
+        seen.update(kwargs)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(EarlyKernel, "__init__", keep)
+    monkeypatch.setattr(Chat, "__init__", init)
+    assert cli.main(["hi", "--no-save", "--workspace", str(tmp_path), "--timeout", "7", "--isolation", "none"]) == 2
+    assert given == [KernelOptions(workspace=tmp_path, timeout=7, isolation="none")]
+    assert isinstance(seen["kernel"], Kernel) and seen["kernel"].options is given[0]
+    assert not set(seen) & set(KernelOptions.model_fields)

@@ -93,7 +93,7 @@ def test_a_failed_attempt_is_regenerated_afresh_on_a_sibling_branch(tmp_path):
         assert [r[-2:] for r in backend.requests[1:]] == [backend.requests[0][-2:]] * 2
         assert backend.temperatures == [None, SAMPLE_TEMPERATURE, SAMPLE_TEMPERATURE]
         assert len(chat.branches(all=True)) == 3  # every attempt stays reachable
-        assert [b.attempts for b in chat.branches()] == [2]  # folded under the turn by default
+        assert [b.set_aside for b in chat.branches()] == [2]  # folded under the turn by default
         assert [m.role for m in chat.messages()] == ["system", "user", "assistant", "tool", "assistant"]
         assert "6 * 7" in chat.messages()[2].tool_calls[0].arguments
     notices = [e.text for e in events if isinstance(e, NoticeEvent)]

@@ -134,7 +134,7 @@ def test_a_repeated_failing_call_is_asked_again_sampled_on_a_branch_not_taken(tm
         assert [e.status for e in events if isinstance(e, ToolResultEvent)] == ["error", "ok"]
         assert [m.role for m in chat.messages()] == ["system", "user", "assistant", "tool", "assistant", "tool",
                                                      "assistant"]
-        assert any(b.outcome and b.outcome.status == "attempt" for b in chat.tree.nodes.values())
+        assert any(b.outcome and b.outcome.status == "set_aside" for b in chat.tree.nodes.values())
     assert backend.temperatures == [None, None, 0.7, None]
 
 
@@ -300,7 +300,7 @@ def test_prose_right_after_a_failed_cell_is_set_aside_and_the_model_asked_to_fix
         # the explanation stays in the tree, as a branch not taken; the fix follows the error
         assert [m.role for m in chat.messages()] == ["system", "user", "assistant", "tool", "assistant", "tool",
                                                      "assistant"]
-        aside = [n for n in chat.tree.nodes.values() if n.outcome and n.outcome.status == "attempt"]
+        aside = [n for n in chat.tree.nodes.values() if n.outcome and n.outcome.status == "set_aside"]
         assert [n.message.content for n in aside] == [explain]
     fix = backend.requests[2][-1]
     assert fix.role == "user" and "Fix the code" in fix.content

@@ -24,12 +24,13 @@ def test_a_turn_without_a_value_is_stored_as_stopped_and_its_attempts_folded(tmp
         assert not any(e.kind == "notice" and "printed a value" in e.text for e in events)  # once: the answer
         assert chat.last_outcome.status == "stopped"
         shown = chat.branches()
-        assert len(shown) == 1 and shown[0].active and shown[0].outcome == "stopped" and shown[0].attempts == 2
+        assert len(shown) == 1 and shown[0].active and shown[0].outcome == "stopped" and shown[0].set_aside == 2
         everything = chat.branches(all=True)
         assert len(everything) == 3
-        assert sorted(b.outcome for b in everything) == ["attempt", "attempt", "stopped"]
-        starts = sorted(n.attempt for n in chat.tree.nodes.values() if n.attempt)
-        assert starts == [1, 2, 3]
+        assert sorted(b.outcome for b in everything) == ["set_aside", "set_aside", "stopped"]
+        starts = sorted(n.label for n in chat.tree.nodes.values() if n.alternative)
+        assert starts == ["attempt 1", "attempt 2", "attempt 3"]
+        assert all(n.label is None for n in chat.tree.nodes.values() if not n.alternative)
     saved = store.load(path)  # the outcome is in the file, for every later view
     assert saved.tree.turn_outcome().note == "stopped after 3 attempts without printing a value"
 
@@ -40,7 +41,7 @@ def test_an_answer_is_stored_as_answered_and_the_shown_branch_is_the_active_one(
         assert chat("What is 6 * 7?") == "42"
         assert chat.last_outcome.status == "answered"
         [branch] = chat.branches()
-        assert branch.active and branch.last == "42" and branch.attempts == 1
+        assert branch.active and branch.last == "42" and branch.set_aside == 1
 
 
 def test_a_figure_is_a_result(tmp_path):
