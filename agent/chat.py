@@ -80,18 +80,20 @@ class Chat(Session):
     def __init__(self, model: str | None = None, *, system: str | None = None, base_url: str | None = None,
                  api_key: str | None = None, backend: Backend | None = None, progress: bool = True,
                  answer_from_output: bool | None = None, keep_alive: float = 0.0,
-                 notebook: str | Path | None = None, **options: Any):
+                 notebook: str | Path | None = None, engine: str = "auto", **options: Any):
         """`model`, or `base_url`/`api_key` for an OpenAI-compatible server, name the backend (or pass
         one); the other options are Session's (tools, budget, max_steps, use_python, kernel options...).
         `answer_from_output`: the small-model mode, on by default for models without tool support
         and for small tool-trained ones (see `is_small`).
         `keep_alive`: seconds a local model stays loaded in a background process after use, for the
         next Chat or command to connect to (0: loaded in this process; the command line uses 300).
-        `notebook`: an .ipynb whose code cells run first, as the conversation's first exchange
+        `engine`: what runs a local model: "llama.cpp" (GGUF files, ollama: models), "transformers",
+        or "auto" (agent.models.choose_engine). `notebook`: an .ipynb whose code cells run first, as the conversation's first exchange
         (see agent.core.notebook_import)."""
         if backend is None:
             kernel = options.get("kernel")  # its workspace: a local model's cache and server stay out of it
             backend = get_backend(model, base_url=base_url, api_key=api_key, progress=progress, keep_alive=keep_alive,
+                                  engine=engine,
                                   workspace=kernel.workspace if kernel is not None else options.get("workspace"))
         super().__init__(backend, system=system, progress=progress, **options)  # None: the model's default
         if answer_from_output is not None:

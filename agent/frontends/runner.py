@@ -39,7 +39,7 @@ from agent.core.notebook_export import notebook_json
 from agent.core.budget import BudgetExceeded
 from agent.models import Cassette, CassetteError, RecordingBackend, ReplayBackend
 from agent.frontends.checks import CheckResult, run_check
-from agent.frontends.options import add_keep_alive_arg, add_sandbox_args, keep_alive
+from agent.frontends.options import add_engine_arg, add_keep_alive_arg, add_sandbox_args, keep_alive
 from agent.core.events import AnswerEvent, Event, ToolCallEvent, UsageEvent
 from agent.frontends.render import safe_line, safe_text
 from agent.frontends.task_models import check_task_files, check_task_models, local_model
@@ -272,10 +272,10 @@ def default_out() -> Path:
 def make_backends(tasks: list[Task], out: Path, *, model: str | None = None, base_url: str | None = None,
                   record: str | Path | None = None, replay: str | Path | None = None,
                   keep_alive: float = 0.0, fallback: tuple[str | None, str | None] = (None, None),
-                  trust_task_files: bool = False) -> dict[str, Any]:
+                  trust_task_files: bool = False, engine: str | None = None) -> dict[str, Any]:
     """One backend per task, built before anything runs: a setup problem stops the run (exit 2).
-    `keep_alive` > 0: local models are served by a resident process (agent/models/resident.py).
-    `fallback`: the configuration file's (model, base_url), for tasks that name no model. A task's
+    `keep_alive` > 0: local models are served by a resident process. `fallback`: the configuration
+    file's (model, base_url), for tasks that name no model; `engine` beats the tasks'. A task's
     base_url or model path beyond what these name raises TaskError first, unless `trust_task_files`."""
     from agent.models import get_backend
 
@@ -295,7 +295,8 @@ def make_backends(tasks: list[Task], out: Path, *, model: str | None = None, bas
         for t in tasks:
             chosen = model or (t.model if base_url or t.base_url else local_model(t))
             inner = get_backend(chosen or fallback[0], base_url=base_url or t.base_url or (
-                None if chosen else fallback[1]), progress=False, keep_alive=keep_alive, workspace=_workspace(out, t))
+                None if chosen else fallback[1]), progress=False, keep_alive=keep_alive, workspace=_workspace(out, t),
+                engine=engine or t.engine)
             backends[t.name] = (RecordingBackend(inner, cassette, task=t.name, workspace=_workspace(out, t))
                                 if cassette else inner)
         if cassette:
@@ -443,7 +444,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         backends = make_backends(tasks, out, model=args.model, base_url=args.base_url, record=args.record,
                                  replay=args.replay, keep_alive=keep_alive(args),
                                  fallback=(getattr(args, "config_model", None), getattr(args, "config_base_url", None)),
-                                 trust_task_files=args.trust_task_files)
+                                 trust_task_files=args.trust_task_files, engine=args.engine)
     except SetupError as e:
         err.print(Text.assemble(("kernelchat run: setup failed:", "red"), " ", safe_text(str(e))))
         return 2
@@ -479,17 +480,16 @@ def register(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="report folder (default runs/<timestamp>/)")
     p.add_argument("--parallel", type=int, default=1, help="tasks run at once, each with its own kernel")
     p.add_argument("--record", default=None, metavar="CASSETTE", help="save every model request and reply")
-    p.add_argument("--replay", default=None, metavar="CASSETTE", help="serve the replies from a cassette: "
-                   "offline, free, no model loaded")
+    p.add_argument("--replay", default=None, metavar="CASSETTE", help="serve a cassette's replies: offline, no model")
     p.add_argument("--model", "-m", default=None, help="override the tasks' model")
     p.add_argument("--base-url", default=None, help="an OpenAI-compatible server")
     p.add_argument("--no-progress", action="store_true", help="no live progress bars")
     add_keep_alive_arg(p)
+    add_engine_arg(p)
     p.add_argument(TRUST_FLAG, action="store_true", dest="trust_task_files",
                    help="accept the task files' settings as written (for files you wrote): a [sandbox] looser than "
-                        "this run's (isolation, network, GPU, larger limits), a base_url you did not name (it gets "
-                        "your OPENAI_API_KEY), a model path outside the file's folder; without it such a file stops "
-                        "the run")
+                        "this run's (isolation, network, GPU, larger limits), a base_url you did not name (it gets your "
+                        "OPENAI_API_KEY), a model path outside the file's folder; without it such a file stops the run")
     p.add_argument(TRUST_ALIAS, action="store_true", dest="trust_task_files", help=argparse.SUPPRESS)
     add_sandbox_args(p, workspace=False)  # the run's sandbox; a task file may only tighten it
     p.set_defaults(func=cmd_run)

@@ -153,6 +153,7 @@ class Task(_Strict):
     name: str | None = None  # default: the file name without .toml
     model: str | None = None  # default: as for `kernelchat` (KERNELCHAT_MODEL, OpenAI with a key, else hf:smollm2)
     base_url: str | None = None
+    engine: Literal["auto", "llama.cpp", "transformers"] = "auto"  # what runs a local model (`--engine` wins)
     system: str | None = None
     temperature: float | None = Field(default=None, ge=0)
     max_steps: int = Field(default=10, gt=0, description="model requests per prompt")

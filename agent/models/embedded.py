@@ -94,6 +94,21 @@ def resolve_model_path(model: str, progress: bool = True) -> str:
     return str(hub_model_folder(name, progress=progress))  # a Hub id: its snapshot folder in the HF cache
 
 
+def gguf_file(model: str) -> Path | None:
+    """The GGUF file a model string names, as it is (the embedded model's, an Ollama model's blob,
+    a `.gguf` path); None for a Hub id or a folder. A named file that is missing: FileNotFoundError."""
+    if model.lower() in EMBEDDED_ALIASES:
+        return embedded_gguf_path()
+    if model.startswith(OLLAMA_PREFIX):
+        return ollama_blob(parse_ollama_name(model[len(OLLAMA_PREFIX):]))
+    path = Path(model[3:] if model.startswith("hf:") else model).expanduser()
+    if path.suffix.lower() != ".gguf":
+        return None
+    if not path.is_file():
+        raise FileNotFoundError(f"GGUF file not found: {path}")
+    return path
+
+
 def loads_from_cache(model: str) -> bool:
     """The model is loaded from kernelchat's cache: the embedded model, a GGUF file or an Ollama
     model (each converted there once)."""

@@ -11,9 +11,7 @@ the longest common token prefix, which also serves edited branches of a conversa
 
 from __future__ import annotations
 
-import json
 import pickle
-import re
 import threading
 import time
 from contextlib import contextmanager, nullcontext
@@ -26,21 +24,18 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, LogitsProcessorLi
 
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
-from agent.models.embedded import EMBEDDED_ALIASES, quiet_loading, resolve_model_path
+from agent.models.embedded import quiet_loading, resolve_model_path
 from agent.core.backend import Backend, BackendError, Capabilities
 from agent.models.pricing import Price
-from agent.core.messages import Done, Message, Reply, StreamEvent, TextDelta, ToolCall, Usage
-from agent.models.toolparse import ToolCallStream, parse_tool_calls
+from agent.core.messages import Done, Message, Reply, StreamEvent, TextDelta, Usage
+from agent.models.local_chat import (DEFAULT_MAX_TOKENS, TURN_TOKENS, fenced_python, local_reply, reply_is_done,
+                                     template_messages, tools_note)
+from agent.models.toolparse import ToolCallStream
 from agent.models.toolprompt import described_tools, template_renders_tools, with_tool_prompt
 from agent.models.transformers_guides import GroundedCode
 from agent.models.precision import Fp16Packer, Precision, load_dtype
 from agent.models.precision import choose as precision_for
-from tools.text import PYTHON_FENCE_CLOSED
 
-# Tokens that end an assistant turn, or start a new one (a model that runs on into the next turn).
-TURN_TOKENS = ("<|im_end|>", "<|im_start|>", "<|endoftext|>", "<|eot_id|>", "<|eom_id|>", "<|end|>",
-               "<end_of_turn>", "<|end_of_text|>")
-DEFAULT_MAX_TOKENS = 1024
 # transformers 5.x renamed generate's `past_key_values` to `cache`; support both.
 CACHE_KW = "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclass_fields__ else "past_key_values"
 
@@ -92,13 +87,7 @@ class _Cancel(StoppingCriteria):
 
 
 class _FenceStop(StoppingCriteria):
-    """For models that write code as ```python blocks (no tool training): stop once the first block
-    is closed. What they write after it is imagined output, and it costs seconds to generate.
-    `calls`: likewise after the first `</tool_call>` (tools described in the prompt, toolprompt.py).
-    `max_calls`: stop where call number max_calls + 1 begins (each call's JSON names its tool once)."""
-
-    FENCE = PYTHON_FENCE_CLOSED
-    CALL_START = re.compile(r'[{,]\s*"name"\s*:')
+    """Stops where the reply is done though the model writes on (local_chat.reply_is_done)."""
 
     def __init__(self, tokenizer, n_prompt: int, fences: bool = True, calls: bool = False,
                  max_calls: int | None = None) -> None:
@@ -107,10 +96,7 @@ class _FenceStop(StoppingCriteria):
 
     def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
         text = self.tokenizer.decode(input_ids[0, self.n_prompt:], skip_special_tokens=True)
-        done = ((self.fences and "```" in text[-8:] and bool(self.FENCE.search(text)))
-                or (self.calls and "</tool_call>" in text[-16:])
-                or (self.max_calls is not None and '"name"' in text[-12:]
-                    and len(self.CALL_START.findall(text)) > self.max_calls))
+        done = reply_is_done(text, self.fences, self.calls, self.max_calls)
         return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
 
@@ -174,33 +160,9 @@ class TransformersBackend(Backend):
             ids.add(self.tokenizer.eos_token_id)
         return sorted(ids)
 
-    def _template_messages(self, messages: list[Message]) -> list[dict[str, Any]]:
-        """Our messages -> the dicts chat templates expect. Templates without tool support get tool
-        calls written back as the text the model produced and tool results as user turns."""
-        out: list[dict[str, Any]] = []
-        for m in messages:
-            content = m.content or ""
-            if m.role == "assistant" and m.tool_calls:
-                if self.capabilities.tools:
-                    out.append({"role": "assistant", "content": content, "tool_calls": [
-                        {"id": c.id, "type": "function",
-                         "function": {"name": c.name, "arguments": _arguments_value(c)}} for c in m.tool_calls]})
-                    continue
-                content = "\n\n".join([content] * bool(content) + [_call_as_text(c) for c in m.tool_calls])
-            elif m.role == "tool" and not self.capabilities.tools:
-                out.append({"role": "user", "content": f"Output of {m.name or 'the tool'}:\n{content}"})
-                continue
-            d: dict[str, Any] = {"role": m.role, "content": content}
-            if m.role == "tool":
-                d["tool_call_id"] = m.tool_call_id
-                if m.name:
-                    d["name"] = m.name
-            out.append(d)
-        return out
-
     def render(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> str:
         """The prompt text exactly as the model sees it (chat template + generation prompt)."""
-        template = self._template_messages(messages)
+        template = template_messages(messages, self.capabilities.tools)
         if tools and self.capabilities.tools:
             return self.tokenizer.apply_chat_template(template, tokenize=False, add_generation_prompt=True,
                                                       tools=tools)
@@ -211,12 +173,7 @@ class TransformersBackend(Backend):
     @property
     def tools_note(self) -> str | None:
         """Said once to the user when custom tools are offered to this model (see Chat)."""
-        if self.capabilities.tools:
-            return None
-        return (f"{self.model} has no tool support in its chat template: your tools are described in its "
-                f"system prompt and its calls read from its text; a small model may call them wrongly or not at all"
-                + (" (the embedded model made 0 correct calls in 10 tries: bench/tool_call_rate.py)"
-                   if self.model.lower() in EMBEDDED_ALIASES else ""))
+        return tools_note(self.model, self.capabilities)
 
     def encode(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> list[int]:
         # The template already contains the special tokens: don't let the tokenizer add a BOS again.
@@ -289,10 +246,6 @@ class TransformersBackend(Backend):
         favoured = self.tokenizer(favour, add_special_tokens=False)["input_ids"] if favour and bonus else []
         return [GroundedCode(self.tokenizer, n_prompt, allowed, favoured, bonus)] if allowed or favoured else []
 
-    def _fenced_python(self, tools: list[dict[str, Any]] | None) -> bool:
-        """The python tool is offered to a model that can only answer it with a fenced block."""
-        return not self.capabilities.tools and "python" in [_tool_name(t) for t in tools or []]
-
     def _max_new(self, n_prompt: int, max_tokens: int | None) -> int:
         room = self.context_window - n_prompt
         if room <= 0:
@@ -302,22 +255,16 @@ class TransformersBackend(Backend):
 
     def _reply(self, gen: list[int], n_prompt: int, reused: int, max_new: int, seconds: float,
                tools: list[dict[str, Any]] | None, cancelled: bool = False) -> Reply:
-        body = gen[:-1] if gen and gen[-1] in self.stop_ids else gen
+        stopped = bool(gen) and gen[-1] in self.stop_ids
+        body = gen[:-1] if stopped else gen
         text = self.tokenizer.decode(body, skip_special_tokens=True)
         # Special tokens that carry meaning for tool calls (Llama's <|python_tag|>) need the raw text.
         raw = self.tokenizer.decode(body, skip_special_tokens=False) if set(body) & set(
             self.tokenizer.all_special_ids) else text
-        content, calls = parse_tool_calls(raw, tools) if tools else (text, [])
-        if calls:
-            finish = "tool_calls"
-        elif cancelled:
-            finish = "cancelled"
-        else:
-            finish = "stop" if (gen and gen[-1] in self.stop_ids) else "length" if len(gen) >= max_new else "stop"
         usage = Usage(prompt_tokens=n_prompt, completion_tokens=len(gen), cached_tokens=reused,
                       seconds=seconds, cost_usd=0.0)
-        msg = Message(role="assistant", content=content or (None if calls else ""), tool_calls=calls)
-        return Reply(message=msg, usage=usage, finish_reason=finish, model=self.model)
+        return local_reply(self.model, text, raw, tools, stopped=stopped, generated=len(gen), max_new=max_new,
+                           usage=usage, cancelled=cancelled)
 
     def stream(self, messages: list[Message], tools: list[dict[str, Any]] | None = None, *,
                max_tokens: int | None = None, temperature: float | None = None,
@@ -336,7 +283,7 @@ class TransformersBackend(Backend):
 
             def work() -> tuple[list[int], int]:
                 try:
-                    return self._generate(ids, max_new, temperature, streamer, stop, self._fenced_python(tools),
+                    return self._generate(ids, max_new, temperature, streamer, stop, fenced_python(self.capabilities, tools),
                                           numbers, favour, bonus, stop_after_call=prompted,
                                           max_calls=max_calls if tools else None)
                 except BaseException:
@@ -368,23 +315,3 @@ class TransformersBackend(Backend):
             yield Done(reply=self._reply(gen, len(ids), reused, max_new, time.perf_counter() - t0, tools,
                                          cancelled=bool(cancel and cancel.is_set())))
 
-
-def _tool_name(tool: dict[str, Any]) -> str:
-    fn = tool.get("function", tool)
-    return fn.get("name", "")
-
-
-def _arguments_value(call: ToolCall) -> Any:
-    """HF templates expect arguments as a dict; keep the raw text when it is not valid JSON."""
-    try:
-        return json.loads(call.arguments)
-    except json.JSONDecodeError:
-        return call.arguments
-
-
-def _call_as_text(call: ToolCall) -> str:
-    """A tool call as the text a model without tool support wrote (the inverse of the parser)."""
-    args = _arguments_value(call)
-    if call.name == "python" and isinstance(args, dict) and isinstance(args.get("code"), str):
-        return f"```python\n{args['code']}\n```"
-    return f"<tool_call>\n{json.dumps({'name': call.name, 'arguments': args})}\n</tool_call>"

@@ -201,7 +201,10 @@ def test_a_model_cache_inside_the_workspace_is_refused(monkeypatch, tmp_path, he
     monkeypatch.setenv("KERNELCHAT_CACHE", str(tmp_path / "ws" / "cache"))
     for model in ("hf:smollm2", "ollama:qwen2.5", str(tmp_path / "m.gguf")):
         with pytest.raises(BackendError, match=r"model cache .* overlaps the workspace .*KERNELCHAT_CACHE"):
-            get_backend(model, workspace=tmp_path / "ws")
+            get_backend(model, workspace=tmp_path / "ws", engine="transformers")
+    # llama.cpp reads a GGUF as it is, from no cache: the file itself must lie outside the workspace.
+    with pytest.raises(BackendError, match=r"model file .* lies in the workspace"):
+        get_backend(str(tmp_path / "ws" / "m.gguf"), workspace=tmp_path / "ws", engine="llama.cpp")
     with pytest.raises(BackendError, match="overlaps"):  # the workspace inside the cache: its models are there
         get_backend("hf:smollm2", workspace=tmp_path / "ws" / "cache" / "models")
     assert here == []
