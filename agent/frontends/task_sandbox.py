@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -47,12 +46,6 @@ def run_sandbox(args: argparse.Namespace) -> dict[str, Any]:
     return kernel_options(args).model_dump(exclude_unset=True, exclude={"workspace"})
 
 
-def default_disk_growth_mb(out: Path) -> int:
-    """The default quota's growth for a workspace under `out` (made later); what the workspace will
-    hold at start comes on top, so this is the smaller side of the default."""
-    return default_growth_mb(out)
-
-
 def _limit(value: int | float | None, default: Any) -> float:
     """A user limit as a number to compare with: -1 is the sandbox's default, None unlimited."""
     if value is None:
@@ -78,7 +71,7 @@ def looser_settings(spec: SandboxSpec, user: UserSandbox, out: Path) -> list[tup
         found.append((f"timeout = {spec.timeout:g}", f"--timeout {spec.timeout:g}"))
     if spec.memory_mb is not None and spec.memory_mb > _limit(u.memory_mb, lambda: Limits().memory_mb):
         found.append((f"memory_mb = {spec.memory_mb}", f"--memory-mb {spec.memory_mb}"))
-    if spec.disk_mb is not None and spec.disk_mb > _limit(u.disk_mb, lambda: default_disk_growth_mb(out)):
+    if spec.disk_mb is not None and spec.disk_mb > _limit(u.disk_mb, lambda: default_growth_mb(out)):
         found.append((f"disk_mb = {spec.disk_mb}", f"--disk-mb {spec.disk_mb}"))
     return found
 
