@@ -4,7 +4,7 @@ answers that came back empty.
 
     python bench/small_model_accuracy.py [--model hf:smollm2|FILE.gguf|...] [--set main|held-out|both]
         [--only tools|no-tools] [--max-steps 10] [--limit N] [--system default|qwen|TEXT]
-        [--record FILE.json] [--verbose]
+        [--record FILE.json] [--verbose] [--engine auto|llama.cpp|transformers]
 
 `--record`: every raw reply of a local model, per question, into a JSON file (the tests' recorded
 real outputs, tests/data/recorded/, are made this way).
@@ -186,9 +186,11 @@ def main() -> None:
                          "qwen (Qwen2.5's own), or the text itself")
     ap.add_argument("--record", default=None, help="write every raw reply, by question, to this JSON file")
     ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--engine", choices=["auto", "llama.cpp", "transformers"], default="auto",
+                    help="what runs a local model (auto: llama.cpp for GGUF files where installed)")
     args = ap.parse_args()
     system = SYSTEMS.get(args.system, args.system)
-    backend = get_backend(args.model, progress=False)
+    backend = get_backend(args.model, progress=False, engine=args.engine)
     if args.record:
         backend = RawRecorder(backend, args.record, Path(args.model).name)
     sets = {"main": QUESTIONS, "held-out": HELD_OUT}
@@ -202,7 +204,7 @@ def main() -> None:
             if args.verbose:
                 print(f"--- {name}, {label}", flush=True)
             results[name, label] = run(backend, tools, qs, args.verbose, args.max_steps, system)
-    print(f"{args.model}: questions with exact answers (system: {args.system})")
+    print(f"{args.model} on {type(backend).__name__}: questions with exact answers (system: {args.system})")
     print(f"{'':<24}{'accuracy':>12}{'s/question':>12}{'cells/q':>9}{'repeats':>9}{'empty':>7}")
     for (name, label), r in results.items():
         n = r["n"]
