@@ -80,7 +80,8 @@ class Chat(Session):
     def __init__(self, model: str | None = None, *, system: str | None = None, base_url: str | None = None,
                  api_key: str | None = None, backend: Backend | None = None, progress: bool = True,
                  answer_from_output: bool | None = None, keep_alive: float = 0.0,
-                 notebook: str | Path | None = None, engine: str = "auto", **options: Any):
+                 notebook: str | Path | None = None, engine: str = "auto", constrain_calls: bool | None = None,
+                 **options: Any):
         """`model`, or `base_url`/`api_key` for an OpenAI-compatible server, name the backend (or pass
         one); the other options are Session's (tools, budget, max_steps, use_python, kernel options...).
         `answer_from_output`: the small-model mode, on by default for models without tool support
@@ -88,7 +89,9 @@ class Chat(Session):
         `keep_alive`: seconds a local model stays loaded in a background process after use, for the
         next Chat or command to connect to (0: loaded in this process; the command line uses 300).
         `engine`: what runs a local model: "llama.cpp" (GGUF files, ollama: models), "transformers",
-        or "auto" (agent.models.choose_engine). `notebook`: an .ipynb whose code cells run first, as the conversation's first exchange
+        or "auto" (agent.models.choose_engine). `constrain_calls`: a model's tool calls are written
+        under a grammar of the tools' schemas where the engine can (llama.cpp): always valid JSON
+        naming an offered tool (None: the engine's default). `notebook`: an .ipynb whose code cells run first, as the conversation's first exchange
         (see agent.core.notebook_import)."""
         if backend is None:
             kernel = options.get("kernel")  # its workspace: a local model's cache and server stay out of it
@@ -96,6 +99,7 @@ class Chat(Session):
                                   engine=engine,
                                   workspace=kernel.workspace if kernel is not None else options.get("workspace"))
         super().__init__(backend, system=system, progress=progress, **options)  # None: the model's default
+        self.constrain_calls = constrain_calls
         if answer_from_output is not None:
             self.small_model_mode(answer_from_output)
         if notebook is not None:

@@ -4,7 +4,7 @@ answers that came back empty.
 
     python bench/small_model_accuracy.py [--model hf:smollm2|FILE.gguf|...] [--set main|held-out|both]
         [--only tools|no-tools] [--max-steps 10] [--limit N] [--system default|qwen|TEXT]
-        [--record FILE.json] [--verbose] [--engine auto|llama.cpp|transformers]
+        [--record FILE.json] [--verbose] [--engine auto|llama.cpp|transformers] [--constrain-calls]
 
 `--record`: every raw reply of a local model, per question, into a JSON file (the tests' recorded
 real outputs, tests/data/recorded/, are made this way).
@@ -146,11 +146,12 @@ def correct(answer: str, expected: str) -> bool:
 
 
 def run(backend, tools: bool, questions, verbose: bool = False, max_steps: int = 10,
-        system: str | None = None) -> dict:
+        system: str | None = None, constrain_calls: bool | None = None) -> dict:
     ok, seconds, cells, repeats, empties, rows = 0, 0.0, 0, 0, 0, []
     for q, expected in questions:
         chat = Chat(backend=backend, use_python=tools, max_steps=max_steps,
-                    system=system if tools else NO_TOOLS_SYSTEM, timeout=30, progress=False)
+                    system=system if tools else NO_TOOLS_SYSTEM, timeout=30, progress=False,
+                    constrain_calls=constrain_calls)
         tally = Tally()
         if isinstance(backend, RawRecorder):
             backend.question = q
@@ -188,6 +189,8 @@ def main() -> None:
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--engine", choices=["auto", "llama.cpp", "transformers"], default="auto",
                     help="what runs a local model (auto: llama.cpp for GGUF files where installed)")
+    ap.add_argument("--constrain-calls", action=argparse.BooleanOptionalAction, default=None,
+                    help="tool calls under a grammar of the tools' schemas (llama.cpp; default: the engine's)")
     args = ap.parse_args()
     system = SYSTEMS.get(args.system, args.system)
     backend = get_backend(args.model, progress=False, engine=args.engine)
@@ -203,8 +206,10 @@ def main() -> None:
         for label, tools in modes:
             if args.verbose:
                 print(f"--- {name}, {label}", flush=True)
-            results[name, label] = run(backend, tools, qs, args.verbose, args.max_steps, system)
-    print(f"{args.model} on {type(backend).__name__}: questions with exact answers (system: {args.system})")
+            results[name, label] = run(backend, tools, qs, args.verbose, args.max_steps, system,
+                                         args.constrain_calls)
+    grammar = {None: "", True: ", calls under a grammar", False: ", calls free"}[args.constrain_calls]
+    print(f"{args.model} on {type(backend).__name__}{grammar}: questions with exact answers (system: {args.system})")
     print(f"{'':<24}{'accuracy':>12}{'s/question':>12}{'cells/q':>9}{'repeats':>9}{'empty':>7}")
     for (name, label), r in results.items():
         n = r["n"]

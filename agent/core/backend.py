@@ -36,6 +36,9 @@ class Capabilities:
     # `stream(max_calls=N)`: generation stops where an (N+1)-th tool call begins (a small model's
     # degenerate reply of dozens of identical calls otherwise runs to max_tokens).
     stops_after_calls: bool = False
+    # `stream(constrain_calls=bool)`: a call, once opened, is written under a grammar of the offered
+    # tools' schemas (valid JSON naming one of them); None there: the backend's own default.
+    constrains_calls: bool = False
     # The model's size in parameters, where the backend knows it (local models); None: unknown.
     # Small tool-trained models get a small-model strategy of their own (agent/smallmodel/toolmodel.py).
     parameters: int | None = None
@@ -61,7 +64,7 @@ class Backend(Protocol):
                max_tokens: int | None = None, temperature: float | None = None,
                **guides: Any) -> Iterator[StreamEvent]:
         """Yield TextDelta as the text arrives, then one Done with the whole Reply. `guides` are the
-        decoding guides the capabilities declare (numbers=, favour=, bonus=, max_calls=); a backend ignores
+        decoding guides the capabilities declare (numbers=, favour=, bonus=, max_calls=, constrain_calls=); a backend ignores
         the ones it does not declare. Tool calls the model wrote as text (```python blocks, a server
         without tool support) arrive as the Reply's tool calls: the backend parses them."""
 

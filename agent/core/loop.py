@@ -38,6 +38,7 @@ class LoopSession(Protocol):
     max_steps: int
     max_tokens_per_step: int
     temperature: float | None
+    constrain_calls: bool | None  # calls under a grammar, where the backend can (None: its default)
     timeout: float  # a cell's, in seconds
     use_python: bool
     approve: Callable[[str], bool | str | None] | None  # may a cell run (see Session)
@@ -130,6 +131,8 @@ def request(session: LoopSession, schemas: list[dict], temperature: float | None
 def _send(session: LoopSession, schemas: list[dict], temperature: float | None) -> Iterator[Event]:
     backend = session.backend
     messages, extra = session.strategy.prepare_request(session, session.messages())
+    if session.constrain_calls is not None and backend.capabilities.constrains_calls:
+        extra = {**extra, "constrain_calls": session.constrain_calls}
     count = lambda ms: backend.count_prompt_tokens(ms, schemas)  # noqa: E731
     messages = fit_context(messages, count, backend.context_window,
                            reserve=min(COMPLETION_ALLOWANCE, backend.context_window // 4))

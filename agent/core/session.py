@@ -45,6 +45,9 @@ class Session:
         self.notices: list[str] = []  # shown before the next turn
         self.tools: dict[str, Tool] = {t.name: t for t in map(as_tool, tools)}
         self.use_python, self.max_steps, self.temperature, self.progress = use_python, max_steps, temperature, progress
+        # Tool calls written under a grammar of the tools' schemas, where the backend can (llama.cpp):
+        # True or False asks; None leaves the backend's default.
+        self.constrain_calls: bool | None = None
         self.history = Conversation(system, path)  # no file before the first message
         self.use_backend(backend)
         self.tracker.budget = budget or Budget()  # max_usd for a model without a price: ValueError

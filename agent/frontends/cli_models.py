@@ -140,7 +140,7 @@ def list_models(base_url: str | None = None, api_key: str | None = None, timeout
 
 
 def _resident_row(info: dict[str, Any]) -> dict[str, Any]:
-    keys = ("model", "pid", "device", "precision", "rss_mb", "users", "idle_left_s", "keep_alive")
+    keys = ("model", "pid", "engine", "device", "precision", "rss_mb", "users", "idle_left_s", "keep_alive")
     return {k: info.get(k) for k in keys}
 
 

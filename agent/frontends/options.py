@@ -44,12 +44,19 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--system", default=None, help="replace the default system prompt")
     add_keep_alive_arg(g)
     add_engine_arg(g)
+    add_constrain_calls_arg(g)
 
 
 def add_engine_arg(p: Arguments) -> None:
     p.add_argument("--engine", choices=ENGINES, default=None,
                    help="what runs a local model: llama.cpp (GGUF files and ollama: models, where installed), "
                         "transformers, or auto (default; `kernelchat models` says which and why)")
+
+
+def add_constrain_calls_arg(p: Arguments) -> None:
+    p.add_argument("--constrain-calls", action=argparse.BooleanOptionalAction, default=None,
+                   help="write a model's tool calls under a grammar of the tools' schemas where the engine can "
+                        "(llama.cpp): always valid JSON naming an offered tool (default: the engine's)")
 
 
 def add_keep_alive_arg(p: Arguments) -> None:
@@ -128,7 +135,8 @@ def chat_options(args: argparse.Namespace) -> dict[str, Any]:
     budget = Budget(max_tokens=args.max_tokens, max_usd=args.max_usd, max_seconds=args.max_seconds)
     return dict(model=args.model, system=args.system, base_url=args.base_url, api_key=args.api_key,
                 budget=budget, max_steps=args.max_steps, progress=not getattr(args, "json", False),
-                keep_alive=keep_alive(args), engine=getattr(args, "engine", None) or "auto", kernel=kernel_options(args))
+                keep_alive=keep_alive(args), engine=getattr(args, "engine", None) or "auto",
+                constrain_calls=getattr(args, "constrain_calls", None), kernel=kernel_options(args))
 
 
 # -- checked before anything loads ----------------------------------------------------------------

@@ -39,12 +39,13 @@ from agent.core.notebook_export import notebook_json
 from agent.core.budget import BudgetExceeded
 from agent.models import Cassette, CassetteError, RecordingBackend, ReplayBackend
 from agent.frontends.checks import CheckResult, run_check
-from agent.frontends.options import add_engine_arg, add_keep_alive_arg, add_sandbox_args, keep_alive
+from agent.frontends.options import (add_constrain_calls_arg, add_engine_arg, add_keep_alive_arg, add_sandbox_args,
+                                     keep_alive)
 from agent.core.events import AnswerEvent, Event, ToolCallEvent, UsageEvent
 from agent.frontends.render import safe_line, safe_text
 from agent.frontends.task_models import check_task_files, check_task_models, local_model
-from agent.frontends.task_sandbox import (TRUST_ALIAS, TRUST_FLAG, UserSandbox, check_task_sandboxes, run_sandbox,
-                                          task_options)
+from agent.frontends.task_sandbox import (TRUST_ALIAS, TRUST_FLAG, UserSandbox, check_task_sandboxes, copy_task_files,
+                                          fresh_workspace, run_sandbox, task_options)
 from agent.frontends.tasks import Task, TaskError, load_tasks
 
 Status = Literal["passed", "failed", "error"]
@@ -94,29 +95,6 @@ class _Bar:
             self.progress.update(self.id, description=f"{self.name}: {text}", advance=advance)
 
 
-def _fresh_workspace(workspace: Path) -> None:
-    """An empty workspace for this run. A rerun with the same --out finds the last run's files there,
-    written by sandboxed code (links, FIFOs, folders thousands deep or locked): they would make
-    `file_exists` checks pass, so they go (sandbox.saferm: no link followed, any depth)."""
-    from sandbox import remove_tree
-
-    removal = remove_tree(workspace)
-    if not removal.complete:
-        raise ValueError(f"the last run's workspace: {removal.sentence()}")
-    workspace.mkdir(parents=True)
-
-
-def _copy_files(task: Task, workspace: Path) -> None:
-    """The task's files into the workspace, each under its own name, through safefs: nothing on the
-    workspace side is followed."""
-    from sandbox import copy_in
-
-    for src in task.source_files():
-        if workspace.resolve().is_relative_to(src):  # files = ["."] with --out inside that folder
-            raise ValueError(f"the task's files entry {str(src)!r} holds the report folder; copy a narrower folder")
-        copy_in(src, workspace, src.name)
-
-
 def run_task(task: Task, folder: Path, backend: Any, progress: Progress | None = None,
              kernel_options: UserSandbox | None = None, trust_task_files: bool = False) -> TaskResult:
     """Run one task with its own workspace and kernel; write its transcript and report to `folder`.
@@ -131,10 +109,10 @@ def run_task(task: Task, folder: Path, backend: Any, progress: Progress | None =
     bar.update("starting the kernel")
     try:
         sandbox = task_options(task, kernel_options or {}, folder, workspace, trust_task_files)
-        _fresh_workspace(workspace)
-        _copy_files(task, workspace)
+        fresh_workspace(workspace)
+        copy_task_files(task, workspace)
         chat = Chat(backend=backend, system=task.system, budget=task.budget.budget(), max_steps=task.max_steps,
-                    temperature=task.temperature, progress=False, kernel=sandbox)
+                    temperature=task.temperature, constrain_calls=task.constrain_calls, progress=False, kernel=sandbox)
     except Exception as e:  # noqa: BLE001 - reported per task
         result.status, result.error = "error", f"setup: {type(e).__name__}: {e}"
         result.seconds = time.monotonic() - t0
@@ -426,6 +404,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     try:
         tasks = load_tasks(args.tasks)
+        if args.constrain_calls is not None:  # the flag beats the task files
+            tasks = [t.model_copy(update={"constrain_calls": args.constrain_calls}) for t in tasks]
     except TaskError as e:
         err.print(Text.assemble(("kernelchat run: invalid task file", "red"), "\n", safe_text(str(e))))
         return 2
@@ -486,6 +466,7 @@ def register(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no live progress bars")
     add_keep_alive_arg(p)
     add_engine_arg(p)
+    add_constrain_calls_arg(p)
     p.add_argument(TRUST_FLAG, action="store_true", dest="trust_task_files",
                    help="accept the task files' settings as written (for files you wrote): a [sandbox] looser than "
                         "this run's (isolation, network, GPU, larger limits), a base_url you did not name (it gets your "

@@ -116,5 +116,28 @@ def task_options(task: Task, user: UserSandbox, out: Path, workspace: Path, trus
     return KernelOptions(**task_kernel_options(task, user, out, trust), workspace=workspace)
 
 
-__all__ = ["TRUST_ALIAS", "TRUST_FLAG", "check_task_sandboxes", "looser_settings", "run_sandbox", "sandbox_refusal",
-           "task_kernel_options", "task_options", "user_options"]
+def fresh_workspace(workspace: Path) -> None:
+    """An empty workspace for this run. A rerun with the same --out finds the last run's files there,
+    written by sandboxed code (links, FIFOs, folders thousands deep or locked): they would make
+    `file_exists` checks pass, so they go (sandbox.saferm: no link followed, any depth)."""
+    from sandbox import remove_tree
+
+    removal = remove_tree(workspace)
+    if not removal.complete:
+        raise ValueError(f"the last run's workspace: {removal.sentence()}")
+    workspace.mkdir(parents=True)
+
+
+def copy_task_files(task: Task, workspace: Path) -> None:
+    """The task's files into the workspace, each under its own name, through safefs: nothing on the
+    workspace side is followed."""
+    from sandbox import copy_in
+
+    for src in task.source_files():
+        if workspace.resolve().is_relative_to(src):  # files = ["."] with --out inside that folder
+            raise ValueError(f"the task's files entry {str(src)!r} holds the report folder; copy a narrower folder")
+        copy_in(src, workspace, src.name)
+
+
+__all__ = ["TRUST_ALIAS", "TRUST_FLAG", "check_task_sandboxes", "copy_task_files", "fresh_workspace", "looser_settings",
+           "run_sandbox", "sandbox_refusal", "task_kernel_options", "task_options", "user_options"]

@@ -154,6 +154,7 @@ class Task(_Strict):
     model: str | None = None  # default: as for `kernelchat` (KERNELCHAT_MODEL, OpenAI with a key, else hf:smollm2)
     base_url: str | None = None
     engine: Literal["auto", "llama.cpp", "transformers"] = "auto"  # what runs a local model (`--engine` wins)
+    constrain_calls: bool | None = None  # tool calls under a grammar where the engine can (`--constrain-calls` wins)
     system: str | None = None
     temperature: float | None = Field(default=None, ge=0)
     max_steps: int = Field(default=10, gt=0, description="model requests per prompt")

@@ -14,17 +14,21 @@ from __future__ import annotations
 
 import atexit
 import codecs
+import json
 import os
 import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from llama_cpp import Llama, llama_model_n_ctx_train, llama_model_n_params
+import numpy as np
+from llama_cpp import Llama, LlamaGrammar, LogitsProcessorList, llama_model_n_ctx_train, llama_model_n_params
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from agent.core.backend import Backend, BackendError, Capabilities
 from agent.core.messages import Done, Message, StreamEvent, TextDelta, Usage
+from agent.models.call_grammar import CALL_BRACKETS, call_grammar, call_is_whole, opened_call
+from agent.models.code_guides import CodeGuide, Vocabulary, digits_are_single_tokens
 from agent.models.embedded import gguf_file
 from agent.models.local_chat import (DEFAULT_MAX_TOKENS, TURN_TOKENS, fenced_python, local_reply, reply_is_done,
                                      template_messages, tools_note)
@@ -61,11 +65,11 @@ class LlamaCppBackend(Backend):
     price = Price()  # on this machine: free, any money budget holds
 
     def __init__(self, model: str = "hf:smollm2", *, path: str | Path | None = None, gpu: bool = False,
-                 threads: int | None = None, context: int | None = None) -> None:
+                 threads: int | None = None, context: int | None = None, constrain_calls: bool = False) -> None:
         """`path`: the GGUF file (default: the one `model` names). `gpu`: every layer on the GPU (a
         CUDA build of llama-cpp-python). `context`: tokens of KV cache (default: the model's, at most
-        MAX_CONTEXT)."""
-        self.model = model
+        MAX_CONTEXT). `constrain_calls`: the default of `stream`'s (call_grammar.py)."""
+        self.model, self.constrain_calls = model, constrain_calls
         try:
             self.path = Path(path) if path is not None else gguf_file(model)
         except FileNotFoundError as e:
@@ -95,18 +99,63 @@ class LlamaCppBackend(Backend):
         self.template = ChatTemplate(template, self._special_tokens(meta))
         self.capabilities = Capabilities(
             tools=template_renders_tools(self.template),  # else tools are described in the system prompt
-            # The decoding guides of the small-model mode are transformers logits processors today.
-            grounds_numbers=False, favours_tokens=False, stops_after_calls=True,
+            grounds_numbers=digits_are_single_tokens(self._tokens),  # see code_guides.py
+            favours_tokens=True, stops_after_calls=True, constrains_calls=True,
             parameters=int(llama_model_n_params(self.llm.model)))
         self.stop_ids = self._stop_ids()
         self.last_tokens: list[int] = []  # the token ids of the last reply (benchmarks compare them)
         self._lock = threading.Lock()  # one model, one KV cache: one generation at a time
+        self._grammars: dict[str, LlamaGrammar] = {}  # per tool list
+        self._vocabulary: Vocabulary | None = None  # built at the first guided reply (a second for 150k tokens)
         # Freed before the interpreter tears llama_cpp's module down (else its __del__ fails noisily at exit).
         atexit.register(self.close)
 
     def close(self) -> None:
         """Free the model and its KV cache (the backend is unusable after)."""
         self.llm.close()
+
+    def _tokens(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+    def _text(self, ids: list[int]) -> str:
+        return self.llm.detokenize(ids, special=False).decode("utf-8", "replace")
+
+    def _guides(self, n_prompt: int, numbers: set[str] | None, favour: str | None,
+                bonus: float) -> LogitsProcessorList | None:
+        """The grounded-code guide (code_guides.py) for these options as a llama.cpp logits
+        processor, or None when none applies."""
+        allowed = numbers if numbers and self.capabilities.grounds_numbers else None
+        favoured = self._tokens(favour) if favour and bonus else []
+        if not allowed and not favoured:
+            return None
+        if self._vocabulary is None:
+            self._vocabulary = Vocabulary({tid: self._text([tid]) for tid in range(self.llm.n_vocab())})
+        guide = CodeGuide(self._vocabulary, self._text, allowed, favoured, bonus)
+
+        def apply(input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+            change = guide.adjust(input_ids[n_prompt:].tolist())
+            if change is None:
+                return scores
+            if change.favoured:
+                scores[change.favoured] += change.bonus
+            if change.only is not None:
+                kept = scores[change.only].copy()
+                scores[:] = -np.inf
+                scores[change.only] = kept
+            elif change.blocked:
+                scores[change.blocked] = -np.inf
+            return scores
+
+        return LogitsProcessorList([apply])
+
+    def _call_grammar(self, tools: list[dict[str, Any]] | None) -> LlamaGrammar | None:
+        key = json.dumps(tools, sort_keys=True)
+        if key not in self._grammars:
+            self._grammars[key] = LlamaGrammar.from_string(call_grammar(tools or []), verbose=False)
+        return self._grammars[key]
+
+    def _opened_call(self, gen: list[int]) -> str | None:
+        return opened_call(self.llm.detokenize(gen[-4:], special=True).decode("utf-8", "replace"))
 
     def _special_tokens(self, meta: dict[str, str]) -> dict[str, str]:
         out = {}
@@ -157,10 +206,14 @@ class LlamaCppBackend(Backend):
 
     def stream(self, messages: list[Message], tools: list[dict[str, Any]] | None = None, *,
                max_tokens: int | None = None, temperature: float | None = None, max_calls: int | None = None,
-               cancel: threading.Event | None = None, **guides: Any) -> Iterator[StreamEvent]:
+               numbers: set[str] | None = None, favour: str | None = None, bonus: float = 0.0,
+               constrain_calls: bool | None = None, cancel: threading.Event | None = None,
+               **guides: Any) -> Iterator[StreamEvent]:
         """`cancel`: set it (from any thread) to stop generating; the reply so far is returned.
-        `max_calls`: stop where a reply's call number max_calls + 1 begins. Generation runs on the
-        caller's thread, a token at a time: Ctrl-C stops it at the next token."""
+        `max_calls`: stop where a reply's call number max_calls + 1 begins. `numbers`, `favour`,
+        `bonus`: the grounded-code guide (code_guides.py). `constrain_calls`: a call is written under
+        a grammar (call_grammar.py; None: `self.constrain_calls`). Generation runs on the caller's thread, a
+        token at a time: Ctrl-C stops it at the next token."""
         with self._lock:
             t0 = time.perf_counter()
             ids = self.encode(messages, tools)
@@ -175,25 +228,60 @@ class LlamaCppBackend(Backend):
             limit = max_calls if tools else None
             watch = ToolCallStream(tools) if tools and (self.capabilities.tools or prompted) else None
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            guide = self._guides(len(ids), numbers, favour, bonus)
+            constrain = self.constrain_calls if constrain_calls is None else constrain_calls
+            grammar = self._call_grammar(tools) if constrain and watch is not None else None
             gen: list[int] = []
-            text, stopped = "", False
-            tokens = self.llm.generate(ids, temp=temperature or 0.0, repeat_penalty=1.0, reset=True)
-            try:
-                for token in tokens:
-                    gen.append(token)
-                    if token in self.stop_ids:
-                        stopped = True
-                        break
-                    piece = decoder.decode(self.llm.detokenize([token], special=False))
+            text, call, stopped, opening = "", "", False, None
+            while True:  # one pass; with a grammar, a new pass where a call opens and where it closes
+                switch = False
+                tokens = self.llm.generate(ids + gen, temp=temperature or 0.0, repeat_penalty=1.0, reset=True,
+                                           logits_processor=None if opening is not None else guide,
+                                           grammar=grammar if opening is not None else None)
+                try:
+                    for token in tokens:
+                        if token in self.stop_ids and opening is None:
+                            gen.append(token)
+                            stopped = True
+                            break
+                        gen.append(token)
+                        piece = decoder.decode(self.llm.detokenize([token], special=False))
+                        if grammar is not None and opening is None and gen == [token] and piece.lstrip()[:1] == "{":
+                            gen, switch, opening = [], True, ""  # a bare call: again from the start, under the grammar
+                            break
+                        text += piece
+                        call += piece
+                        shown = watch.feed(piece) if watch and piece else piece
+                        if shown:
+                            yield TextDelta(text=shown)
+                        if (len(gen) >= max_new or (cancel is not None and cancel.is_set())
+                                or reply_is_done(text, fences, prompted, limit)):
+                            break
+                        if grammar is not None and (call_is_whole(call) if opening is not None
+                                                    else self._opened_call(gen)):
+                            switch = True
+                            break
+                finally:
+                    tokens.close()
+                if not switch:
+                    break
+                if opening == "" and not gen:  # the bare call starts now
+                    continue
+                if opening is not None:  # the call's JSON is whole: closed as it was opened, then on freely
+                    closing_text = CALL_BRACKETS[opening][text.endswith("\n"):]  # its newline: once
+                    closing = self.llm.tokenize(closing_text.encode(), add_bos=False, special=True)
+                    gen += closing
+                    piece = self._text(closing)
                     text += piece
-                    shown = watch.feed(piece) if watch and piece else piece
+                    shown = watch.feed(piece) if watch else piece
                     if shown:
                         yield TextDelta(text=shown)
-                    if (len(gen) >= max_new or (cancel is not None and cancel.is_set())
-                            or reply_is_done(text, fences, prompted, limit)):
+                    if len(gen) >= max_new or reply_is_done(text, fences, prompted, limit):
                         break
-            finally:
-                tokens.close()
+                    opening = None
+                else:
+                    opening = self._opened_call(gen)
+                call = ""
             tail = watch.finish()[0] if watch else ""
             if tail:
                 yield TextDelta(text=tail)

@@ -42,7 +42,8 @@ from agent.core.backend import Backend, BackendError, Capabilities
 from agent.models.pricing import Price
 from agent.core.dirs import PrivateFolder, UnsafeFolder, overlaps, runtime_dir
 from agent.core.messages import Done, Message, Reply, StreamEvent, TextDelta
-from agent.models.embedded import resolve_model_path
+from agent.models.embedded import gguf_file, resolve_model_path
+from agent.models.engines import load_in_process
 from sandbox.isolation import python_roots
 from sandbox.safefs import kind
 
@@ -163,12 +164,13 @@ def hub_snapshot(name: str) -> list[str]:
 
 @dataclass(frozen=True)
 class Address:
-    """Where the server for one model (its files, precision, kernelchat's code) listens and logs."""
+    """Where the server for one model (its files, engine, precision, kernelchat's code) listens and logs."""
 
     model: str
-    path: str       # what the server loads (resolve_model_path)
+    path: str       # what the server loads: a folder (transformers) or a GGUF file (llama.cpp)
     precision: str
     endpoint: Endpoint
+    engine: str = "transformers"
 
     @property
     def socket(self) -> Path:
@@ -184,14 +186,20 @@ class Address:
         return self.endpoint.folder.path / self.log_name
 
     @classmethod
-    def of(cls, model: str, path: str, precision: str = "auto", *,
+    def of(cls, model: str, path: str, precision: str = "auto", *, engine: str = "transformers",
            workspace: str | os.PathLike | None = None) -> "Address":
         folder = runtime_folder(workspace)
         files = Path(path)
-        marks = ([(str(p.relative_to(files)), p.stat().st_size, p.stat().st_mtime_ns)
-                  for p in sorted(files.iterdir()) if p.is_file()] if files.is_dir() else hub_snapshot(path))
-        key = hashlib.sha256(json.dumps([model, path, precision, marks, code_fingerprint()]).encode()).hexdigest()[:16]
-        return cls(model, path, precision, Endpoint(folder, f"{key}.sock"))
+        if files.is_dir():
+            marks: list[Any] = [(str(p.relative_to(files)), p.stat().st_size, p.stat().st_mtime_ns)
+                                for p in sorted(files.iterdir()) if p.is_file()]
+        elif files.is_file():  # a GGUF: a new download or edit, a new address
+            marks = [(files.name, files.stat().st_size, files.stat().st_mtime_ns)]
+        else:
+            marks = hub_snapshot(path)
+        key = hashlib.sha256(json.dumps([model, path, engine, precision, marks, code_fingerprint()]).encode()
+                             ).hexdigest()[:16]
+        return cls(model, path, precision, Endpoint(folder, f"{key}.sock"), engine)
 
 
 def send(sock: socket.socket, obj: dict[str, Any]) -> None:
@@ -252,7 +260,8 @@ def start_server(addr: Address, keep_alive: float) -> subprocess.Popen:
         return subprocess.Popen(
             # -P: not the working folder first on sys.path; NAME=VALUE: a value that starts with "-" stays a value
             [sys.executable, "-P", "-m", "agent.models.resident_server", f"--model={addr.model}",
-             f"--path={addr.path}", f"--precision={addr.precision}", f"--folder-fd={folder.fd}",
+             f"--path={addr.path}", f"--engine={addr.engine}", f"--precision={addr.precision}",
+             f"--folder-fd={folder.fd}",
              f"--socket={addr.endpoint.name}", f"--keep-alive={keep_alive}"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=server_env(),
             pass_fds=(folder.fd,), start_new_session=True, close_fds=True)
@@ -309,24 +318,25 @@ class ResidentBackend(Backend):
 
     def __init__(self, model: str = "hf:smollm2", *, keep_alive: float = KEEP_ALIVE_DEFAULT,
                  precision: str = "auto", progress: bool = True,
-                 workspace: str | os.PathLike | None = None) -> None:
-        """`workspace`: the sandbox's, which the runtime folder must stay out of. ResidentUnavailable
-        (one sentence): no server can be used safely here; load the model in the command instead."""
+                 workspace: str | os.PathLike | None = None, engine: str = "transformers") -> None:
+        """`workspace`: the sandbox's, which the runtime folder must stay out of. `engine`: what the
+        server runs the model on ("transformers" or "llama.cpp"). ResidentUnavailable (one
+        sentence): no server can be used safely here; load the model in the command instead."""
         if not 0 < keep_alive < math.inf:
             raise ValueError(f"keep_alive must be a number of seconds > 0 for a resident model (0 means: load it "
                              f"in this process), got {keep_alive}")
-        self.model, self.keep_alive = model, float(keep_alive)
-        # A GGUF (an Ollama model's too) is converted, a Hub model downloaded, here with its progress
+        self.model, self.keep_alive, self.engine = model, float(keep_alive), engine
+        # On llama.cpp the GGUF file is loaded as it is. Otherwise a GGUF (an Ollama model's too) is converted, a Hub model downloaded, here with its progress
         # bar, before any server starts; each becomes a folder, whose files make the address: an Ollama
         # model's folder is keyed by its blob (a new pull, a new digest, a new folder), a Hub model's is
         # the snapshot of one commit.
         try:
-            path = resolve_model_path(model, progress=progress)
+            path = str(gguf_file(model)) if engine == "llama.cpp" else resolve_model_path(model, progress=progress)
         except FileNotFoundError as e:
             raise BackendError(str(e)) from None
         if os.path.exists(path):  # the server runs elsewhere
             path = os.path.abspath(path)
-        self.address = Address.of(model, path, precision, workspace=workspace)
+        self.address = Address.of(model, path, precision, engine=engine, workspace=workspace)
         self.progress = progress
         self.started = False  # True: this command started the server (a cold start)
         self.local: Backend | None = None  # the model loaded here, after the server stopped being safe
@@ -363,11 +373,9 @@ class ResidentBackend(Backend):
 
     def _fall_back(self, why: ResidentUnavailable) -> Backend:
         """The model loaded in this process from now on, said once as a warning."""
-        from agent.models.transformers_backend import TransformersBackend
-
         warnings.warn(f"the model is loaded in this process: {why}", stacklevel=2)
         self.close()
-        self.local = TransformersBackend(self.model, progress=self.progress)
+        self.local = load_in_process(self.model, self.engine, progress=self.progress)
         return self.local
 
     @contextmanager
@@ -405,11 +413,12 @@ class ResidentBackend(Backend):
     def stream(self, messages: list[Message], tools: list[dict[str, Any]] | None = None, *,
                max_tokens: int | None = None, temperature: float | None = None,
                numbers: set[str] | None = None, favour: str | None = None, bonus: float = 0.0,
-               max_calls: int | None = None, **guides: Any) -> Iterator[StreamEvent]:
+               max_calls: int | None = None, constrain_calls: bool | None = None,
+               **guides: Any) -> Iterator[StreamEvent]:
         request = {"op": "stream", "messages": [m.model_dump(mode="json") for m in messages], "tools": tools,
                    "max_tokens": max_tokens, "temperature": temperature,
                    "numbers": sorted(numbers) if numbers is not None else None, "favour": favour, "bonus": bonus,
-                   "max_calls": max_calls}
+                   "max_calls": max_calls, "constrain_calls": constrain_calls}
         if self.local is None:
             # Leaving this generator early (Ctrl-C, a budget) closes the connection: the server stops.
             with self._request(request) as f:
@@ -424,7 +433,8 @@ class ResidentBackend(Backend):
                             raise BackendError(event["error"])
                     raise self._gone()
         yield from self.local.stream(messages, tools, max_tokens=max_tokens, temperature=temperature,
-                                     numbers=numbers, favour=favour, bonus=bonus, max_calls=max_calls, **guides)
+                                     numbers=numbers, favour=favour, bonus=bonus, max_calls=max_calls,
+                                     constrain_calls=constrain_calls, **guides)
 
     def _read(self, f: Any) -> dict[str, Any] | None:
         """The next object from the server; a connection reset or a cut line is its end."""

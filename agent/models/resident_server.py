@@ -3,13 +3,14 @@ Unix socket until `keep_alive` seconds after the last one let go (agent/models/r
 client and says why).
 
     python -m agent.models.resident_server --model hf:smollm2 --path DIR --folder-fd N --socket KEY.sock --keep-alive 300
+    (--engine llama.cpp --path FILE.gguf: the GGUF on llama.cpp)
 
 The runtime folder arrives as the descriptor the command checked (N), never as a path; the socket
 is bound inside it through that descriptor, and every connection of another user is closed unread.
 
 One JSON object per line. Requests (one per connection; each may carry "keep_alive"):
 `info`, `hold` (kept open while a command lives), `count` (messages, tools -> tokens),
-`stream` (messages, tools, max_tokens, temperature, numbers, favour, bonus, max_calls -> {"text"}... then
+`stream` (messages, tools, max_tokens, temperature, numbers, favour, bonus, max_calls, constrain_calls -> {"text"}... then
 {"done": Reply}; closing the connection stops the generation), `stop`. Errors: {"error": "..."}.
 """
 
@@ -29,6 +30,7 @@ from typing import Any
 
 from agent.core.dirs import PrivateFolder
 from agent.core.messages import Done, Message, TextDelta
+from agent.models.engines import load_in_process
 from agent.models.resident import Endpoint, ask, peer_uid, read_line, send
 
 REQUEST_TIMEOUT = 30.0  # seconds for a connection's request line to arrive
@@ -52,10 +54,11 @@ def fp16_ready(backend: Any) -> bool:
 
 
 class Server:
-    """Serves one backend (a TransformersBackend here; any Backend works) to this user's commands."""
+    """Serves one backend (transformers or llama.cpp; any Backend works) to this user's commands."""
 
-    def __init__(self, backend: Any, model: str, endpoint: Endpoint, keep_alive: float) -> None:
-        self.backend, self.model, self.endpoint = backend, model, endpoint
+    def __init__(self, backend: Any, model: str, endpoint: Endpoint, keep_alive: float,
+                 engine: str = "transformers") -> None:
+        self.backend, self.model, self.endpoint, self.engine = backend, model, endpoint, engine
         self.keep_alive = keep_alive
         self.started = time.time()
         self.users = 0        # connections open now (holds and requests): never exit under one
@@ -93,7 +96,7 @@ class Server:
             users, left = self.users - asking, max(self.deadline - time.monotonic(), 0.0)
         return {"model": self.model, "pid": os.getpid(), "context_window": b.context_window,
                 "capabilities": dataclasses.asdict(caps),
-                "tools_note": b.tools_note, "device": getattr(b, "device", "cpu"),
+                "tools_note": b.tools_note, "device": getattr(b, "device", "cpu"), "engine": self.engine,
                 "precision": getattr(b, "precision", None), "fp16_ready": fp16_ready(b),
                 "rss_mb": round(rss_mb(), 1), "users": users, "idle_left_s": round(left, 1),
                 "keep_alive": self.keep_alive, "started": self.started}
@@ -164,7 +167,9 @@ class Server:
                                      temperature=r.get("temperature"),
                                      numbers=set(numbers) if numbers is not None else None,
                                      favour=r.get("favour"), bonus=float(r.get("bonus") or 0.0),
-                                     max_calls=int(r["max_calls"]) if r.get("max_calls") else None, cancel=cancel)
+                                     max_calls=int(r["max_calls"]) if r.get("max_calls") else None,
+                                     constrain_calls=r.get("constrain_calls") if isinstance(r.get("constrain_calls"), bool)
+                                     else None, cancel=cancel)
         try:
             for ev in events:
                 if isinstance(ev, TextDelta):
@@ -215,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m agent.models.resident_server")
     p.add_argument("--model", required=True)
     p.add_argument("--path", required=True, help="what to load (the model resolved by the client)")
+    p.add_argument("--engine", choices=("transformers", "llama.cpp"), default="transformers")
     p.add_argument("--precision", default="auto")
     p.add_argument("--folder-fd", type=int, required=True, help="the runtime folder, open (checked again here)")
     p.add_argument("--socket", required=True, help="the socket's name in that folder")
@@ -240,11 +246,14 @@ def main(argv: list[str] | None = None) -> int:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
-    from agent.models.transformers_backend import TransformersBackend  # torch and transformers: seconds
+    if args.engine == "llama.cpp":
+        backend = load_in_process(args.model, "llama.cpp", args.path)
+    else:
+        from agent.models.transformers_backend import TransformersBackend  # torch and transformers: seconds
 
-    backend = TransformersBackend(args.path, precision=args.precision, progress=False)
-    backend.model = args.model  # replies and notes name the model as the user did
-    Server(backend, args.model, endpoint, args.keep_alive).serve()
+        backend = TransformersBackend(args.path, precision=args.precision, progress=False)
+        backend.model = args.model  # replies and notes name the model as the user did
+    Server(backend, args.model, endpoint, args.keep_alive, args.engine).serve()
     return 0
 
 

@@ -18,7 +18,8 @@ FLAGS = ["--model", "gpt-4o-mini", "--base-url", "http://models.example", "--api
          "--system", "be brief", "--max-steps", "3", "--max-tokens", "5000", "--max-usd", "1.5",
          "--max-seconds", "60", "--isolation", "gateway", "--gateway", "http://gw.example:8888",
          "--gateway-token", "tok", "--network", "--gpu", "--workspace", "/tmp/ws", "--timeout", "9",
-         "--memory-mb", "512", "--disk-mb", "256", "--keep-alive", "45", "--engine", "llama.cpp"]
+         "--memory-mb", "512", "--disk-mb", "256", "--keep-alive", "45", "--engine", "llama.cpp",
+         "--no-constrain-calls"]
 KERNEL = KernelOptions(workspace="/tmp/ws", isolation="gateway", network=True, gpu=True, timeout=9.0, memory_mb=512,
                        disk_mb=256, gateway_url="http://gw.example:8888", gateway_token="tok")
 # Flags of the prompt parser that are not Chat options: what the front end itself does.
@@ -33,7 +34,7 @@ def option_strings(parser: argparse.ArgumentParser) -> set[str]:
 
 def test_the_test_sets_every_flag():
     """A new flag must be added to FLAGS (and so reach the options) or be named a front-end flag."""
-    flags = {f for f in FLAGS if f.startswith("-")}
+    flags = {f for f in FLAGS if f.startswith("-")} | {"--constrain-calls"}  # the same flag's positive form
     assert option_strings(prompt_parser()) - FRONT_END_FLAGS - {"-m"} == flags
 
 
@@ -43,7 +44,7 @@ def test_every_flag_reaches_chat_and_kernel():
     assert options.chat_options(args) == dict(
         model="gpt-4o-mini", system="be brief", base_url="http://models.example", api_key="sk-test",
         budget=Budget(max_tokens=5000, max_usd=1.5, max_seconds=60.0), max_steps=3, progress=True,
-        keep_alive=45.0, engine="llama.cpp", kernel=KERNEL)
+        keep_alive=45.0, engine="llama.cpp", constrain_calls=False, kernel=KERNEL)
 
 
 def test_exec_takes_the_same_sandbox_flags():

@@ -142,3 +142,27 @@ def test_run_takes_the_configuration_files_model_for_tasks_without_one(tmp_path,
     asked.clear()
     assert cli.main(["run", str(tmp_path / "bare.toml"), "--out", str(tmp_path / "out2"), "--no-progress"]) == 0
     assert asked == [(None, "http://127.0.0.1:9/v1", 42.0)]
+
+
+class RecordingGuides(ScriptedBackend):
+    """Declares grammar-constrained calls and records what each request asked for."""
+
+    def __init__(self, replies):
+        from agent.core.backend import Capabilities
+
+        super().__init__(replies, capabilities=Capabilities(streaming=False, constrains_calls=True))
+        self.asked: list[dict] = []
+
+    def stream(self, messages, tools=None, **kw):
+        self.asked.append(kw)
+        yield from super().stream(messages, tools, **kw)
+
+
+@pytest.mark.parametrize("flag, expected", [([], True), (["--no-constrain-calls"], False)])
+def test_a_task_files_constrain_calls_reaches_the_model_and_the_flag_beats_it(tmp_path, monkeypatch, flag, expected):
+    backend = RecordingGuides(["hi"])
+    monkeypatch.setattr(agent.models, "get_backend", lambda *a, **k: backend)
+    (tmp_path / "t.toml").write_text('constrain_calls = true\nprompts = ["a"]\n[sandbox]\nisolation = "none"\n')
+    assert cli.main(["run", str(tmp_path / "t.toml"), "--out", str(tmp_path / "out"), "--no-progress",
+                     "--isolation", "none", *flag]) == 0
+    assert [a.get("constrain_calls") for a in backend.asked] == [expected]

@@ -111,11 +111,13 @@ def test_leaving_the_stream_stops_the_generation(runtime, tmp_path):
     backend = SlowBackend()
     serve_in_thread(backend, tmp_path)
     client = ResidentBackend(str(tmp_path), keep_alive=30)
-    stream = client.stream(QUESTION, max_tokens=5000, numbers={"7"}, favour="print(", bonus=2.0, max_calls=3)
+    stream = client.stream(QUESTION, max_tokens=5000, numbers={"7"}, favour="print(", bonus=2.0, max_calls=3,
+                           constrain_calls=True)
     assert isinstance(next(stream), TextDelta)
     stream.close()  # Ctrl-C, a budget: the connection closes
     assert backend.cancelled.wait(5), "the server kept generating for a command that left"
-    assert backend.guides == {"numbers": {"7"}, "favour": "print(", "bonus": 2.0, "max_calls": 3}  # they arrived
+    assert backend.guides == {"numbers": {"7"}, "favour": "print(", "bonus": 2.0, "max_calls": 3,
+                              "constrain_calls": True}  # they arrived
 
 
 def test_the_server_waits_for_its_users_then_leaves(runtime, tmp_path):

@@ -206,7 +206,7 @@ def test_a_model_cache_inside_the_workspace_is_refused(monkeypatch, tmp_path, he
     with pytest.raises(BackendError, match=r"model file .* lies in the workspace"):
         get_backend(str(tmp_path / "ws" / "m.gguf"), workspace=tmp_path / "ws", engine="llama.cpp")
     with pytest.raises(BackendError, match="overlaps"):  # the workspace inside the cache: its models are there
-        get_backend("hf:smollm2", workspace=tmp_path / "ws" / "cache" / "models")
+        get_backend("hf:smollm2", workspace=tmp_path / "ws" / "cache" / "models", engine="transformers")
     assert here == []
     (tmp_path / "model").mkdir()
     assert get_backend(str(tmp_path / "model"), workspace=tmp_path / "ws").complete(QUESTION).message.content
@@ -367,7 +367,7 @@ def test_the_servers_command_line_holds_no_path_of_the_folder(runtime, tmp_path,
     resident.start_server(addr, 30.0)
     fd = addr.endpoint.folder.fd
     assert seen["argv"][3:] == ["agent.models.resident_server", f"--model={tmp_path}", f"--path={tmp_path}",
-                                "--precision=auto", f"--folder-fd={fd}", f"--socket={addr.endpoint.name}",
+                                "--engine=transformers", "--precision=auto", f"--folder-fd={fd}", f"--socket={addr.endpoint.name}",
                                 "--keep-alive=30.0"]
     assert seen["pass_fds"] == (fd,) and "HF_TOKEN" not in seen["env"]
     assert not any("hf_secret_value" in a or str(addr.endpoint.folder.path) in a for a in seen["argv"])
