@@ -1,9 +1,11 @@
-"""Local generation speed of the embedded SmolLM2-135M: the floor (raw fp32 `model.generate`) beside
-`TransformersBackend` as configured by default and each candidate precision, in one run; then the one-shot
-`kernelchat "What is 2**100? Use Python."` wall time, cold and warm, split into its phases: with the
-model kept loaded in the background (the command line's default) and loaded in the command.
+"""Local generation speed of a model (the embedded SmolLM2-135M by default, or `--model FILE.gguf`):
+the floor (raw fp32 `model.generate`) beside `TransformersBackend` as configured by default, the
+llama.cpp engine on the GGUF as it is, and (for the embedded model) each candidate precision, in one
+run; then the one-shot `kernelchat "What is 2**100? Use Python."` wall time, cold and warm, split into
+its phases, on each engine: with the model kept loaded in the background (the command line's default)
+and loaded in the command.
 
-    python bench/local_speed.py [--tokens 128] [--baseline REV] [--skip-oneshot]
+    python bench/local_speed.py [--model hf:smollm2|FILE.gguf] [--tokens 128] [--baseline REV] [--skip-oneshot]
 
 Each candidate runs in its own process (peak memory is that process's), greedy, on two prompts of
 about 150 and 1000 tokens: prompt tokens/s (a 1-token reply from an empty cache), generated tokens/s
@@ -40,7 +42,7 @@ REPEATS = 2  # generation timed this many times per prompt, the best kept
 CANDIDATES = {
     "fp32 generate (floor)": dict(kind="raw", precision="fp32"),
     "TransformersBackend default": dict(kind="backend", precision=None),
-    "LlamaCppBackend (llama.cpp Q4_1 GGUF)": dict(kind="llama", precision="gguf"),
+    "LlamaCppBackend (llama.cpp, the GGUF)": dict(kind="llama", precision="gguf"),
     "TransformersBackend fp32": dict(kind="backend", precision="fp32"),
     "fp16 weights, Linear (incl. lm_head)": dict(kind="raw", precision="fp16"),
     "fp16 weights, Linear but lm_head": dict(kind="raw", precision="fp16-body"),
@@ -57,7 +59,10 @@ def prompts() -> dict[str, list]:
                       "id,sex,age,class,port,survived\n" + table + "\n\n" + ESSAY}]}
 
 
-def measure(spec: dict, n: int) -> dict:
+ENGINE_ROWS = 3  # the floor, the transformers default and llama.cpp: the rows for a model other than the embedded
+
+
+def measure(spec: dict, n: int, model: str = "hf:smollm2") -> dict:
     """In this process: load one candidate and time it on both prompts."""
     import torch
 
@@ -68,13 +73,13 @@ def measure(spec: dict, n: int) -> dict:
     t0 = time.perf_counter()
     precision = spec["precision"]
     if spec["kind"] == "llama":
-        return measure_llama(n, t0)
+        return measure_llama(n, t0, model)
     if spec["kind"] == "backend":
-        backend = TransformersBackend("hf:smollm2", progress=False, **({} if precision is None else {"precision": precision}))
+        backend = TransformersBackend(model, progress=False, **({} if precision is None else {"precision": precision}))
         if backend.fp16 is not None:
             backend.fp16.wait()  # packed in the background; the warm-up request swaps it in
     else:
-        backend = TransformersBackend("hf:smollm2", progress=False, precision="bf16" if precision == "bf16" else "fp32")
+        backend = TransformersBackend(model, progress=False, precision="bf16" if precision == "bf16" else "fp32")
         if precision in ("fp16", "fp16-body"):
             apply_precision(backend.hf_model, "cpu", "fp16", frozenset({"lm_head"}) if precision == "fp16-body" else frozenset())
     load = time.perf_counter() - t0
@@ -155,12 +160,12 @@ def timed(run, n: int):
     return t1, tn, reply
 
 
-def measure_llama(n: int, t0: float) -> dict:
-    """The llama.cpp engine on the embedded model's own GGUF, from an empty KV cache each time."""
+def measure_llama(n: int, t0: float, model: str) -> dict:
+    """The llama.cpp engine on the model's GGUF, from an empty KV cache each time."""
     from agent.core.messages import Message
     from agent.models.llamacpp_backend import LlamaCppBackend
 
-    backend = LlamaCppBackend("hf:smollm2")
+    backend = LlamaCppBackend(model)
     out: dict = {"load_s": time.perf_counter() - t0, "precision": "gguf"}
     for name, msgs in prompts().items():
         m = [Message(role=d["role"], content=d["content"]) for d in msgs]
@@ -178,17 +183,17 @@ def measure_llama(n: int, t0: float) -> dict:
     return out
 
 
-def run_candidate(name: str, n: int) -> dict:
-    cmd = [sys.executable, __file__, "--one", name, "--tokens", str(n)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+def run_candidate(name: str, n: int, model: str) -> dict:
+    cmd = [sys.executable, __file__, "--one", name, "--tokens", str(n), "--model", model]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)  # a 1.5B's first conversion
     if done.returncode != 0:
         raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def oneshot(python: str, cwd: Path, env: dict, timings: bool) -> tuple[float, dict]:
+def oneshot(python: str, cwd: Path, env: dict, timings: bool, flags: list[str] = ()) -> tuple[float, dict]:
     """One `kernelchat QUESTION` in a fresh process: (wall seconds, its phase timings if asked)."""
-    cmd = [python, "-m", "agent", QUESTION] + (["--timings"] if timings else [])
+    cmd = [python, "-m", "agent", QUESTION, *flags] + (["--timings"] if timings else [])
     t = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
     wall = time.perf_counter() - t
@@ -204,6 +209,7 @@ def oneshot(python: str, cwd: Path, env: dict, timings: bool) -> tuple[float, di
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--model", default="hf:smollm2", help="the embedded model, or a .gguf file")
     ap.add_argument("--baseline", help="a git revision to time the one-shot of, beside this tree's")
     ap.add_argument("--runs", type=int, default=3, help="warm one-shot runs per tree")
     ap.add_argument("--skip-oneshot", action="store_true")
@@ -212,7 +218,7 @@ def main() -> None:
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(measure(CANDIDATES[args.one], args.tokens)))
+        print(json.dumps(measure(CANDIDATES[args.one], args.tokens, args.model)))
         return
     from rich.console import Console
     from rich.table import Table
@@ -221,33 +227,41 @@ def main() -> None:
     import torch
     console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
                   f"greedy, {args.tokens} generated tokens")
-    names = [] if args.oneshot_only else [n for n in CANDIDATES if not args.only or n in args.only.split(",")]
-    results = {name: run_candidate(name, args.tokens) for name in names}
+    embedded = args.model == "hf:smollm2"
+    default = list(CANDIDATES) if embedded else list(CANDIDATES)[:ENGINE_ROWS]
+    names = [] if args.oneshot_only else [n for n in default if not args.only or n in args.only.split(",")]
+    results = {name: run_candidate(name, args.tokens, args.model) for name in names}
     if names:
-        candidates_table(console, results, args.tokens)
+        candidates_table(console, results, args.tokens, args.model)
     if args.skip_oneshot:
         return
     oneshot_table(console, args)
 
 
-def candidates_table(console, results: dict, n: int) -> None:
+def candidates_table(console, results: dict, n: int, model: str) -> None:
     from rich.table import Table
 
-    floor = results.get("fp32 generate (floor)") or run_candidate("fp32 generate (floor)", n)
-    table = Table(title="Local generation, embedded SmolLM2-135M (ratios against raw fp32 generate)")
+    floor = results.get("fp32 generate (floor)") or run_candidate("fp32 generate (floor)", n, model)
+    default = results.get("TransformersBackend default")
+    name = "embedded SmolLM2-135M" if model == "hf:smollm2" else Path(model).name
+    table = Table(title=f"Local generation, {name} (ratios against raw fp32 generate and the transformers default)")
     for col in ("candidate", "prompt tok/s @150", "prompt tok/s @1000", "gen tok/s @150", "gen tok/s @1000",
-                "gen vs floor", "peak MB", "greedy = fp32"):
+                "gen vs floor", "gen vs default", "peak MB", "greedy = fp32"):
         table.add_column(col, justify="left" if col == "candidate" else "right")
     for name, r in results.items():
         same = all(r[p]["tokens"] == floor[p]["tokens"] for p in ("150", "1000"))
         ratio = statistics.mean(r[p]["gen_tps"] / floor[p]["gen_tps"] for p in ("150", "1000"))
+        vs_default = (f"{statistics.mean(r[p]['gen_tps'] / default[p]['gen_tps'] for p in ('150', '1000')):.2f}x"
+                      if default else "-")
         table.add_row(name, *(f"{r[p]['prompt_tps']:.0f}" for p in ("150", "1000")),
-                      *(f"{r[p]['gen_tps']:.1f}" for p in ("150", "1000")), f"{ratio:.2f}x",
+                      *(f"{r[p]['gen_tps']:.1f}" for p in ("150", "1000")), f"{ratio:.2f}x", vs_default,
                       f"{r['peak_mb']:.0f}", "yes" if same else "NO")
     console.print(table)
-    console.print(f"prompt tokens: {floor['150']['prompt_tokens']} and {floor['1000']['prompt_tokens']}")
+    console.print(f"prompt tokens: {floor['150']['prompt_tokens']} and {floor['1000']['prompt_tokens']}; "
+                  f"load (s): " + ", ".join(f"{k.split(' (')[0]} {r['load_s']:.2f}" for k, r in results.items()))
+    if model != "hf:smollm2":
+        return
     near, far = guides_cost()
-    default = results.get("TransformersBackend default")
     per_token = 1e6 / default["150"]["gen_tps"] if default else None
     console.print(f"small-model decoding guides: {near:.0f} us per token 40 tokens into a code block, {far:.0f} us "
                   f"200 tokens in" + (f" ({far / per_token:.1%} of a generated token's {per_token / 1000:.0f} ms)"
@@ -260,17 +274,20 @@ def oneshot_table(console, args) -> None:
     from rich.table import Table
 
     runtime = tempfile.mkdtemp(prefix="kc-", dir="/tmp")  # the resident servers' sockets, apart
-    variants = {"kept loaded (default)": (ROOT, {"KERNELCHAT_KEEP_ALIVE": "600", "XDG_RUNTIME_DIR": runtime}),
-                "in the command (--keep-alive 0)": (ROOT, {"KERNELCHAT_KEEP_ALIVE": "0"})}
+    kept = {"KERNELCHAT_KEEP_ALIVE": "600", "XDG_RUNTIME_DIR": runtime}
+    variants = {"kept loaded (default)": (ROOT, kept, []),
+                "in the command (--keep-alive 0)": (ROOT, {"KERNELCHAT_KEEP_ALIVE": "0"}, []),
+                "transformers, kept loaded": (ROOT, kept, ["--engine", "transformers"]),
+                "transformers, in the command": (ROOT, {"KERNELCHAT_KEEP_ALIVE": "0"}, ["--engine", "transformers"])}
     tmp = None
     if args.baseline:
         tmp = tempfile.mkdtemp(prefix="kernelchat-baseline-")
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", tmp, args.baseline], check=True,
                        capture_output=True)
-        variants[f"baseline {args.baseline}"] = (Path(tmp), {})
+        variants[f"baseline {args.baseline}"] = (Path(tmp), {}, [])
 
     def env_of(label: str) -> dict:
-        tree, extra = variants[label]
+        tree, extra, _ = variants[label]
         env = {**os.environ, "PYTHONPATH": str(tree), **extra}
         env.pop("OPENAI_API_KEY", None)
         return env
@@ -281,19 +298,20 @@ def oneshot_table(console, args) -> None:
 
     try:
         rows = {}
-        for label, (tree, _) in variants.items():
-            with tempfile.TemporaryDirectory() as cache:  # cold: the GGUF converted again, no server
-                cold, _ = oneshot(sys.executable, tree, {**env_of(label), "KERNELCHAT_CACHE": cache}, False)
+        for label, (tree, _, flags) in variants.items():
+            with tempfile.TemporaryDirectory() as cache:  # cold: nothing cached (a GGUF converted again), no server
+                cold, _ = oneshot(sys.executable, tree, {**env_of(label), "KERNELCHAT_CACHE": cache}, False, flags)
             rows[label] = {"cold": cold, "first": None, "warm": [], "warm_phases": []}
         stop_servers()  # the cold run's server (of the cache just deleted)
-        label = "kept loaded (default)"  # the first command after keep_alive ran out: it starts the server
-        rows[label]["first"], _ = oneshot(sys.executable, ROOT, env_of(label), False)
+        for label in ("kept loaded (default)", "transformers, kept loaded"):  # after keep_alive ran out
+            rows[label]["first"], _ = oneshot(sys.executable, ROOT, env_of(label), False, variants[label][2])
         for _ in range(args.runs):  # alternately, so that the machine's load falls on all alike
-            for label, (tree, _) in variants.items():
-                wall, phases = oneshot(sys.executable, tree, env_of(label), tree == ROOT)
+            for label, (tree, _, flags) in variants.items():
+                wall, phases = oneshot(sys.executable, tree, env_of(label), tree == ROOT, flags)
                 rows[label]["warm"].append(wall)
                 rows[label]["warm_phases"].append(phases)
-        shot = Table(title=f"One shot: kernelchat {QUESTION!r} (seconds; warm: median of {args.runs})")
+        shot = Table(title=f"One shot: kernelchat {QUESTION!r}, embedded model (seconds; warm: median of {args.runs}; "
+                           f"default engine: llama.cpp)")
         for col in ("model", "cold", "server starts", "warm", "warm vs baseline", "import", "model load",
                     "kernel start", "generation", "execution"):
             shot.add_column(col, justify="left" if col == "model" else "right")
@@ -307,7 +325,7 @@ def oneshot_table(console, args) -> None:
             shot.add_row(label, f"{r['cold']:.1f}", "-" if r["first"] is None else f"{r['first']:.1f}", f"{warm:.1f}",
                          ratio, *(f"{phases[k]:.2f}" if phases else "-" for k in keys))
         console.print(shot)
-        console.print("cold: nothing cached (the GGUF converted again; no server). server starts: the first command "
+        console.print("cold: nothing cached (for transformers the GGUF converted again; no server). server starts: the first command "
                       "after keep_alive ran out. warm: the model files cached (and, kept loaded, the server up). "
                       "Phases overlap: the kernel starts while the model loads.")
     finally:
