@@ -4,9 +4,11 @@ strategy for models without tool training."""
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, Union
 
 from pathlib import Path
+
+from tools.mcp_specs import MCPServerSpec, check_specs, load_mcp_file
 
 from agent.core.backend import Backend
 from agent.core.loop import PLAIN
@@ -18,11 +20,27 @@ from agent.models import get_backend
 from agent.smallmodel import (MAX_TOKENS_PER_STEP, SMALL_MODEL_SYSTEM, Examples, SmallModelStrategy,
                               SmallToolModelStrategy)
 
+if TYPE_CHECKING:
+    from tools.mcp_client import MCPServers
+
 # Tool-trained models below this size get the small-model mode's variant for them: measured on
 # Qwen2.5-Coder 0.5B and 1.5B (docs/models.md, "Small models"); larger ones were not measured here.
 SMALL_TOOL_MODEL_PARAMETERS = 4_000_000_000
 
 T = TypeVar("T")
+MCPServersOption = Union[dict[str, Any], str, Path, None]
+
+
+def mcp_specs(servers: MCPServersOption) -> dict[str, MCPServerSpec]:
+    """`mcp_servers=` as checked settings: a {name: settings} dict, or an `mcpServers` JSON file."""
+    if servers is None:
+        return {}
+    if isinstance(servers, (str, Path)):
+        servers = load_mcp_file(servers)
+    specs = check_specs(servers, "mcp_servers")
+    for name, spec in specs.items():  # a ${VAR} that is not set: said before anything starts
+        spec.resolved_env(name), spec.resolved_headers(name)
+    return specs
 
 
 def is_small(backend: Backend) -> bool:
@@ -81,7 +99,7 @@ class Chat(Session):
                  api_key: str | None = None, backend: Backend | None = None, progress: bool = True,
                  answer_from_output: bool | None = None, keep_alive: float = 0.0,
                  notebook: str | Path | None = None, engine: str = "auto", constrain_calls: bool | None = None,
-                 **options: Any):
+                 mcp_servers: MCPServersOption = None, **options: Any):
         """`model`, or `base_url`/`api_key` for an OpenAI-compatible server, name the backend (or pass
         one); the other options are Session's (tools, budget, max_steps, use_python, kernel options...).
         `answer_from_output`: the small-model mode, on by default for models without tool support
@@ -91,8 +109,11 @@ class Chat(Session):
         `engine`: what runs a local model: "llama.cpp" (GGUF files, ollama: models), "transformers",
         or "auto" (agent.models.choose_engine). `constrain_calls`: a model's tool calls are written
         under a grammar of the tools' schemas where the engine can (llama.cpp): always valid JSON
-        naming an offered tool (None: the engine's default). `notebook`: an .ipynb whose code cells run first, as the conversation's first exchange
-        (see agent.core.notebook_import)."""
+        naming an offered tool (None: the engine's default). `notebook`: an .ipynb whose code cells run
+        first, as the conversation's first exchange (see agent.core.notebook_import). `mcp_servers`:
+        MCP servers whose tools are offered beside python (`server__tool`), started now and stopped
+        with the chat: {name: settings} (tools.mcp_specs) or an `mcpServers` JSON file."""
+        specs = mcp_specs(mcp_servers)  # checked before a model loads
         if backend is None:
             kernel = options.get("kernel")  # its workspace: a local model's cache and server stay out of it
             backend = get_backend(model, base_url=base_url, api_key=api_key, progress=progress, keep_alive=keep_alive,
@@ -100,6 +121,9 @@ class Chat(Session):
                                   workspace=kernel.workspace if kernel is not None else options.get("workspace"))
         super().__init__(backend, system=system, progress=progress, **options)  # None: the model's default
         self.constrain_calls = constrain_calls
+        self.mcp: MCPServers | None = None
+        if specs:
+            self.start_mcp(specs)
         if answer_from_output is not None:
             self.small_model_mode(answer_from_output)
         if notebook is not None:
@@ -108,6 +132,31 @@ class Chat(Session):
             except BaseException:  # no Chat to close for the caller: its kernel is closed here
                 self.close()
                 raise
+
+    def start_mcp(self, specs: dict[str, MCPServerSpec]) -> None:
+        """Start the MCP servers and offer their tools; one that did not start is a notice."""
+        from tools.mcp_client import connect
+
+        try:
+            self.mcp, notices = connect(specs)
+        except BaseException:
+            self.close()
+            raise
+        self.notices.extend(notices)
+        for tool in self.mcp.tools():
+            if tool.name in self.tools or tool.name == "python":
+                self.notices.append(f"MCP tool {tool.name!r} is not offered: a tool of that name is already")
+            else:
+                self.tools[tool.name] = tool
+
+    def close(self) -> None:
+        """The kernel, then the MCP servers."""
+        try:
+            super().close()
+        finally:
+            if getattr(self, "mcp", None) is not None:
+                self.mcp.close()
+                self.mcp = None
 
     def use_backend(self, backend: Backend) -> None:
         """Talk to another model from the next request on. What follows the kind of model follows it

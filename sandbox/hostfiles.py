@@ -115,3 +115,24 @@ class WorkspaceFiles:
     def files(self) -> list[str]:
         """Workspace files (regular files only, no link followed), relative paths."""
         return sorted(safefs.walk_files(self.workspace))
+
+    def read_file(self, relpath: str | os.PathLike, max_bytes: int) -> bytes:
+        """The bytes of a regular file in the (local) workspace: no link followed at any component,
+        nothing but a regular file opened, at most `max_bytes`. ValueError (UnsafePath, NotFound,
+        FileTooLarge) with one sentence."""
+        return safefs.read_regular(self.workspace, self._inside(relpath), max_bytes=max_bytes)
+
+    def write_file(self, relpath: str | os.PathLike, data: bytes) -> str:
+        """Write `data` at `relpath` in the (local) workspace, folders made as needed (none followed),
+        replacing whatever is at the name (a link is replaced, never written through), within
+        `max_file_mb` and the disk quota; returns the relative path. ValueError with one sentence."""
+        rel = self._inside(relpath)
+        most = self._max_file_bytes
+        if most is not None and len(data) > most:
+            raise safefs.FileTooLarge(f"{len(data):,} bytes is over the largest file the kernel may write "
+                                      f"({most:,} bytes, max_file_mb)")
+        quota = self.limits.disk_mb
+        if quota and safefs.tree_bytes(self.workspace) + len(data) > quota * 2**20:
+            raise safefs.FileTooLarge(f"{len(data):,} more bytes would take the workspace past its disk quota "
+                                      f"of {quota:,} MB (disk_mb); delete files first")
+        return safefs.replace_file(self.workspace, rel, [data], owner=self._owner)

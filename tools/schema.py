@@ -7,7 +7,7 @@ import inspect
 import json
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Generator, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Generator, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
@@ -45,6 +45,7 @@ class ToolContext:
     revise: Callable[[str, ExecResult], tuple[str, str] | None] | None = None
 
 
+@runtime_checkable
 class Runnable(Protocol):
     """A tool as the loop sees it: every tool, the python one included, is run the same way."""
 
@@ -164,5 +165,6 @@ class Tool:
         yield  # a generator, like every tool's run: a function's has no live output
 
 
-def as_tool(fn: Callable[..., Any] | Tool) -> Tool:
-    return fn if isinstance(fn, Tool) else Tool(fn)
+def as_tool(fn: Callable[..., Any] | Runnable) -> Runnable:
+    """A function as a Tool; a Tool, or any Runnable (an MCP server's tool), as it is."""
+    return fn if isinstance(fn, (Tool, Runnable)) and hasattr(fn, "schema") else Tool(fn)

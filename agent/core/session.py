@@ -28,7 +28,7 @@ PYTHON = PythonTool()
 class Session:
     """A conversation with a backend that runs Python in a sandboxed kernel (see `agent.Chat`)."""
 
-    def __init__(self, backend: Backend, *, system: str | None = None, tools: list[Callable | Tool] = (),
+    def __init__(self, backend: Backend, *, system: str | None = None, tools: list[Callable | Tool | Runnable] = (),
                  budget: Budget | None = None, max_steps: int = 10, use_python: bool = True,
                  kernel: Kernel | KernelOptions | BranchKernel | None = None, approve: Approve | None = None,
                  temperature: float | None = None, path: str | Path | None = None, progress: bool = True,
@@ -43,7 +43,7 @@ class Session:
         self.tracker = BudgetTracker()
         self.strategy = strategy
         self.notices: list[str] = []  # shown before the next turn
-        self.tools: dict[str, Tool] = {t.name: t for t in map(as_tool, tools)}
+        self.tools: dict[str, Runnable] = {t.name: t for t in map(as_tool, tools)}
         self.use_python, self.max_steps, self.temperature, self.progress = use_python, max_steps, temperature, progress
         # Tool calls written under a grammar of the tools' schemas, where the backend can (llama.cpp):
         # True or False asks; None leaves the backend's default.

@@ -8,6 +8,7 @@
     kernelchat models                            what models are configured and available
     kernelchat run TASK.toml [MORE.toml ...]     run task files, check the outcomes, write a report
     kernelchat conversations                     the saved conversations; `kernelchat --resume [ID]` continues one
+    kernelchat mcp [--http HOST:PORT]            the sandboxed kernel as an MCP server (stdio, or streamable HTTP)
     kernelchat --version                         the installed version (`python -m agent` works the same)
 
 Every value is checked before a model loads or a kernel starts; a bad one is one sentence on stderr
@@ -33,8 +34,8 @@ from rich.panel import Panel
 from rich.text import Text
 
 from agent.frontends import config
-from agent.frontends.options import (add_budget_args, add_model_args, add_notebook_arg, add_sandbox_args,
-                                     chat_options, check_options, check_sandbox_options, conversation_path,
+from agent.frontends.options import (add_budget_args, add_mcp_arg, add_model_args, add_notebook_arg,
+                                     add_sandbox_args, chat_options, check_options, check_sandbox_options, conversation_path,
                                      kernel_options)
 from agent.frontends.render import SafeLogHandler, safe_line, safe_text
 
@@ -233,10 +234,15 @@ def build_parser(cfg: config.ConfigFile | None = None) -> argparse.ArgumentParse
         config.apply(run, cfg, config.SANDBOX_KEYS)  # the run's sandbox: what a task file may tighten
         values = config.defaults(cfg)
         run.set_defaults(keep_alive=values.get("keep_alive"), config_model=values.get("model"),
-                         config_base_url=values.get("base_url"))
+                         config_base_url=values.get("base_url"), mcp_servers=values.get("mcp_servers"))
     from agent.frontends.conversations import register as register_conversations  # `conversations`
 
     register_conversations(sub)
+    from agent.frontends.mcp_server import register as register_mcp  # `mcp`: the kernel as an MCP server
+
+    mcp = register_mcp(sub)
+    if cfg is not None:  # the one shot's sandbox: the file's [sandbox] values
+        config.apply(mcp, cfg, config.SANDBOX_KEYS)
     return p
 
 
@@ -258,19 +264,21 @@ def prompt_parser() -> argparse.ArgumentParser:
                         "execution) to stderr")
     add_notebook_arg(p)
     add_model_args(p)
+    add_mcp_arg(p)
     add_budget_args(p)
     add_sandbox_args(p)
     p.set_defaults(func=cmd_prompt)
     return p
 
 
-SUBCOMMANDS = {"exec", "tokens", "models", "run", "conversations"}
+SUBCOMMANDS = {"exec", "tokens", "models", "run", "conversations", "mcp"}
 SUBCOMMAND_HELP = """subcommands (see `kernelchat SUBCOMMAND --help`):
   exec CODE               run Python in the sandbox
   tokens REQUEST.json     count a request's prompt tokens
   models                  what models are configured and available
   run TASK.toml ...       run task files, check the outcomes, write a report
   conversations           the saved conversations, newest first (--resume ID continues one)
+  mcp [--http HOST:PORT]  the sandboxed kernel as an MCP server, for Claude Desktop, Cursor, VS Code
 
 exit codes: 0 done, 1 a cell failed (exec), 2 bad input or a failed setup, 3 a budget stopped the run,
 130 interrupted"""
@@ -313,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             parser = prompt_parser()
             config.apply(parser, config.load_config())  # the file's values become the flags' defaults
         else:
-            parser = build_parser(config.load_config() if argv[0] in ("exec", "run") else None)
+            parser = build_parser(config.load_config() if argv[0] in ("exec", "run", "mcp") else None)
         args = parser.parse_args(argv)
     except UsageError as e:
         e.parser.print_usage(sys.stderr)

@@ -86,6 +86,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("/export md|html|ipynb PATH", "write the conversation as Markdown, one HTML page or a notebook"),
     "kernel": ("/kernel restart|reset", "restart the kernel and replay the branch's cells, or start clean"),
     "files": ("/files", "the files in the kernel's workspace"),
+    "tools": ("/tools", "the tools offered to the model (python, yours, MCP servers'), and the MCP servers"),
     "upload": ("/upload PATH", "copy a file or folder into the workspace"),
     "notebook": ("/notebook PATH", "run a Jupyter notebook's code cells on this branch; the model sees them"),
     "help": ("/help", "this list, and the keys"),
@@ -385,6 +386,20 @@ def _do_files(repl: ChatView, cmd: Command) -> None:
         repl.console.print(Text("  (empty)", style="dim"))
     for f in files:  # names the sandbox chose: one line each, controls shown
         repl.console.print(Text("  " + safe_line(f)))
+
+
+def _do_tools(repl: ChatView, cmd: Command) -> None:
+    table = Table(box=None, show_header=True, header_style="bold")
+    table.add_column("tool")
+    table.add_column("what it does")
+    for name, tool in repl.chat.all_tools().items():  # MCP servers' names and descriptions: shown inert
+        about = tool.schema.get("function", {}).get("description", "")
+        table.add_row(Text(safe_line(name)), Text(safe_line(about.splitlines()[0] if about else "")[:100]))
+    repl.console.print(table)
+    for server, runs, status in (repl.chat.mcp.describe() if repl.chat.mcp else []):
+        style = "green" if status == "running" else "red"
+        repl.console.print(Text.assemble(("MCP server ", "dim"), safe_line(server), " ", (safe_line(runs), "dim"),
+                                         ": ", (safe_line(status), style)))
 
 
 def _do_upload(repl: ChatView, cmd: Command) -> None:

@@ -10,6 +10,9 @@
     [sandbox]
     network = false
     memory_mb = 4096
+    [mcp_servers.files]       # an MCP server whose tools the chat offers (tools/mcp_specs.py)
+    command = "npx"
+    args = ["-y", "@modelcontextprotocol/server-filesystem", "/home/me/notes"]
 
 Precedence: a command-line flag, then an environment variable (KERNELCHAT_MODEL, OPENAI_BASE_URL,
 KERNELCHAT_GATEWAY_URL, KERNELCHAT_KEEP_ALIVE), then this file, then the built-in default. The file
@@ -28,10 +31,11 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent.core.dirs import config_dir
 from sandbox import MAX_LIMITS
+from tools.mcp_specs import MCPServerSpec, check_specs
 
 MAX_CONFIG_BYTES = 1 << 20  # a configuration file larger than this is refused before it is read
 
@@ -70,6 +74,12 @@ class ConfigFile(Strict):
     keep_alive: float | None = Field(default=None, ge=0, allow_inf_nan=False)  # seconds; 0: no resident model
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+    mcp_servers: dict[str, MCPServerSpec] = Field(default_factory=dict)  # offered in the chat and `run`
+
+    @field_validator("mcp_servers")
+    @classmethod
+    def _server_names(cls, v: dict[str, MCPServerSpec]) -> dict[str, MCPServerSpec]:
+        return check_specs(v, "[mcp_servers]")
 
 
 def config_path() -> Path:
@@ -133,7 +143,7 @@ def defaults(config: ConfigFile) -> dict[str, Any]:
     """The file's values as argparse destinations, less those an environment variable overrides
     (a `gateway` so overridden still asks for a gateway: the variable's)."""
     values = {"model": config.model, "base_url": config.base_url, "keep_alive": config.keep_alive,
-              **config.budget.model_dump(), **config.sandbox.model_dump()}
+              **config.budget.model_dump(), **config.sandbox.model_dump(), "mcp_servers": config.mcp_servers or None}
     out = {k: v for k, v in values.items() if v is not None and not (k in ENV_OVER and os.environ.get(ENV_OVER[k]))}
     if config.sandbox.gateway and "gateway" not in out and config.sandbox.isolation is None:
         out["isolation"] = "gateway"

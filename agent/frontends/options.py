@@ -47,6 +47,21 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     add_constrain_calls_arg(g)
 
 
+def add_mcp_arg(p: Arguments) -> None:
+    p.add_argument("--mcp", action="append", default=None, metavar="FILE", dest="mcp_files",
+                   help="an `mcpServers` JSON file (as Claude Desktop and Cursor write it): its servers' tools are "
+                        "offered beside python, as SERVER__TOOL (with config.toml's [mcp_servers]; repeatable)")
+
+
+def mcp_server_specs(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The MCP servers: config.toml's [mcp_servers], then each --mcp file (a name there wins); None: none."""
+    from tools.mcp_specs import load_mcp_file, merge_specs
+
+    specs = merge_specs(getattr(args, "mcp_servers", None) or {},
+                        *[load_mcp_file(f) for f in getattr(args, "mcp_files", None) or []])
+    return specs or None
+
+
 def add_engine_arg(p: Arguments) -> None:
     p.add_argument("--engine", choices=ENGINES, default=None,
                    help="what runs a local model: llama.cpp (GGUF files and ollama: models, where installed), "
@@ -136,7 +151,8 @@ def chat_options(args: argparse.Namespace) -> dict[str, Any]:
     return dict(model=args.model, system=args.system, base_url=args.base_url, api_key=args.api_key,
                 budget=budget, max_steps=args.max_steps, progress=not getattr(args, "json", False),
                 keep_alive=keep_alive(args), engine=getattr(args, "engine", None) or "auto",
-                constrain_calls=getattr(args, "constrain_calls", None), kernel=kernel_options(args))
+                constrain_calls=getattr(args, "constrain_calls", None), mcp_servers=mcp_server_specs(args),
+                kernel=kernel_options(args))
 
 
 # -- checked before anything loads ----------------------------------------------------------------

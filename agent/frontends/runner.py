@@ -39,11 +39,11 @@ from agent.core.notebook_export import notebook_json
 from agent.core.budget import BudgetExceeded
 from agent.models import Cassette, CassetteError, RecordingBackend, ReplayBackend
 from agent.frontends.checks import CheckResult, run_check
-from agent.frontends.options import (add_constrain_calls_arg, add_engine_arg, add_keep_alive_arg, add_sandbox_args,
-                                     keep_alive)
+from agent.frontends.options import (add_constrain_calls_arg, add_engine_arg, add_keep_alive_arg, add_mcp_arg,
+                                     add_sandbox_args, keep_alive, mcp_server_specs)
 from agent.core.events import AnswerEvent, Event, ToolCallEvent, UsageEvent
 from agent.frontends.render import safe_line, safe_text
-from agent.frontends.task_models import check_task_files, check_task_models, local_model
+from agent.frontends.task_models import check_task_files, check_task_models, local_model, task_mcp_servers
 from agent.frontends.task_sandbox import (TRUST_ALIAS, TRUST_FLAG, UserSandbox, check_task_sandboxes, copy_task_files,
                                           fresh_workspace, run_sandbox, task_options)
 from agent.frontends.tasks import Task, TaskError, load_tasks
@@ -96,9 +96,11 @@ class _Bar:
 
 
 def run_task(task: Task, folder: Path, backend: Any, progress: Progress | None = None,
-             kernel_options: UserSandbox | None = None, trust_task_files: bool = False) -> TaskResult:
+             kernel_options: UserSandbox | None = None, trust_task_files: bool = False,
+             mcp_servers: dict[str, Any] | None = None) -> TaskResult:
     """Run one task with its own workspace and kernel; write its transcript and report to `folder`.
-    `kernel_options`: the run's sandbox, which the task may only tighten unless `trust_task_files`."""
+    `kernel_options`: the run's sandbox, which the task may only tighten unless `trust_task_files`.
+    `mcp_servers`: the run's (config.toml, --mcp), of which the task's chat starts those it names."""
     from agent.chat import Chat
 
     t0 = time.monotonic()
@@ -112,7 +114,8 @@ def run_task(task: Task, folder: Path, backend: Any, progress: Progress | None =
         fresh_workspace(workspace)
         copy_task_files(task, workspace)
         chat = Chat(backend=backend, system=task.system, budget=task.budget.budget(), max_steps=task.max_steps,
-                    temperature=task.temperature, constrain_calls=task.constrain_calls, progress=False, kernel=sandbox)
+                    temperature=task.temperature, constrain_calls=task.constrain_calls, progress=False, kernel=sandbox,
+                    mcp_servers=task_mcp_servers(task, mcp_servers or {}) or None)
     except Exception as e:  # noqa: BLE001 - reported per task
         result.status, result.error = "error", f"setup: {type(e).__name__}: {e}"
         result.seconds = time.monotonic() - t0
@@ -316,11 +319,14 @@ def _workspace(out: Path, task: Task) -> Path:
 
 def run_tasks(tasks: list[Task], out: Path, backends: dict[str, Any], parallel: int = 1,
               console: Console | None = None, show_progress: bool = True,
-              kernel_options: UserSandbox | None = None, trust_task_files: bool = False) -> list[TaskResult]:
+              kernel_options: UserSandbox | None = None, trust_task_files: bool = False,
+              mcp_servers: dict[str, Any] | None = None) -> list[TaskResult]:
     """Run the tasks (`parallel` at a time), with a live progress bar per task. `kernel_options`: the
     run's sandbox; a task asking for a looser one raises TaskError before anything runs, unless
     `trust_task_files`."""
     check_task_sandboxes(tasks, kernel_options or {}, out, trust_task_files)
+    for t in tasks:
+        task_mcp_servers(t, mcp_servers or {})
     console = console or Console(stderr=True)
     out.mkdir(parents=True, exist_ok=True)
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -329,7 +335,8 @@ def run_tasks(tasks: list[Task], out: Path, backends: dict[str, Any], parallel: 
     results: dict[str, TaskResult] = {}
 
     def one(task: Task) -> None:
-        r = run_task(task, out / task.name, backends[task.name], progress, kernel_options, trust_task_files)
+        r = run_task(task, out / task.name, backends[task.name], progress, kernel_options, trust_task_files,
+                     mcp_servers)
         with lock:
             results[task.name] = r
 
@@ -412,9 +419,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_out()
     sandbox = run_sandbox(args)
     try:  # before any model loads or kernel starts: the sandbox, the server and the model are the user's
+        servers = mcp_server_specs(args) or {}
+        for t in tasks:
+            task_mcp_servers(t, servers)
         check_task_files(tasks, sandbox, out, trust=args.trust_task_files, model=args.model, base_url=args.base_url,
                          config_base_url=getattr(args, "config_base_url", None), replay=bool(args.replay))
-    except TaskError as e:
+    except (TaskError, ValueError) as e:  # ValueError: a --mcp file
         err.print(Text.assemble(("kernelchat run: ", "red"), safe_text(str(e))), soft_wrap=True)
         return 2
     for t in tasks:  # before any weights load: a fallback to the embedded model is no surprise
@@ -431,7 +441,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     started = datetime.now().isoformat(timespec="seconds")
     results = run_tasks(tasks, out, backends, parallel=args.parallel, console=err,
                         kernel_options=sandbox, trust_task_files=args.trust_task_files,
-                        show_progress=not args.no_progress)
+                        show_progress=not args.no_progress, mcp_servers=servers)
     write_summary(results, out, {"started": started, "replay": str(args.replay) if args.replay else None,
                                  "record": str(args.record) if args.record else None})
     console = Console()
@@ -467,6 +477,7 @@ def register(sub: Any) -> argparse.ArgumentParser:
     add_keep_alive_arg(p)
     add_engine_arg(p)
     add_constrain_calls_arg(p)
+    add_mcp_arg(p)
     p.add_argument(TRUST_FLAG, action="store_true", dest="trust_task_files",
                    help="accept the task files' settings as written (for files you wrote): a [sandbox] looser than "
                         "this run's (isolation, network, GPU, larger limits), a base_url you did not name (it gets your "

@@ -120,3 +120,13 @@ def check_task_files(tasks: list[Task], user: dict[str, Any], out: Path, *, trus
 
 __all__ = ["check_task_files", "check_task_models", "local_model", "model_path", "model_refusal",
            "model_refusals", "server_refusal"]
+
+
+def task_mcp_servers(task: Task, servers: dict[str, Any]) -> dict[str, Any]:
+    """The MCP servers a task names, from the run's; TaskError naming one that is not configured."""
+    missing = [n for n in task.mcp_servers if n not in servers]
+    if missing:
+        raise TaskError(f"{task.path or task.name}: mcp_servers names {', '.join(map(repr, missing))}, not "
+                        "configured: define it in config.toml [mcp_servers.NAME] or pass --mcp FILE (a task file "
+                        "names servers, it cannot define one)")
+    return {n: servers[n] for n in task.mcp_servers}

@@ -155,6 +155,9 @@ class Task(_Strict):
     base_url: str | None = None
     engine: Literal["auto", "llama.cpp", "transformers"] = "auto"  # what runs a local model (`--engine` wins)
     constrain_calls: bool | None = None  # tool calls under a grammar where the engine can (`--constrain-calls` wins)
+    # MCP servers whose tools the task's chat offers: names from your config.toml [mcp_servers] or
+    # `--mcp FILE`. A task file names servers, never defines one: a server is a program on your machine.
+    mcp_servers: list[str] = Field(default_factory=list)
     system: str | None = None
     temperature: float | None = Field(default=None, ge=0)
     max_steps: int = Field(default=10, gt=0, description="model requests per prompt")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -12,14 +13,16 @@ from agent.frontends import options
 from agent.frontends.cli import build_parser, prompt_parser
 from agent.models.scripted import ScriptedBackend
 from sandbox import KernelOptions
+from tools.mcp_specs import MCPServerSpec
 
+MCP_FILE = Path(__file__).resolve().parents[2] / "data" / "mcp_servers.json"
 # Every flag of the model, budget and sandbox groups, with a value other than its default.
 FLAGS = ["--model", "gpt-4o-mini", "--base-url", "http://models.example", "--api-key", "sk-test",
          "--system", "be brief", "--max-steps", "3", "--max-tokens", "5000", "--max-usd", "1.5",
          "--max-seconds", "60", "--isolation", "gateway", "--gateway", "http://gw.example:8888",
          "--gateway-token", "tok", "--network", "--gpu", "--workspace", "/tmp/ws", "--timeout", "9",
          "--memory-mb", "512", "--disk-mb", "256", "--keep-alive", "45", "--engine", "llama.cpp",
-         "--no-constrain-calls"]
+         "--no-constrain-calls", "--mcp", str(MCP_FILE)]
 KERNEL = KernelOptions(workspace="/tmp/ws", isolation="gateway", network=True, gpu=True, timeout=9.0, memory_mb=512,
                        disk_mb=256, gateway_url="http://gw.example:8888", gateway_token="tok")
 # Flags of the prompt parser that are not Chat options: what the front end itself does.
@@ -44,7 +47,9 @@ def test_every_flag_reaches_chat_and_kernel():
     assert options.chat_options(args) == dict(
         model="gpt-4o-mini", system="be brief", base_url="http://models.example", api_key="sk-test",
         budget=Budget(max_tokens=5000, max_usd=1.5, max_seconds=60.0), max_steps=3, progress=True,
-        keep_alive=45.0, engine="llama.cpp", constrain_calls=False, kernel=KERNEL)
+        keep_alive=45.0, engine="llama.cpp", constrain_calls=False, kernel=KERNEL,
+        mcp_servers={"calc": MCPServerSpec(command="python3", args=["tests/data/mcp_test_server.py"],
+                                           env={"MODE": "test"})})
 
 
 def test_exec_takes_the_same_sandbox_flags():
