@@ -245,7 +245,8 @@ class MCPServers:
                 if isinstance(saved, str):
                     parts.append(saved)
                 else:
-                    outputs.append(RichOutput(mime=block.mime_type, path=str(saved), data=block.data))
+                    data = base64.b64encode(saved.read_bytes()).decode()  # canonical: no line breaks
+                    outputs.append(RichOutput(mime=block.mime_type, path=str(saved), data=data))
                     parts.append(f"[image saved: {saved}]")
             elif kind == "resource":
                 res = block.resource

@@ -39,6 +39,8 @@ class Capabilities:
     # `stream(constrain_calls=bool)`: a call, once opened, is written under a grammar of the offered
     # tools' schemas (valid JSON naming one of them); None there: the backend's own default.
     constrains_calls: bool = False
+    # Takes images in its input: a tool result's figures are sent to it (Message.images).
+    images: bool = False
     # The model's size in parameters, where the backend knows it (local models); None: unknown.
     # Small tool-trained models get a small-model strategy of their own (agent/smallmodel/toolmodel.py).
     parameters: int | None = None

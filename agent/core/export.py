@@ -132,9 +132,11 @@ def to_html(conv: ConversationFile) -> str:
                 body.append(f'<div class="assistant">{html.escape(m.content)}</div>')
         elif m.role == "tool" and node.cell is not None:
             body.append(_html_cell(node.cell, numbers.get(node.id)))
-        elif m.role == "tool":
+        elif m.role == "tool":  # a tool's images (an MCP server's): mime and data checked by Figure's patterns
             body.append(f'<div class="cell"><div class="prompt">{html.escape(m.name or "tool")}:</div>'
-                        f'<pre class="out">{html.escape(m.content or "")}</pre></div>')
+                        f'<pre class="out">{html.escape(m.content or "")}</pre>'
+                        + "".join(f'<img alt="{_alt(f)}" src="data:{f.mime};base64,{f.data}">' for f in m.images)
+                        + '</div>')
         if (end := ending(node.outcome)) is not None:
             body.append(f'<div class="outcome"><b>{html.escape(end)}</b></div>')
     u = conv.usage
@@ -242,6 +244,7 @@ def markdown(conv: ConversationFile, files_dir: str) -> tuple[str, dict[str, byt
             out += _md_cell(node.cell, numbers.get(node.id), files_dir, files)
         elif m.role == "tool":
             out += [f"**{inert_line(m.name or 'tool')}:**", ""] + fence(m.content or "", "text")
+            out += md_figures(m.images, files_dir, files) + ([""] if m.images else [])
         if (end := ending(node.outcome)) is not None:
             out += [f"> **{inert_line(end)}**", ""]
     u = conv.usage
@@ -257,7 +260,15 @@ def _md_cell(cell: CellRecord, n: int | None, files_dir: str, files: dict[str, b
     if text.strip():
         out += ([f"**{failed}**" if failed == "Error" else f"**Error** ({failed.lower()})", ""] if failed else [])
         out += fence(text, "text")
-    for f in cell.figures:
+    out += md_figures(cell.figures, files_dir, files)
+    out += [f"[image: {inert_line(p)}]" for p in unstored]
+    return out + ([""] if cell.figures or unstored else [])
+
+
+def md_figures(figures: list[Figure], files_dir: str, files: dict[str, bytes]) -> list[str]:
+    """Image links, each figure's bytes added to `files` under `files_dir`."""
+    out = []
+    for f in figures:
         try:
             data = base64.b64decode(f.data, validate=True)
         except binascii.Error:
@@ -266,8 +277,7 @@ def _md_cell(cell: CellRecord, n: int | None, files_dir: str, files: dict[str, b
         rel = f"{files_dir}/figure-{len(files) + 1}.{EXTENSIONS.get(f.mime, 'img')}"
         files[rel] = data
         out.append(f"![{_alt(f)}]({quote(rel)})")
-    out += [f"[image: {inert_line(p)}]" for p in unstored]
-    return out + ([""] if cell.figures or unstored else [])
+    return out
 
 
 FIGURE_NAME = re.compile(r"figure-\d+\.[a-z]+")

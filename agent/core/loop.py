@@ -222,7 +222,9 @@ def _record(session: LoopSession, call: ToolCall, outcome: Outcome) -> Iterator[
                           executed=res is not None and res.status != "died", **ran)
     if res is not None and res.state_lost:
         session.forget_kernel_cells()  # the kernel restarted: nothing before this cell is in it
-    node = session.append(tool_result(call.id, text, name=call.name), cell=cell)
+    # A tool's images that no cell record keeps (an MCP server's) travel on its message.
+    images = figures_of(res) if res is not None and cell is None else []
+    node = session.append(tool_result(call.id, text, name=call.name, images=images), cell=cell)
     if cell is not None and cell.executed:
         session.record_cell(node.id)
     ev = ToolResultEvent(id=call.id, name=call.name, status=outcome.status, output=text, code=outcome.code,

@@ -24,12 +24,25 @@ class ToolCall(BaseModel):
         return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
 
 
+class Figure(BaseModel):
+    """An image a cell displayed or a tool returned, kept in the conversation itself: exports inline
+    these bytes and never read a workspace path back (the sandboxed code could have swapped the file
+    for a link)."""
+
+    mime: str = Field(pattern=r"^image/[a-z0-9.+-]+$")
+    data: str = Field(pattern=r"^[A-Za-z0-9+/]*={0,2}$", description="base64 of the image (SVG: of its UTF-8)")
+    name: str = ""  # the file it was saved under (the workspace's outputs folder), for display
+
+
 class Message(BaseModel):
     role: Role
     content: str | None = None
     name: str | None = None
     tool_calls: list[ToolCall] = Field(default_factory=list)
     tool_call_id: str | None = None  # for role == "tool"
+    # A tool result's images (an MCP server's; a cell's come from its record): sent to a backend
+    # whose capabilities say it takes images, as the backend's API wants them; not part of to_openai.
+    images: list[Figure] = Field(default_factory=list)
 
     def to_openai(self) -> dict[str, Any]:
         out: dict[str, Any] = {"role": self.role, "content": self.content}
@@ -52,8 +65,8 @@ class Message(BaseModel):
                    tool_call_id=d.get("tool_call_id"))
 
 
-def tool_result(call_id: str, text: str, name: str | None = None) -> Message:
-    return Message(role="tool", content=text, tool_call_id=call_id, name=name)
+def tool_result(call_id: str, text: str, name: str | None = None, images: list[Figure] = ()) -> Message:
+    return Message(role="tool", content=text, tool_call_id=call_id, name=name, images=list(images))
 
 
 class Usage(BaseModel):

@@ -14,19 +14,10 @@ from sandbox import ExecResult
 from tools.python_tool import notes_of
 from tools.text import MAX_MESSAGE_CHARS, clip
 
-from agent.core.messages import Message, Usage, tool_result
+from agent.core.messages import Figure, Message, Usage, tool_result
 
 INTERRUPTED = ("[interrupted: this call did not finish (kernelchat stopped or failed while it ran), so its "
                "result is lost; anything it changed in the kernel may be missing]")
-
-
-class Figure(BaseModel):
-    """An image a cell displayed, kept in the conversation itself: exports inline these bytes and
-    never read a workspace path back (the sandboxed code could have swapped the file for a link)."""
-
-    mime: str = Field(pattern=r"^image/[a-z0-9.+-]+$")
-    data: str = Field(pattern=r"^[A-Za-z0-9+/]*={0,2}$", description="base64 of the image (SVG: of its UTF-8)")
-    name: str = ""  # the file it was saved under in the workspace's outputs folder, for display
 
 
 def figures_of(res: ExecResult) -> list[Figure]:
@@ -267,7 +258,9 @@ class Tree(BaseModel):
         return added
 
     def messages(self, leaf: str | None = None) -> list[Message]:
-        return [n.message for n in self.path(leaf)]
+        """The branch's messages; a cell's result carries the cell's figures (for models that see images)."""
+        return [n.message.model_copy(update={"images": n.cell.figures}) if n.cell is not None and n.cell.figures
+                and not n.message.images else n.message for n in self.path(leaf)]
 
     def children(self, node_id: str | None) -> list[Node]:
         return [n for n in self.nodes.values() if n.parent == node_id]

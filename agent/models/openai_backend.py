@@ -29,6 +29,12 @@ OPENAI_URL = "https://api.openai.com/v1"
 NO_KEY_PLACEHOLDER = "not-needed"  # custom servers often take no key, but the SDK insists on one
 RETRY_AFTER_CAP = 60.0  # seconds: never sleep longer than this on a server's say-so
 DEFAULT_CONTEXT = 128_000
+# OpenAI's models that take images (the chat-completions `image_url` part); a server's model is not
+# assumed to (`OpenAIBackend(images=True)` says it does).
+VISION_MODELS = ("gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "chatgpt-4o")
+SENT_IMAGE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp"}
+MAX_IMAGES_SENT = 4  # the latest tool results' images, each at "low" detail: 85 tokens apiece
+IMAGE_TOKENS = 85
 MAX_REPORTED_TOKENS = 10**12  # a token count above this is a broken server, not a bill
 log = logging.getLogger("kernelchat.backend")
 
@@ -104,7 +110,8 @@ class OpenAIBackend(Backend):
 
     def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None, *,
                  timeout: float = 120.0, max_retries: int = 4, context_window: int | None = None,
-                 backoff_initial: float = 1.0, backoff_max: float = 30.0):
+                 backoff_initial: float = 1.0, backoff_max: float = 30.0, images: bool | None = None):
+        """`images`: whether the model takes images (default: OpenAI's vision models by name)."""
         self.model = model
         self.api_model = pricing.bare_model(model)
         self.price, self.price_help = pricing.lookup(model), pricing.price_help(model)
@@ -120,11 +127,16 @@ class OpenAIBackend(Backend):
         self._stream_usage = True  # cleared if a server refuses stream_options
         self._wait = _WaitRetryAfter(backoff_initial, backoff_max)
         self.client = openai.OpenAI(api_key=key, base_url=self.base_url, timeout=timeout, max_retries=0)
+        if images is None:
+            images = (_is_openai(self.base_url) and self.api_model.startswith(VISION_MODELS)
+                      and not self.api_model.startswith(("o1-mini", "o1-preview", "o3-mini")))
+        self.capabilities = Capabilities(images=images)
 
     # -- the Backend protocol -------------------------------------------------------------------------
 
     def count_prompt_tokens(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> int:
-        return tokens.count_request(messages, tools, self.api_model)
+        sent = len(images_sent(messages)) if self.capabilities.images else 0
+        return tokens.count_request(messages, tools, self.api_model) + IMAGE_TOKENS * sent
 
     def stream(self, messages: list[Message], tools: list[dict[str, Any]] | None = None, *,
                max_tokens: int | None = None, temperature: float | None = None,
@@ -178,7 +190,8 @@ class OpenAIBackend(Backend):
 
     def _request(self, messages: list[Message], tools: list[dict[str, Any]] | None,
                  max_tokens: int | None, temperature: float | None) -> dict[str, Any]:
-        req: dict[str, Any] = {"model": self.api_model, "messages": [m.to_openai() for m in messages]}
+        wire = with_images(messages) if self.capabilities.images else [m.to_openai() for m in messages]
+        req: dict[str, Any] = {"model": self.api_model, "messages": wire}
         if tools:
             req["tools"] = tools
         if max_tokens is not None:
@@ -258,6 +271,37 @@ class OpenAIBackend(Backend):
                 return BackendError(f"the server at {url} failed with HTTP {e.status_code}{tries}: {detail}")
             return BackendError(f"the server at {url} rejected the request (HTTP {e.status_code}): {detail}")
         return BackendError(f"the request to {url} failed: {detail}")
+
+
+def images_sent(messages: list[Message]) -> list[tuple[int, Any]]:
+    """(message index, figure) of the images sent with a request: the latest MAX_IMAGES_SENT of the
+    tool results' images of a type the API takes."""
+    found = [(i, f) for i, m in enumerate(messages) if m.role == "tool" for f in m.images if f.mime in SENT_IMAGE_TYPES]
+    return found[-MAX_IMAGES_SENT:]
+
+
+def with_images(messages: list[Message]) -> list[dict[str, Any]]:
+    """The messages for the API, each run of tool results followed by a user message holding their
+    images (a tool message takes only text, and the results must follow their calls at once)."""
+    sent = images_sent(messages)
+    out: list[dict[str, Any]] = []
+    pending: list[Any] = []
+    for i, m in enumerate(messages):
+        if pending and m.role != "tool":
+            out.append(image_message(pending))
+            pending = []
+        out.append(m.to_openai())
+        pending += [f for j, f in sent if j == i]
+    if pending:
+        out.append(image_message(pending))
+    return out
+
+
+def image_message(figures: list[Any]) -> dict[str, Any]:
+    parts: list[dict[str, Any]] = [{"type": "text", "text": "The images the tool results above returned:"}]
+    parts += [{"type": "image_url", "image_url": {"url": f"data:{f.mime};base64,{f.data}", "detail": "low"}}
+              for f in figures]
+    return {"role": "user", "content": parts}
 
 
 def _reported(value: Any, field: str, fallback: int) -> int:

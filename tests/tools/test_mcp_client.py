@@ -1,6 +1,7 @@
 """MCP servers' tools in the chat: a real MCP server (tests/data/mcp_test_server.py, the official
 SDK's MCPServer) over stdio and streamable HTTP, used by the loop through a scripted model."""
 
+import base64
 import json
 import os
 import socket
@@ -70,6 +71,10 @@ def test_a_servers_tools_are_offered_called_and_shown_and_the_server_stops_with_
         assert host_key.output == "<unset>"  # the host's other secrets do not reach the server
         assert plot.images and Path(plot.images[0]).read_bytes().startswith(b"\x89PNG")
         assert "[image saved:" in plot.output and not Path(plot.images[0]).is_relative_to(tmp_path)
+        [plotted] = [m for m in chat.messages() if m.name == "t__plot"]  # for models that take images
+        assert plotted.images and base64.b64decode(plotted.images[0].data).startswith(b"\x89PNG")
+        html = chat.export("html", tmp_path.parent / f"{tmp_path.name}-t.html").read_text()
+        assert f'src="data:image/png;base64,{plotted.images[0].data}"' in html  # shown in the transcript
         assert slow.output == "slept"
         progress = [e.text for e in events if getattr(e, "stream", None) == "notice" and "t__slow" in e.text]
         assert progress and "sleeping" in progress[0]
