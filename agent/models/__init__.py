@@ -41,12 +41,13 @@ def default_model() -> str:
 
 def get_backend(model: str | None = None, *, base_url: str | None = None, api_key: str | None = None,
                 progress: bool = True, keep_alive: float = 0.0, workspace: str | os.PathLike | None = None,
-                engine: str = "auto") -> Backend:
+                engine: str = "auto", images: bool | None = None) -> Backend:
     """The backend for a model string (see the module docstring). `keep_alive` > 0: a local model is
     kept loaded in a background process for that many seconds after its last use, and later
     commands connect to it (agent/models/resident.py); 0 loads it in this process. `workspace`: the
     sandbox's, where the code it runs can write: a local model's cache and server stay out of it.
-    `engine`: what runs a local model ("auto": see choose_engine)."""
+    `engine`: what runs a local model ("auto": see choose_engine). `images`: whether a server's model
+    takes images (None: OpenAI's vision models by name; local models get text only)."""
     model = model or default_model()
     if is_local_model(model) and not base_url:
         chosen, _ = choose_engine(model, engine)
@@ -71,7 +72,7 @@ def get_backend(model: str | None = None, *, base_url: str | None = None, api_ke
             return _local_cache[key]
     from agent.models.openai_backend import OpenAIBackend
 
-    return OpenAIBackend(model, base_url=base_url, api_key=api_key)
+    return OpenAIBackend(model, base_url=base_url, api_key=api_key, images=images)
 
 
 def preload_transformers() -> None:

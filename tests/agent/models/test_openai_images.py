@@ -55,3 +55,12 @@ def test_a_cells_figures_ride_on_its_result_message(tmp_path):
         # the file keeps them once, in the cell's record, not on the message as well
         stored = [n.message for n in chat.tree.nodes.values() if n.message.role == "tool"]
         assert stored[0].images == []
+
+
+def test_a_servers_model_that_takes_images_is_declared_through_get_backend():
+    from agent.models import get_backend
+
+    url = "http://127.0.0.1:9/v1"
+    assert get_backend("openai:qwen2.5-vl", base_url=url, api_key="x", images=True).capabilities.images
+    assert not get_backend("openai:qwen2.5-vl", base_url=url, api_key="x").capabilities.images
+    assert not get_backend("gpt-4o", api_key="x", images=False).capabilities.images
