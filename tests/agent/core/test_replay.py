@@ -2,6 +2,7 @@
 in the tree and skipped when the kernel is brought to a branch (real kernels, a scripted model)."""
 
 import _thread
+import signal
 import threading
 import time
 
@@ -81,7 +82,17 @@ SLOW = ("import os, time\nopen('slow-started', 'w').close()\ndeadline = time.mon
         "while not os.path.exists('slow-may-end') and time.monotonic() < deadline:\n    time.sleep(0.02)\ny = 2")
 
 
-def test_a_long_replay_can_be_interrupted_and_the_kernel_catches_up_later(tmp_path):
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT raising KeyboardInterrupt, as in a terminal: a process started in the background
+    (`make test &`) inherits SIGINT ignored, Python then installs no handler, and
+    `_thread.interrupt_main()` does nothing."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_a_long_replay_can_be_interrupted_and_the_kernel_catches_up_later(tmp_path, ctrl_c_raises):
     backend = ScriptedBackend([python_call("x = 1"), python_call(SLOW), "done", python_call("z = 3"), "other"])
     with Chat(backend=backend, workspace=tmp_path) as chat:
         (tmp_path / "slow-may-end").touch()  # the first time, the slow cell runs straight through
