@@ -112,6 +112,21 @@ class MCPServers:
             if name in self.failed:
                 notices.append(f"MCP server {name!r} ({spec.shown()}) did not start: {self.failed[name]}; "
                                "its tools are not offered")
+        return notices + self.name_clashes()
+
+    def name_clashes(self) -> list[str]:
+        """A notice for each tool whose offered name (cut to what model APIs take) another tool has."""
+        taken: dict[str, tuple[str, str]] = {}
+        notices = []
+        for server, tools in self.offered.items():
+            for tool in tools:
+                name = tool_name(server, tool.name)
+                if name in taken:
+                    first = taken[name]
+                    notices.append(f"MCP server {server!r}'s tool {tool.name[:80]!r} is not offered: its name {name!r} "
+                                   f"is already that of {first[0]!r}'s tool {first[1][:80]!r}")
+                else:
+                    taken[name] = (server, tool.name)
         return notices
 
     async def hold(self, name: str, spec: MCPServerSpec, ready: concurrent.futures.Future) -> None:
@@ -193,7 +208,7 @@ class MCPServers:
     # -- the tools -----------------------------------------------------------------------------
 
     def tools(self) -> list[MCPTool]:
-        """The running servers' tools (a name taken twice keeps the first: said in `start`'s notices)."""
+        """The running servers' tools (a name taken twice keeps the first: `name_clashes` says so)."""
         out: dict[str, MCPTool] = {}
         for server, tools in self.offered.items():
             for tool in tools:
@@ -213,7 +228,7 @@ class MCPServers:
 
             async def progress(done: float, total: float | None, message: str | None) -> None:
                 share = f" {done:g}/{total:g}" if total else f" {done:g}"
-                on_progress(f"{server}__{tool}:{share}" + (f" {message}" if message else ""))
+                on_progress(f"{tool_name(server, tool)}:{share}" + (f" {message}" if message else ""))
             try:
                 return await asyncio.wait_for(client.call_tool(tool, arguments, progress_callback=progress),
                                               spec.timeout)

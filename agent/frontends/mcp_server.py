@@ -7,8 +7,9 @@ Tools (agent/frontends/mcp_tools.py): run_code, interrupt, restart, list_files, 
 write_file, kernel_state. Each MCP session has a kernel of its own, started on first use with the
 sandbox flags (and the configuration file's [sandbox]), closed when the session ends: over stdio
 when stdin closes or the process is stopped; over HTTP when the client ends the session (DELETE) or
-it has been idle for --idle-timeout seconds. Over HTTP a bearer token is required: --token, else
-$KERNELCHAT_MCP_TOKEN, else one is generated and printed on stderr, once. A host other than loopback
+it has been idle for --idle-timeout seconds. Over HTTP a bearer token is required: $KERNELCHAT_MCP_TOKEN
+or --token-file (never a command line: others see it in `ps`), else one is generated and printed on
+stderr, once. A host other than loopback
 needs --allow-remote. The server promises what the sandbox promises (docs/mcp.md), nothing more.
 """
 
@@ -46,15 +47,16 @@ ASGIApp = Callable[[Scope, Callable[[], Awaitable[dict]], Callable[[dict], Await
 
 def register(sub: Any) -> argparse.ArgumentParser:
     """The `mcp` subcommand's parser (cli.py applies the configuration file's sandbox values)."""
+    # No abbreviations: `--token SECRET` must be refused, not taken for `--token-file` (and quoted).
     p = sub.add_parser("mcp", help="the sandboxed kernel as an MCP server (stdio, or streamable HTTP)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     g = p.add_argument_group("transport")
     g.add_argument("--http", metavar="HOST:PORT", default=None,
                    help=f"serve streamable HTTP at http://HOST:PORT/mcp instead of stdio (HOST defaults to "
                         f"{DEFAULT_HOST}: PORT alone will do)")
-    g.add_argument("--token", default=None,
-                   help=f"the bearer token HTTP clients must send (default ${TOKEN_ENV}, else a generated one, "
-                        "printed on stderr)")
+    g.add_argument("--token-file", metavar="FILE", default=None,
+                   help=f"a file holding the bearer token HTTP clients must send (default ${TOKEN_ENV}, else a "
+                        "generated one, printed on stderr); not the token itself: a command line is public")
     g.add_argument("--allow-remote", action="store_true",
                    help="let --http listen on a host other than loopback (the token is then all that guards it)")
     g.add_argument("--idle-timeout", type=float, default=DEFAULT_IDLE_S, metavar="SECONDS",
@@ -96,12 +98,22 @@ def check_http(args: argparse.Namespace) -> tuple[str, int, str, bool]:
                          f"{DEFAULT_HOST}, or add --allow-remote if that is meant (the token then guards it)")
     if not math.isfinite(args.idle_timeout) or args.idle_timeout <= 0:
         raise ValueError(f"--idle-timeout must be a number of seconds greater than 0, got {args.idle_timeout}")
-    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV)
+    token = read_token_file(args.token_file) if args.token_file is not None else os.environ.get(TOKEN_ENV)
     if token is not None and len(token.strip()) < 16:
-        raise ValueError(f"the token (--token or ${TOKEN_ENV}) must be at least 16 characters long")
+        raise ValueError(f"the token (--token-file or ${TOKEN_ENV}) must be at least 16 characters long")
     if token is None:
         return host, port, secrets.token_urlsafe(32), True
     return host, port, token.strip(), False
+
+
+def read_token_file(path: str) -> str:
+    """The token in `path` (its first line); ValueError in one sentence."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = f.readline(4096)
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"--token-file {path}: cannot read it ({e.strerror or e})") from None
+    return first.strip()
 
 
 def say(message: str) -> None:
@@ -116,8 +128,8 @@ def cmd_mcp(args: argparse.Namespace) -> int:
     """Serve until stdin closes (stdio) or the process is stopped (HTTP)."""
     check_sandbox_options(args)
     http = check_http(args) if args.http else None
-    if http is None and (args.token or args.allow_remote):
-        raise ValueError("--token and --allow-remote are for --http; over stdio the client that launches the "
+    if http is None and (args.token_file or args.allow_remote):
+        raise ValueError("--token-file and --allow-remote are for --http; over stdio the client that launches the "
                          "server is its only user")
     options = kernel_options(args)
     import anyio

@@ -117,6 +117,18 @@ def test_a_bad_server_is_one_notice_and_the_chat_goes_on(tmp_path, args, words):
     assert results(events)[0].output == "3" and time.monotonic() - t0 < 30
 
 
+def test_two_tools_with_one_offered_name_keep_the_first_and_say_so(tmp_path):
+    """`twin_a` and `twin.a` are both `h__twin_a` once cut to what model APIs take."""
+    with Chat(backend=ScriptedBackend([call("h__twin_a", {}), "ok"]), workspace=tmp_path,
+              mcp_servers={"h": server("--hostile")}) as chat:
+        events = list(chat.run("twins"))
+        offered = [t["function"]["name"] for t in chat.tool_schemas()]
+    notices = [e.text for e in events if isinstance(e, NoticeEvent) and "twin" in e.text]
+    assert notices == ["MCP server 'h''s tool 'twin.a' is not offered: its name 'h__twin_a' is already that "
+                       "of 'h''s tool 'twin_a'"]
+    assert offered.count("h__twin_a") == 1 and results(events)[0].output == "first"
+
+
 def test_a_command_that_does_not_exist_is_one_notice(tmp_path):
     with Chat(backend=ScriptedBackend(["ok"]), workspace=tmp_path,
               mcp_servers={"gone": {"command": str(tmp_path / "no-such-program")}}) as chat:

@@ -172,6 +172,22 @@ def test_links_planted_in_the_workspace_are_not_followed(stdio, tmp_path):
     assert r.is_error and "symbolic link" in r.content[0].text and not (tmp_path / "new.txt").exists()
 
 
+def test_a_fifo_or_a_device_planted_in_the_workspace_is_never_opened(stdio):
+    """A reader of a FIFO blocks until a writer comes (and a writer until a reader): the file tools
+    refuse anything but a regular file without opening it, at once."""
+    stdio.text("run_code", code="import os\nos.mkfifo('pipe')\nos.makedirs('d', exist_ok=True)\nos.mkfifo('d/pipe2')")
+    t0 = time.monotonic()
+    r = stdio.call("read_file", path="pipe")
+    assert r.is_error and "not a regular file" in r.content[0].text
+    r = stdio.call("read_file", path="d/pipe2")
+    assert r.is_error and "not a regular file" in r.content[0].text
+    listed = stdio.text("list_files")
+    assert "pipe" not in listed
+    stdio.text("write_file", path="pipe", content="replaced")  # the FIFO is replaced, never opened
+    assert stdio.text("read_file", path="pipe") == "replaced"
+    assert time.monotonic() - t0 < 10
+
+
 def test_bad_input_is_one_sentence_not_a_crash(stdio):
     r = stdio.call("read_file", path="missing/nothing.txt")
     assert r.is_error and "does not exist" in r.content[0].text
@@ -344,3 +360,32 @@ def test_a_generated_token_is_printed_once_on_stderr_never_on_stdout():
         proc.terminate()
         out, err = proc.communicate(timeout=20)
     assert out == "" and token not in err and proc.returncode == 0
+
+
+def test_the_token_comes_from_a_file_never_from_the_command_line(tmp_path):
+    """A command line is public (`ps`, shell history): there is no --token, only --token-file."""
+    r = run_cli("--http", "8765", "--token", TOKEN)
+    assert r.returncode == 2 and "unrecognized arguments: --token" in r.stderr  # not an abbreviation
+    r = run_cli("--http", "8765", "--token-file", str(tmp_path / "missing"))
+    assert r.returncode == 2 and "--token-file" in r.stderr and "cannot read it" in r.stderr
+    (tmp_path / "short").write_text("short\n")
+    r = run_cli("--http", "8765", "--token-file", str(tmp_path / "short"))
+    assert r.returncode == 2 and "at least 16 characters" in r.stderr
+    secret = "file-token-" + "z" * 30
+    (tmp_path / "token").write_text(secret + "\n")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "KERNELCHAT_MCP_TOKEN"}
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "mcp", "--http", str(port), "--token-file",
+                             str(tmp_path / "token")], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_listening(proc, port)
+        with connect(http_client(f"http://127.0.0.1:{port}/mcp", secret), mode="legacy") as s:
+            assert s.call("kernel_state").structured_content["started"] is False
+        with pytest.raises(Exception):
+            with connect(http_client(f"http://127.0.0.1:{port}/mcp", TOKEN), mode="legacy") as s:
+                s.text("kernel_state")
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=20)
+    assert secret not in out + err and proc.returncode == 0

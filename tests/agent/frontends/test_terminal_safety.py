@@ -10,16 +10,24 @@ The terminal chat (a real pty) is tested in test_repl.py with the same payloads.
 from __future__ import annotations
 
 import io
+import json
 import re
+import runpy
+import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from rich.console import Console
 
+from agent import Chat
 from agent.frontends import cli
+from agent.frontends.commands import handle, parse
 from agent.models.scripted import ScriptedBackend, python_call
 from agent.core.events import AnswerEvent, NoticeEvent, TextEvent, ToolCallEvent, ToolOutputEvent, ToolResultEvent
 from agent.core.messages import Message, ToolCall
 from agent.frontends.render import EventPrinter, live_line, safe_line, safe_text
+from tools.mcp_client import tool_name
 
 # Each: (family, the raw sequence). The payload words make a hit unmistakable.
 FAMILIES = {
@@ -189,3 +197,41 @@ def test_run_progress_table_and_failures(scripted, capsys, tmp_path):
     assert "[a-z]+ nope" in out and "t[red]x" in out and "t[red]x: " in err  # as written, not markup
     assert not raw_hits(out + err), raw_hits(out + err)
     own_escapes_only(re.sub(r"\x1b\[\?25[lh]|\r|\x1b\[2K|\x1b\[1A", "", out + err))  # rich's live display
+
+
+# -- an MCP server's words -------------------------------------------------------------------------
+
+MCP_SERVER = Path(__file__).resolve().parents[2] / "data" / "mcp_test_server.py"
+
+
+@pytest.mark.timeout(120)
+def test_an_mcp_servers_names_descriptions_progress_and_results_are_shown_safe(scripted, capsys, tmp_path):
+    """A hostile MCP server (tests/data/mcp_test_server.py --hostile) puts control sequences and rich
+    markup in its tool names, descriptions, progress messages, results and errors; another one in
+    its last words on stderr. The one shot and /tools show them as text."""
+    servers = {"h": {"command": sys.executable, "args": [str(MCP_SERVER), "--hostile"]},
+               "x": {"command": sys.executable, "args": [str(MCP_SERVER), "--hostile-exit"]}}
+    (tmp_path / "mcp.json").write_text(json.dumps({"mcpServers": servers}))
+    payload = runpy.run_path(str(MCP_SERVER))["HOSTILE"]
+    evil = tool_name("h", f"evil{payload}")  # the name the chat offers: characters a model API takes
+    calls = [Message(role="assistant", tool_calls=[ToolCall(id="c1", name=evil, arguments="{}")]),
+             Message(role="assistant", tool_calls=[ToolCall(id="c2", name="h__evil_error", arguments="{}")]),
+             "done"]
+    scripted(calls)
+    code = cli.main(["--mcp", str(tmp_path / "mcp.json"), "--no-save", "--isolation", "none",
+                     "--workspace", str(tmp_path / "w"), "go"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "1/2 working" in out and "│\x1b[0m result" in out and out.count("␛]0;PWNED-TITLE") >= 2  # shown...
+    assert "h__evil_error reported an error" in out
+    assert "MCP server 'x'" in out + err and "PWNED-TITLE" in out + err  # its last words, shown
+    assert not raw_hits(out + err), raw_hits(out + err)  # ...and none of it obeyed
+    own_escapes_only(re.sub(r"\x1b\[\?25[lh]|\r|\x1b\[2K|\x1b\[1A", "", out + err))
+
+    with Chat(backend=ScriptedBackend([]), workspace=tmp_path / "w", progress=False, mcp_servers=servers) as chat:
+        console, buf = terminal_console()
+        handle(SimpleNamespace(chat=chat, console=console), parse("/tools"))
+    shown = buf.getvalue()
+    assert "Looks harmless." in shown and "PWNED-TITLE" in shown
+    assert not raw_hits(shown), raw_hits(shown)
+    own_escapes_only(shown)
