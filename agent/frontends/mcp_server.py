@@ -9,7 +9,8 @@ sandbox flags (and the configuration file's [sandbox]), closed when the session 
 when stdin closes or the process is stopped; over HTTP when the client ends the session (DELETE) or
 it has been idle for --idle-timeout seconds. Over HTTP a bearer token is required: $KERNELCHAT_MCP_TOKEN
 or --token-file (never a command line: others see it in `ps`), else one is generated and printed on
-stderr, once. A host other than loopback needs --allow-remote. The server promises what the sandbox promises (docs/mcp.md), nothing more.
+stderr, once. A host other than loopback needs --allow-remote. The server promises what the
+sandbox promises (docs/mcp.md), nothing more.
 """
 
 from __future__ import annotations
