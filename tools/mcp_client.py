@@ -112,22 +112,7 @@ class MCPServers:
             if name in self.failed:
                 notices.append(f"MCP server {name!r} ({spec.shown()}) did not start: {self.failed[name]}; "
                                "its tools are not offered")
-        return notices + self.name_clashes()
-
-    def name_clashes(self) -> list[str]:
-        """A notice for each tool whose offered name (cut to what model APIs take) another tool has."""
-        taken: dict[str, tuple[str, str]] = {}
-        notices = []
-        for server, tools in self.offered.items():
-            for tool in tools:
-                name = tool_name(server, tool.name)
-                if name in taken:
-                    first = taken[name]
-                    notices.append(f"MCP server {server!r}'s tool {tool.name[:80]!r} is not offered: its name {name!r} "
-                                   f"is already that of {first[0]!r}'s tool {first[1][:80]!r}")
-                else:
-                    taken[name] = (server, tool.name)
-        return notices
+        return notices + self.sorted_tools()[1]
 
     async def hold(self, name: str, spec: MCPServerSpec, ready: concurrent.futures.Future) -> None:
         """Connect, list the tools, and keep the connection until `close`."""
@@ -208,13 +193,22 @@ class MCPServers:
     # -- the tools -----------------------------------------------------------------------------
 
     def tools(self) -> list[MCPTool]:
-        """The running servers' tools (a name taken twice keeps the first: `name_clashes` says so)."""
-        out: dict[str, MCPTool] = {}
+        """The running servers' tools (a name taken twice keeps the first: `start` says so)."""
+        return self.sorted_tools()[0]
+
+    def sorted_tools(self) -> tuple[list[MCPTool], list[str]]:
+        """The tools offered, and a notice for each not offered because its name (cut to what model
+        APIs take) is already another tool's."""
+        kept: dict[str, MCPTool] = {}
+        clashes = []
         for server, tools in self.offered.items():
             for tool in tools:
                 t = MCPTool(self, server, tool)
-                out.setdefault(t.name, t)
-        return list(out.values())
+                first = kept.setdefault(t.name, t)
+                if first is not t:
+                    clashes.append(f"MCP server {server!r}'s tool {tool.name[:80]!r} is not offered: its name "
+                                   f"{t.name!r} is already that of {first.server!r}'s tool {first.tool_name[:80]!r}")
+        return list(kept.values()), clashes
 
     def submit(self, server: str, tool: str, arguments: dict[str, Any],
                on_progress: Callable[[str], None]) -> concurrent.futures.Future:

@@ -172,7 +172,7 @@ def test_links_planted_in_the_workspace_are_not_followed(stdio, tmp_path):
     assert r.is_error and "symbolic link" in r.content[0].text and not (tmp_path / "new.txt").exists()
 
 
-def test_a_fifo_or_a_device_planted_in_the_workspace_is_never_opened(stdio):
+def test_a_fifo_planted_in_the_workspace_is_never_opened(stdio):
     """A reader of a FIFO blocks until a writer comes (and a writer until a reader): the file tools
     refuse anything but a regular file without opening it, at once."""
     stdio.text("run_code", code="import os\nos.mkfifo('pipe')\nos.makedirs('d', exist_ok=True)\nos.mkfifo('d/pipe2')")
