@@ -19,14 +19,11 @@ sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from procs import descendants  # noqa: E402
 
 PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
-
-
-class Stop(Exception):
-    pass
-
-
-def _stop(*_):
-    raise Stop
+# Blocked and taken with sigwaitinfo, never delivered to a handler: a handler's exception can
+# land anywhere, and the parent-death signal comes more than once (once for each of the host's
+# threads that dies while we are re-parented among them), so a second one used to cut kill_all
+# short and leave the kernel's daemons to init.
+STOP = {signal.SIGTERM, signal.SIGHUP}
 
 
 def kill_all():
@@ -49,34 +46,42 @@ def kill_all():
         time.sleep(0.01)
 
 
+def wait_for(kernel):
+    """The kernel's wait status, or None when we are told to stop first."""
+    while True:
+        while True:  # reap every child that has ended; SIGCHLD stays pending for the next
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return None
+            if not pid:
+                break
+            if pid == kernel:
+                return status
+        if signal.sigwaitinfo(STOP | {signal.SIGCHLD}).si_signo != signal.SIGCHLD:
+            return None
+
+
 def main():
     host_pid, argv = int(sys.argv[1]), sys.argv[2:]
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP | {signal.SIGCHLD})
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _stop)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() != host_pid:  # the host died before the line above
         return 1
     os.environ["JPY_PARENT_PID"] = str(os.getpid())  # the kernel exits if we die
     code = None
     try:
-        kernel = os.posix_spawn(argv[0], argv, os.environ)
-        while True:
-            pid, status = os.wait()
-            if pid == kernel:
-                code = status
-                break
-    except (Stop, ChildProcessError):
-        pass
+        code = wait_for(os.posix_spawn(argv[0], argv, os.environ, setsigmask=()))
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         kill_all()
     if code is None:
         return 1
     if os.WIFSIGNALED(code):  # die the same way, so the host can say why
         sig = os.WTERMSIG(code)
         signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {sig})
         os.kill(os.getpid(), sig)
     return os.waitstatus_to_exitcode(code)
 

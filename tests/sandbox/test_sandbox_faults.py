@@ -275,6 +275,24 @@ def test_isolation_none_daemons_die_with_a_killed_host(tmp_path):
     assert all(_gone(p, s) for p, s in zip(pids, started))
 
 
+
+def test_isolation_none_daemons_die_when_stop_signals_come_in_a_burst(tmp_path):
+    # A killed host's parent-death signal comes once per host thread that dies: the reaper must
+    # finish killing whatever a second (or fiftieth) signal interrupts.
+    k = Kernel(workspace=tmp_path, isolation="none")
+    try:
+        pids = eval(k.execute(DAEMONS).result)
+        reaper = int(k.execute("import os; os.getppid()").result)
+        started = [start_time(p) for p in pids]
+        for n in range(200):
+            try:
+                os.kill(reaper, signal.SIGHUP if n % 3 == 2 else signal.SIGTERM)
+            except ProcessLookupError:
+                break
+        assert all(_gone(p, s) for p, s in zip(pids, started))
+    finally:
+        k.close()
+
 # -- 7. CPU burnt while the kernel is idle --------------------------------------------------------------
 
 # A pure-Python busy loop that allocates nothing (the issue's `[0 for _ in iter(int, 1)]` also eats memory).
