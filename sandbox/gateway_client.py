@@ -59,7 +59,7 @@ class GatewayRest:
                 pass
             if e.code in (401, 403) and "Resource Limit" not in detail:
                 raise GatewayError(f"the kernel gateway at {self.url} refused the token (HTTP {e.code}): "
-                                   f"pass the right one with gateway_token= / --gateway-token / {ENV_TOKEN}") from None
+                                   f"pass the right one with gateway_token= / --gateway-token-file / {ENV_TOKEN}") from None
             if e.code == 404 and path.startswith("/api/kernels/"):
                 raise KernelGone(path) from None
             raise GatewayError(f"the kernel gateway at {self.url} answered {method} {path} with HTTP {e.code}: "

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from agent.frontends.options import add_engine_arg
+from agent.frontends.options import add_engine_arg, add_secret_file_arg
 from agent.frontends.render import safe_line
 from agent.models import BackendError
 
@@ -211,7 +211,7 @@ def register(sub: Any) -> None:
     t.set_defaults(func=cmd_tokens)
     m = sub.add_parser("models", help="list the models kernelchat knows (prices, local, server)")
     m.add_argument("--base-url", default=None, help="OpenAI-compatible server to ask (default: OPENAI_BASE_URL)")
-    m.add_argument("--api-key", default=None, help="key for that server (default: OPENAI_API_KEY)")
+    add_secret_file_arg(m, "--api-key", "OPENAI_API_KEY", "that server's API key")
     m.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the server (default 2)")
     m.add_argument("--json", action="store_true", help="print the list as JSON")
     m.add_argument("--stop", action="store_true", help="stop the local models kept loaded in the background")

@@ -26,7 +26,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from agent.frontends.options import add_sandbox_args, check_sandbox_options, kernel_options
+from agent.frontends.options import add_sandbox_args, check_sandbox_options, kernel_options, read_secret
 
 if TYPE_CHECKING:
     from mcp.server.auth.provider import AccessToken
@@ -109,11 +109,9 @@ def check_http(args: argparse.Namespace) -> tuple[str, int, str, bool]:
 def read_token_file(path: str) -> str:
     """The token in `path` (its first line); ValueError in one sentence."""
     try:
-        with open(path, encoding="utf-8") as f:
-            first = f.readline(4096)
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"--token-file {path}: cannot read it ({e.strerror or e})") from None
-    return first.strip()
+        return read_secret(path)
+    except ValueError as e:
+        raise ValueError(f"--token-file: {e}") from None
 
 
 def say(message: str) -> None:

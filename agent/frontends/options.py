@@ -34,13 +34,59 @@ class Arguments(Protocol):
 # -- the flags -------------------------------------------------------------------------------------
 
 
+def read_secret(path: str) -> str:
+    """The secret held in the file `path`: its first line, stripped. ValueError in one sentence."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = f.readline(4096).strip()
+    except OSError as e:
+        raise ValueError(f"cannot read {path} ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"cannot read {path} (it is not UTF-8 text)") from None
+    if not first:
+        raise ValueError(f"{path} holds no secret on its first line")
+    return first
+
+
+def _secret_from_file(path: str) -> str:
+    try:
+        return read_secret(path)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None  # argparse names the flag
+
+
+class SecretOnCommandLine(argparse.Action):
+    """A flag that would take a secret as its value: refused, and the value is not repeated (a
+    command line is public: `ps`, /proc, shell history)."""
+
+    def __init__(self, option_strings: list[str], dest: str, *, instead: str = "", **kwargs: Any) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs="?",
+                         help=argparse.SUPPRESS)
+        self.instead = instead
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        parser.error(f"{option_string} takes no value on the command line, where every user of this machine "
+                     f"can read it: {self.instead}")
+
+
+def add_secret_file_arg(p: Arguments, flag: str, env: str, what: str) -> None:
+    """`FLAG-file FILE` (the secret is read from FILE at once, into `FLAG`'s destination), and `FLAG`
+    itself refused with what to do instead."""
+    dest = flag.lstrip("-").replace("-", "_")
+    p.add_argument(f"{flag}-file", metavar="FILE", dest=dest, default=None, type=_secret_from_file,
+                   help=f"a file whose first line is {what} (default: ${env})")
+    p.add_argument(flag, action=SecretOnCommandLine, instead=f"put it in a file and pass {flag}-file FILE, "
+                                                               f"or set ${env}")
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", "-m", default=None,
                    help="gpt-4o-mini, openai:NAME, hf:smollm2 (default without OPENAI_API_KEY), hf:ORG/NAME[@REV] "
                         "(downloaded when online), ollama:NAME[:TAG], a folder or a .gguf file")
     g.add_argument("--base-url", default=None, help="an OpenAI-compatible server (vLLM, llama.cpp, Ollama, ...)")
-    g.add_argument("--api-key", default=None, help="default: $OPENAI_API_KEY")
+    add_secret_file_arg(g, "--api-key", "OPENAI_API_KEY", "the server's API key")
     g.add_argument("--system", default=None, help="replace the default system prompt")
     add_keep_alive_arg(g)
     add_engine_arg(g)
@@ -99,8 +145,7 @@ GATEWAY_HELP = "run the kernel on a Jupyter Kernel Gateway / Enterprise Gateway 
 
 def add_gateway_args(p: Arguments, help_text: str = GATEWAY_HELP) -> None:
     p.add_argument("--gateway", metavar="URL", default=None, help=help_text)
-    p.add_argument("--gateway-token", metavar="TOKEN", default=None,
-                   help="the gateway's auth token (or KERNELCHAT_GATEWAY_TOKEN)")
+    add_secret_file_arg(p, "--gateway-token", "KERNELCHAT_GATEWAY_TOKEN", "the gateway's auth token")
 
 
 def add_sandbox_args(p: argparse.ArgumentParser, workspace: bool = True) -> None:
@@ -125,7 +170,7 @@ def add_sandbox_args(p: argparse.ArgumentParser, workspace: bool = True) -> None
 
 
 def gateway_options(args: argparse.Namespace) -> dict[str, Any]:
-    """KernelOptions fields for --gateway URL / --gateway-token (else KERNELCHAT_GATEWAY_URL / _TOKEN)."""
+    """KernelOptions fields for --gateway URL / --gateway-token-file (else KERNELCHAT_GATEWAY_URL / _TOKEN)."""
     if getattr(args, "gateway", None) or getattr(args, "isolation", None) == "gateway":
         return {"isolation": "gateway", "gateway_url": args.gateway, "gateway_token": args.gateway_token}
     return {}

@@ -119,7 +119,7 @@ class OpenAIBackend(Backend):
         key = api_key or os.environ.get("OPENAI_API_KEY")
         if not key:
             if _is_openai(self.base_url):
-                raise BackendError("no API key: set OPENAI_API_KEY or pass --api-key (or run offline with "
+                raise BackendError("no API key: set OPENAI_API_KEY or pass --api-key-file FILE (or run offline with "
                                    "--model hf:smollm2)")
             key = NO_KEY_PLACEHOLDER
         self.timeout, self.max_retries = timeout, max_retries
@@ -254,7 +254,7 @@ class OpenAIBackend(Backend):
             why = f" ({type(cause).__name__}: {cause})" if cause else ""
             return BackendError(f"cannot reach the server at {url}{tries}{why}")
         if isinstance(e, openai.AuthenticationError):
-            return BackendError(f"the API key was rejected by {url} (401): check OPENAI_API_KEY or --api-key")
+            return BackendError(f"the API key was rejected by {url} (401): check OPENAI_API_KEY or --api-key-file")
         if isinstance(e, openai.PermissionDeniedError):
             return BackendError(f"access denied by {url} (403): {detail}")
         if isinstance(e, openai.NotFoundError):

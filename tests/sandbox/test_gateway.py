@@ -234,8 +234,10 @@ def test_run_tasks_with_their_kernels_on_the_gateway(kernel_gateway, tmp_path, m
                         kernel_options={"isolation": "gateway", "gateway_url": kernel_gateway.url,
                                         "gateway_token": kernel_gateway.token})
     assert results[0].status == "passed", results[0]
+    token = tmp_path / "token"
+    token.write_text(kernel_gateway.token + "\n")
     code = cli.main(["run", str(task), "--replay", str(cassette), "--out", str(tmp_path / "out2"),
-                     "--gateway", kernel_gateway.url, "--gateway-token", kernel_gateway.token, "--no-progress"])
+                     "--gateway", kernel_gateway.url, "--gateway-token-file", str(token), "--no-progress"])
     assert code == 0
 
 

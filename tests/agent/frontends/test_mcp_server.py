@@ -367,7 +367,7 @@ def test_the_token_comes_from_a_file_never_from_the_command_line(tmp_path):
     r = run_cli("--http", "8765", "--token", TOKEN)
     assert r.returncode == 2 and "unrecognized arguments: --token" in r.stderr  # not an abbreviation
     r = run_cli("--http", "8765", "--token-file", str(tmp_path / "missing"))
-    assert r.returncode == 2 and "--token-file" in r.stderr and "cannot read it" in r.stderr
+    assert r.returncode == 2 and "--token-file" in r.stderr and "cannot read" in r.stderr
     (tmp_path / "short").write_text("short\n")
     r = run_cli("--http", "8765", "--token-file", str(tmp_path / "short"))
     assert r.returncode == 2 and "at least 16 characters" in r.stderr

@@ -10,17 +10,19 @@ import pytest
 from agent.chat import Chat
 from agent.core.budget import Budget
 from agent.frontends import options
-from agent.frontends.cli import build_parser, prompt_parser
+from agent.frontends.cli import UsageError, build_parser, prompt_parser
 from agent.models.scripted import ScriptedBackend
 from sandbox import KernelOptions
 from tools.mcp_specs import MCPServerSpec
 
-MCP_FILE = Path(__file__).resolve().parents[2] / "data" / "mcp_servers.json"
+DATA = Path(__file__).resolve().parents[2] / "data"
+MCP_FILE = DATA / "mcp_servers.json"
 # Every flag of the model, budget and sandbox groups, with a value other than its default.
-FLAGS = ["--model", "gpt-4o-mini", "--base-url", "http://models.example", "--api-key", "sk-test",
+FLAGS = ["--model", "gpt-4o-mini", "--base-url", "http://models.example", "--api-key-file",
+         str(DATA / "api_key.txt"),
          "--system", "be brief", "--max-steps", "3", "--max-tokens", "5000", "--max-usd", "1.5",
          "--max-seconds", "60", "--isolation", "gateway", "--gateway", "http://gw.example:8888",
-         "--gateway-token", "tok", "--network", "--gpu", "--workspace", "/tmp/ws", "--timeout", "9",
+         "--gateway-token-file", str(DATA / "gateway_token.txt"), "--network", "--gpu", "--workspace", "/tmp/ws", "--timeout", "9",
          "--memory-mb", "512", "--disk-mb", "256", "--keep-alive", "45", "--engine", "llama.cpp",
          "--no-constrain-calls", "--mcp", str(MCP_FILE)]
 KERNEL = KernelOptions(workspace="/tmp/ws", isolation="gateway", network=True, gpu=True, timeout=9.0, memory_mb=512,
@@ -29,6 +31,7 @@ KERNEL = KernelOptions(workspace="/tmp/ws", isolation="gateway", network=True, g
 FRONT_END_FLAGS = {"-h", "--help", "--version", "--json", "--save", "--no-save", "--confirm", "--resume",
                    "--notebook",  # the front end runs its cells (notebook_events), to show them
                    "--timings"}  # the one shot measures and prints its phases
+REFUSED = {"--api-key", "--gateway-token"}  # a secret on a command line: only their -file forms
 
 
 def option_strings(parser: argparse.ArgumentParser) -> set[str]:
@@ -38,7 +41,7 @@ def option_strings(parser: argparse.ArgumentParser) -> set[str]:
 def test_the_test_sets_every_flag():
     """A new flag must be added to FLAGS (and so reach the options) or be named a front-end flag."""
     flags = {f for f in FLAGS if f.startswith("-")} | {"--constrain-calls"}  # the same flag's positive form
-    assert option_strings(prompt_parser()) - FRONT_END_FLAGS - {"-m"} == flags
+    assert option_strings(prompt_parser()) - FRONT_END_FLAGS - REFUSED - {"-m"} == flags
 
 
 def test_every_flag_reaches_chat_and_kernel():
@@ -59,7 +62,8 @@ def test_exec_takes_the_same_sandbox_flags():
 
 
 def test_run_takes_the_gateway_flags():
-    args = build_parser().parse_args(["run", "t.toml", "--gateway", "http://gw.example:8888", "--gateway-token", "tok"])
+    args = build_parser().parse_args(["run", "t.toml", "--gateway", "http://gw.example:8888",
+                                      "--gateway-token-file", str(DATA / "gateway_token.txt")])
     assert options.gateway_options(args) == dict(isolation="gateway", gateway_url="http://gw.example:8888",
                                                  gateway_token="tok")
 
@@ -76,7 +80,8 @@ def test_no_gateway_flag_no_gateway_options():
 def test_the_terminal_chat_honours_gateway():
     """The terminal chat's options (no prompt: the same parser) send its kernel to the gateway: with
     nothing listening at the URL, the first cell's kernel fails naming it."""
-    args = prompt_parser().parse_args(["--gateway", "http://127.0.0.1:9", "--gateway-token", "t"])
+    args = prompt_parser().parse_args(["--gateway", "http://127.0.0.1:9",
+                                       "--gateway-token-file", str(DATA / "gateway_token.txt")])
     assert args.prompt is None  # what opens the terminal chat
     opts = options.chat_options(args)
     with Chat(**{**opts, "backend": ScriptedBackend(["unused"])}) as chat:
@@ -165,3 +170,47 @@ def test_no_sandbox_flag_is_the_models_defaults():
 def test_the_timeout_help_reads_the_models_default():
     text = " ".join(prompt_parser().format_help().split())
     assert f"seconds per cell (default {KernelOptions.model_fields['timeout'].default:g})" in text
+
+
+# -- secrets: from a file or the environment, never the command line --------------------------------
+
+SECRET = "sk-proj-do-not-echo-me"
+
+
+@pytest.mark.parametrize("argv", [
+    ["hi", "--api-key", SECRET], ["hi", f"--api-key={SECRET}"], ["hi", "--gateway-token", SECRET],
+    ["run", "t.toml", "--gateway-token", SECRET], ["exec", "1", f"--gateway-token={SECRET}"],
+    ["models", "--api-key", SECRET], ["mcp", "--gateway-token", SECRET]])
+def test_a_secret_on_the_command_line_is_refused_and_not_repeated(argv):
+    """A command line is public (`ps`, /proc/PID/cmdline, shell history): the flag is refused, says
+    what to do instead, and does not quote the secret back (argparse's own errors would)."""
+    parser = build_parser() if argv[0] in ("run", "exec", "models", "mcp") else prompt_parser()
+    with pytest.raises(UsageError) as e:
+        parser.parse_args(argv)
+    err = str(e.value)
+    flag = next(a for a in argv if a.startswith("--")).split("=")[0]
+    assert SECRET not in err
+    assert f"{flag}-file FILE" in err and ("$OPENAI_API_KEY" if flag == "--api-key" else "$KERNELCHAT_GATEWAY_TOKEN") in err
+
+
+def test_secret_files_are_read_at_once(tmp_path):
+    key = tmp_path / "key"
+    key.write_text(f"  {SECRET}  \nsecond line ignored\n")
+    args = prompt_parser().parse_args(["hi", "--api-key-file", str(key)])
+    assert options.chat_options(args)["api_key"] == SECRET
+    args = build_parser().parse_args(["models", "--api-key-file", str(key)])
+    assert args.api_key == SECRET
+
+
+@pytest.mark.parametrize("content, message", [(None, "cannot read"), ("\n\n", "holds no secret on its first line"),
+                                              (b"\xff\xfe", "not UTF-8 text")])
+def test_an_unreadable_or_empty_secret_file_is_one_sentence(tmp_path, content, message):
+    path = tmp_path / "token"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(UsageError) as e:
+        prompt_parser().parse_args(["hi", "--gateway-token-file", str(path)])
+    err = str(e.value)
+    assert f"argument --gateway-token-file: " in err and message in err and str(path) in err

@@ -15,6 +15,7 @@ import pytest
 pexpect = pytest.importorskip("pexpect")
 
 REPO = Path(__file__).resolve().parents[3]
+DATA = REPO / "tests" / "data"
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07|\x1b[=>()][0-9A-B]?|\r")
 CTRL_C, CTRL_D, CTRL_A, CTRL_K = "\x03", "\x04", "\x01", "\x0b"
 
@@ -262,7 +263,8 @@ def test_a_chat_left_before_any_prompt_leaves_no_file(term, tmp_path):
 
 def test_gateway_flag_sends_the_kernel_to_the_gateway(term):
     """--gateway reaches the terminal chat's kernel: nothing listens at this URL, so the cell says so."""
-    t = term([{"python": "print(1)"}, "unused"], "--gateway", "http://127.0.0.1:9", "--gateway-token", "t")
+    t = term([{"python": "print(1)"}, "unused"], "--gateway", "http://127.0.0.1:9",
+             "--gateway-token-file", str(DATA / "gateway_token.txt"))
     t.expect("You [1]: ")
     t.line("go")
     t.expect("kernel gateway at http://127.0.0.1:9")
