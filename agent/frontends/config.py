@@ -72,6 +72,7 @@ class ConfigFile(Strict):
     model: str | None = None
     base_url: str | None = None
     keep_alive: float | None = Field(default=None, ge=0, allow_inf_nan=False)  # seconds; 0: no resident model
+    images: bool | None = None  # the server's model takes images (--images)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     mcp_servers: dict[str, MCPServerSpec] = Field(default_factory=dict)  # offered in the chat and `run`
@@ -143,6 +144,7 @@ def defaults(config: ConfigFile) -> dict[str, Any]:
     """The file's values as argparse destinations, less those an environment variable overrides
     (a `gateway` so overridden still asks for a gateway: the variable's)."""
     values = {"model": config.model, "base_url": config.base_url, "keep_alive": config.keep_alive,
+              "images": config.images,
               **config.budget.model_dump(), **config.sandbox.model_dump(), "mcp_servers": config.mcp_servers or None}
     out = {k: v for k, v in values.items() if v is not None and not (k in ENV_OVER and os.environ.get(ENV_OVER[k]))}
     if config.sandbox.gateway and "gateway" not in out and config.sandbox.isolation is None:

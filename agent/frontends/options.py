@@ -87,10 +87,17 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "(downloaded when online), ollama:NAME[:TAG], a folder or a .gguf file")
     g.add_argument("--base-url", default=None, help="an OpenAI-compatible server (vLLM, llama.cpp, Ollama, ...)")
     add_secret_file_arg(g, "--api-key", "OPENAI_API_KEY", "the server's API key")
+    add_images_arg(g)
     g.add_argument("--system", default=None, help="replace the default system prompt")
     add_keep_alive_arg(g)
     add_engine_arg(g)
     add_constrain_calls_arg(g)
+
+
+def add_images_arg(p: Arguments) -> None:
+    p.add_argument("--images", action=argparse.BooleanOptionalAction, default=None,
+                   help="the server's model takes images: plots and MCP tools' images are sent to it "
+                        "(default: OpenAI's vision models by name; a local model gets text only)")
 
 
 def add_mcp_arg(p: Arguments) -> None:
@@ -193,11 +200,35 @@ def chat_options(args: argparse.Namespace) -> dict[str, Any]:
     the kernel's options are one object, `kernel=` (a front end that starts the kernel early passes
     that kernel in their place)."""
     budget = Budget(max_tokens=args.max_tokens, max_usd=args.max_usd, max_seconds=args.max_seconds)
-    return dict(model=args.model, system=args.system, base_url=args.base_url, api_key=args.api_key,
-                budget=budget, max_steps=args.max_steps, progress=not getattr(args, "json", False),
+    return dict(**model_choice(args), system=args.system, budget=budget, max_steps=args.max_steps, progress=not getattr(args, "json", False),
                 keep_alive=keep_alive(args), engine=getattr(args, "engine", None) or "auto",
                 constrain_calls=getattr(args, "constrain_calls", None), mcp_servers=mcp_server_specs(args),
                 kernel=kernel_options(args))
+
+
+def model_choice(args: argparse.Namespace) -> dict[str, Any]:
+    """Chat's model, base_url and api_key; with --images/--no-images, the server's backend itself
+    (what it takes is the backend's to declare). ValueError: --images for a local model."""
+    images = getattr(args, "images", None)
+    if images is None:
+        return dict(model=args.model, base_url=args.base_url, api_key=args.api_key)
+    from agent.models import get_backend
+
+    return dict(backend=get_backend(check_images_option(args), base_url=args.base_url, api_key=args.api_key,
+                                    images=images))
+
+
+def check_images_option(args: argparse.Namespace) -> str | None:
+    """The model --images/--no-images applies to; ValueError when it runs here (text only)."""
+    from agent.models import default_model, is_local_model
+
+    if getattr(args, "images", None) is None:
+        return args.model
+    model = args.model or default_model()
+    if is_local_model(model) and not args.base_url:
+        raise ValueError(f"--images is for a server's model (--base-url URL, or openai:NAME); {model} runs "
+                         "here and gets text only")
+    return model
 
 
 # -- checked before anything loads ----------------------------------------------------------------
@@ -256,6 +287,7 @@ def check_options(args: argparse.Namespace) -> None:
         notebook_cells(args.notebook)
     check_budget_options(args)
     keep_alive(args)
+    check_images_option(args)
     check_sandbox_options(args)
 
 

@@ -39,8 +39,8 @@ from agent.core.notebook_export import notebook_json
 from agent.core.budget import BudgetExceeded
 from agent.models import Cassette, CassetteError, RecordingBackend, ReplayBackend
 from agent.frontends.checks import CheckResult, run_check
-from agent.frontends.options import (add_constrain_calls_arg, add_engine_arg, add_keep_alive_arg, add_mcp_arg,
-                                     add_sandbox_args, keep_alive, mcp_server_specs)
+from agent.frontends.options import (add_constrain_calls_arg, add_engine_arg, add_images_arg, add_keep_alive_arg,
+                                     add_mcp_arg, add_sandbox_args, keep_alive, mcp_server_specs)
 from agent.core.events import AnswerEvent, Event, ToolCallEvent, UsageEvent
 from agent.frontends.render import safe_line, safe_text
 from agent.frontends.task_models import check_task_files, check_task_models, local_model, task_mcp_servers
@@ -253,10 +253,11 @@ def default_out() -> Path:
 def make_backends(tasks: list[Task], out: Path, *, model: str | None = None, base_url: str | None = None,
                   record: str | Path | None = None, replay: str | Path | None = None,
                   keep_alive: float = 0.0, fallback: tuple[str | None, str | None] = (None, None),
-                  trust_task_files: bool = False, engine: str | None = None) -> dict[str, Any]:
+                  trust_task_files: bool = False, engine: str | None = None,
+                  images: bool | None = None) -> dict[str, Any]:
     """One backend per task, built before anything runs: a setup problem stops the run (exit 2).
     `keep_alive` > 0: local models are served by a resident process. `fallback`: the configuration
-    file's (model, base_url), for tasks that name no model; `engine` beats the tasks'. A task's
+    file's (model, base_url), for tasks that name no model; `engine` and `images` beat the tasks'. A task's
     base_url or model path beyond what these name raises TaskError first, unless `trust_task_files`."""
     from agent.models import get_backend
 
@@ -277,7 +278,7 @@ def make_backends(tasks: list[Task], out: Path, *, model: str | None = None, bas
             chosen = model or (t.model if base_url or t.base_url else local_model(t))
             inner = get_backend(chosen or fallback[0], base_url=base_url or t.base_url or (
                 None if chosen else fallback[1]), progress=False, keep_alive=keep_alive, workspace=_workspace(out, t),
-                engine=engine or t.engine)
+                engine=engine or t.engine, images=t.images if images is None else images)
             backends[t.name] = (RecordingBackend(inner, cassette, task=t.name, workspace=_workspace(out, t))
                                 if cassette else inner)
         if cassette:
@@ -434,7 +435,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         backends = make_backends(tasks, out, model=args.model, base_url=args.base_url, record=args.record,
                                  replay=args.replay, keep_alive=keep_alive(args),
                                  fallback=(getattr(args, "config_model", None), getattr(args, "config_base_url", None)),
-                                 trust_task_files=args.trust_task_files, engine=args.engine)
+                                 trust_task_files=args.trust_task_files, engine=args.engine,
+                                 images=args.images)
     except SetupError as e:
         err.print(Text.assemble(("kernelchat run: setup failed:", "red"), " ", safe_text(str(e))))
         return 2
@@ -476,6 +478,7 @@ def register(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no live progress bars")
     add_keep_alive_arg(p)
     add_engine_arg(p)
+    add_images_arg(p)
     add_constrain_calls_arg(p)
     add_mcp_arg(p)
     p.add_argument(TRUST_FLAG, action="store_true", dest="trust_task_files",

@@ -155,6 +155,7 @@ class Task(_Strict):
     base_url: str | None = None
     engine: Literal["auto", "llama.cpp", "transformers"] = "auto"  # what runs a local model (`--engine` wins)
     constrain_calls: bool | None = None  # tool calls under a grammar where the engine can (`--constrain-calls` wins)
+    images: bool | None = None  # the server's model takes images (`--images` wins; default: OpenAI's vision models)
     # MCP servers whose tools the task's chat offers: names from your config.toml [mcp_servers] or
     # `--mcp FILE`. A task file names servers, never defines one: a server is a program on your machine.
     mcp_servers: list[str] = Field(default_factory=list)

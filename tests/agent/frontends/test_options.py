@@ -24,7 +24,7 @@ FLAGS = ["--model", "gpt-4o-mini", "--base-url", "http://models.example", "--api
          "--max-seconds", "60", "--isolation", "gateway", "--gateway", "http://gw.example:8888",
          "--gateway-token-file", str(DATA / "gateway_token.txt"), "--network", "--gpu", "--workspace", "/tmp/ws", "--timeout", "9",
          "--memory-mb", "512", "--disk-mb", "256", "--keep-alive", "45", "--engine", "llama.cpp",
-         "--no-constrain-calls", "--mcp", str(MCP_FILE)]
+         "--no-constrain-calls", "--images", "--mcp", str(MCP_FILE)]
 KERNEL = KernelOptions(workspace="/tmp/ws", isolation="gateway", network=True, gpu=True, timeout=9.0, memory_mb=512,
                        disk_mb=256, gateway_url="http://gw.example:8888", gateway_token="tok")
 # Flags of the prompt parser that are not Chat options: what the front end itself does.
@@ -40,15 +40,19 @@ def option_strings(parser: argparse.ArgumentParser) -> set[str]:
 
 def test_the_test_sets_every_flag():
     """A new flag must be added to FLAGS (and so reach the options) or be named a front-end flag."""
-    flags = {f for f in FLAGS if f.startswith("-")} | {"--constrain-calls"}  # the same flag's positive form
+    flags = {f for f in FLAGS if f.startswith("-")} | {"--constrain-calls", "--no-images"}  # the same flags' other forms
     assert option_strings(prompt_parser()) - FRONT_END_FLAGS - REFUSED - {"-m"} == flags
 
 
 def test_every_flag_reaches_chat_and_kernel():
     args = prompt_parser().parse_args(FLAGS)
     assert options.kernel_options(args) == KERNEL
-    assert options.chat_options(args) == dict(
-        model="gpt-4o-mini", system="be brief", base_url="http://models.example", api_key="sk-test",
+    chat = options.chat_options(args)
+    backend = chat.pop("backend")  # --images: the server's backend, declared to take images
+    assert (backend.api_model, backend.base_url, backend.client.api_key) == ("gpt-4o-mini", "http://models.example", "sk-test")
+    assert backend.capabilities.images
+    assert chat == dict(
+        system="be brief",
         budget=Budget(max_tokens=5000, max_usd=1.5, max_seconds=60.0), max_steps=3, progress=True,
         keep_alive=45.0, engine="llama.cpp", constrain_calls=False, kernel=KERNEL,
         mcp_servers={"calc": MCPServerSpec(command="python3", args=["tests/data/mcp_test_server.py"],
@@ -214,3 +218,45 @@ def test_an_unreadable_or_empty_secret_file_is_one_sentence(tmp_path, content, m
         prompt_parser().parse_args(["hi", "--gateway-token-file", str(path)])
     err = str(e.value)
     assert f"argument --gateway-token-file: " in err and message in err and str(path) in err
+
+
+# -- --images: a server's model that takes images ---------------------------------------------------
+
+def test_without_images_the_model_is_named_not_built():
+    chat = options.chat_options(prompt_parser().parse_args(["hi", "--model", "qwen", "--base-url", "http://x/v1"]))
+    assert (chat["model"], chat["base_url"]) == ("qwen", "http://x/v1") and "backend" not in chat
+
+
+@pytest.mark.parametrize("flag, takes", [("--images", True), ("--no-images", False)])
+def test_images_declares_what_a_servers_model_takes(flag, takes):
+    # gpt-4o takes images by name: --no-images turns that off; a server's llava takes none until --images
+    for model, base in (("llava", "http://127.0.0.1:9/v1"), ("gpt-4o", None)):
+        argv = ["hi", "--model", model, flag, "--api-key-file", str(DATA / "api_key.txt")]
+        args = prompt_parser().parse_args(argv + (["--base-url", base] if base else []))
+        options.check_options(args)
+        assert options.chat_options(args)["backend"].capabilities.images is takes
+
+
+def test_images_for_a_local_model_is_one_sentence_before_it_loads():
+    args = prompt_parser().parse_args(["hi", "--model", "hf:smollm2", "--images"])
+    with pytest.raises(ValueError, match=r"--images is for a server's model .*hf:smollm2 runs here and gets text only"):
+        options.check_options(args)
+
+
+def test_images_from_the_configuration_file_and_a_task_file(tmp_path):
+    from agent.frontends import config
+    from agent.frontends.runner import make_backends
+    from agent.frontends.tasks import load_tasks
+
+    path = tmp_path / "config.toml"
+    path.write_text('model = "llava"\nbase_url = "http://127.0.0.1:9/v1"\nimages = true\n')
+    parser = prompt_parser()
+    config.apply(parser, config.load_config(path))
+    assert options.chat_options(parser.parse_args(["hi"]))["backend"].capabilities.images
+    assert build_parser(config.load_config(path)).parse_args(["run", "t.toml"]).images is True
+    task = tmp_path / "t.toml"
+    task.write_text('model = "llava"\nimages = true\nprompts = ["plot"]\n')
+    tasks = load_tasks([task])
+    url = "http://127.0.0.1:9/v1"
+    assert make_backends(tasks, tmp_path / "out", base_url=url)[tasks[0].name].capabilities.images
+    assert not make_backends(tasks, tmp_path / "out", base_url=url, images=False)[tasks[0].name].capabilities.images
