@@ -233,8 +233,8 @@ def build_parser(cfg: config.ConfigFile | None = None) -> argparse.ArgumentParse
     if cfg is not None:  # the file's keep_alive, and its model (with base_url) for tasks that name none
         config.apply(run, cfg, config.SANDBOX_KEYS)  # the run's sandbox: what a task file may tighten
         values = config.defaults(cfg)
-        run.set_defaults(keep_alive=values.get("keep_alive"), images=values.get("images"), config_model=values.get("model"),
-                         config_base_url=values.get("base_url"), mcp_servers=values.get("mcp_servers"))
+        run.set_defaults(keep_alive=values.get("keep_alive"), images=values.get("images"),
+                         config_model=values.get("model"), config_base_url=values.get("base_url"), mcp_servers=values.get("mcp_servers"))
     from agent.frontends.conversations import register as register_conversations  # `conversations`
 
     register_conversations(sub)

@@ -200,8 +200,8 @@ def chat_options(args: argparse.Namespace) -> dict[str, Any]:
     the kernel's options are one object, `kernel=` (a front end that starts the kernel early passes
     that kernel in their place)."""
     budget = Budget(max_tokens=args.max_tokens, max_usd=args.max_usd, max_seconds=args.max_seconds)
-    return dict(**model_choice(args), system=args.system, budget=budget, max_steps=args.max_steps, progress=not getattr(args, "json", False),
-                keep_alive=keep_alive(args), engine=getattr(args, "engine", None) or "auto",
+    return dict(**model_choice(args), system=args.system, budget=budget, max_steps=args.max_steps,
+                progress=not getattr(args, "json", False), keep_alive=keep_alive(args), engine=getattr(args, "engine", None) or "auto",
                 constrain_calls=getattr(args, "constrain_calls", None), mcp_servers=mcp_server_specs(args),
                 kernel=kernel_options(args))
 
@@ -226,8 +226,8 @@ def check_images_option(args: argparse.Namespace) -> str | None:
         return args.model
     model = args.model or default_model()
     if is_local_model(model) and not args.base_url:
-        raise ValueError(f"--images is for a server's model (--base-url URL, or openai:NAME); {model} runs "
-                         "here and gets text only")
+        raise ValueError(f"--images (images = true in config.toml) is for a server's model (--base-url URL, "
+                         f"or openai:NAME); {model} runs here and gets text only")
     return model
 
 

@@ -409,7 +409,8 @@ class Repl:
 
         with self.console.status(Text(f"loading {safe_line(name)}…")):
             backend = get_backend(name, base_url=self.args.base_url, api_key=self.args.api_key,
-                                  images=getattr(self.args, "images", None), engine=getattr(self.args, "engine", None) or "auto",
+                                  images=getattr(self.args, "images", None),
+                                  engine=getattr(self.args, "engine", None) or "auto",
                                   keep_alive=keep_alive(self.args), workspace=self.chat.workspace)
         chat = self.chat
         before = chat.system

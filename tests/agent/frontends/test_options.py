@@ -239,7 +239,7 @@ def test_images_declares_what_a_servers_model_takes(flag, takes):
 
 def test_images_for_a_local_model_is_one_sentence_before_it_loads():
     args = prompt_parser().parse_args(["hi", "--model", "hf:smollm2", "--images"])
-    with pytest.raises(ValueError, match=r"--images is for a server's model .*hf:smollm2 runs here and gets text only"):
+    with pytest.raises(ValueError, match=r"--images \(images = true in config.toml\) is for a server's model .*hf:smollm2 runs here and gets text only"):
         options.check_options(args)
 
 
