@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 SEPARATOR = "__"
 MAX_TOOL_NAME = 64  # what OpenAI's API takes
+MAX_TOOLS = 127  # a request takes at most 128 tools (OpenAI's limit), python one of them
+MAX_SCHEMA_CHARS = 16_000  # every request carries every offered tool's schema: one tool's at most,
+MAX_SCHEMAS_CHARS = 128_000  # and all of them together (about 32,000 tokens)
 MAX_IMAGE_BYTES = 10 << 20
 MAX_IMAGES = 10
 CLOSE_SECONDS = 10.0
@@ -197,18 +200,31 @@ class MCPServers:
         return self.sorted_tools()[0]
 
     def sorted_tools(self) -> tuple[list[MCPTool], list[str]]:
-        """The tools offered, and a notice for each not offered because its name (cut to what model
-        APIs take) is already another tool's."""
+        """The tools offered, and a notice for each not offered: its name (cut to what model APIs
+        take) is already another tool's, its schema is too large to send with every request, or the
+        first MAX_TOOLS tools are offered already."""
         kept: dict[str, MCPTool] = {}
-        clashes = []
+        notices, over, total = [], {}, 0
         for server, tools in self.offered.items():
             for tool in tools:
                 t = MCPTool(self, server, tool)
-                first = kept.setdefault(t.name, t)
-                if first is not t:
-                    clashes.append(f"MCP server {server!r}'s tool {tool.name[:80]!r} is not offered: its name "
-                                   f"{t.name!r} is already that of {first.server!r}'s tool {first.tool_name[:80]!r}")
-        return list(kept.values()), clashes
+                what = f"MCP server {server!r}'s tool {tool.name[:80]!r} is not offered"
+                if (size := schema_chars(t.schema)) > MAX_SCHEMA_CHARS:
+                    said = f"{size:,} characters" if size < float("inf") else "nested too deeply to write"
+                    notices.append(f"{what}: its schema is {said}, over the {MAX_SCHEMA_CHARS:,} characters "
+                                   "that every request would carry")
+                elif (first := kept.setdefault(t.name, t)) is not t:
+                    notices.append(f"{what}: its name {t.name!r} is already that of {first.server!r}'s tool "
+                                   f"{first.tool_name[:80]!r}")
+                elif len(kept) > MAX_TOOLS or total + size > MAX_SCHEMAS_CHARS:
+                    del kept[t.name]
+                    over[server] = over.get(server, 0) + 1
+                else:
+                    total += size
+        notices += [f"MCP server {server!r}: {n:,} of its tools are not offered: a request carries at most "
+                    f"{MAX_TOOLS} tools from MCP servers (python is one more) and {MAX_SCHEMAS_CHARS:,} characters "
+                    "of their schemas, which the tools before them fill" for server, n in over.items()]
+        return list(kept.values()), notices
 
     def submit(self, server: str, tool: str, arguments: dict[str, Any],
                on_progress: Callable[[str], None]) -> concurrent.futures.Future:
@@ -297,6 +313,14 @@ class MCPServers:
         """(server, what it runs, status) for /tools."""
         return [(name, spec.shown(), "running" if name in self.clients else f"not running: {self.failed.get(name, '?')}")
                 for name, spec in self.specs.items()]
+
+
+def schema_chars(schema: dict[str, Any]) -> float:
+    """The length of a tool's schema as JSON (infinite: one nested too deeply to write)."""
+    try:
+        return len(json.dumps(schema, default=str))
+    except (RecursionError, ValueError):  # ValueError: a circular reference
+        return float("inf")
 
 
 def innermost(e: BaseException) -> BaseException:

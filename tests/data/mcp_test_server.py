@@ -8,6 +8,7 @@
     python mcp_test_server.py --hostile        tools whose names, descriptions, progress and results
                                                carry terminal control sequences and rich markup
     python mcp_test_server.py --hostile-exit   exits with them as its last line on stderr
+    python mcp_test_server.py --flood          300 tools, one with a 50,000-character schema
 """
 
 import json
@@ -36,6 +37,22 @@ def misbehave(mode: str) -> None:
             if "id" in msg:
                 sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": {"tools": "nonsense",
                                              "protocolVersion": 42}}) + "\n")
+                sys.stdout.flush()
+    if mode == "--flood":  # more tools than a request takes, and a schema no request should carry
+        tools = [{"name": f"tool{i}", "description": f"Tool {i}.", "inputSchema": {"type": "object"}}
+                 for i in range(300)]
+        tools.insert(0, {"name": "huge_schema", "inputSchema": {"type": "object", "properties": {
+            "pick": {"type": "string", "enum": [f"value-{i:05d}" for i in range(4000)]}}}})
+        for line in sys.stdin:
+            msg = json.loads(line)
+            if "id" in msg:
+                result = {"protocolVersion": msg.get("params", {}).get("protocolVersion", "2025-06-18"),
+                          "capabilities": {"tools": {}}, "serverInfo": {"name": "flood", "version": "1"}}
+                if msg["method"] == "tools/list":
+                    result = {"tools": tools}
+                elif msg["method"] == "tools/call":
+                    result = {"content": [{"type": "text", "text": f"called {msg['params']['name']}"}]}
+                sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": result}) + "\n")
                 sys.stdout.flush()
     if mode == "--hostile-exit":
         print(f"test server: {HOSTILE}", file=sys.stderr, flush=True)

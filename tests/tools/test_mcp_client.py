@@ -207,3 +207,22 @@ def test_the_tool_trained_05b_calls_an_mcp_servers_tool(qwen_05b, tmp_path):
         events = list(chat.run("What is 1234 plus 4321? Use the calc__add tool."))
     calls = results(events)
     assert calls and calls[0].name == "calc__add" and calls[0].output == "5555"
+
+
+def test_a_flood_of_tools_is_cut_to_what_a_request_takes_and_said(tmp_path):
+    """300 tools and a 50,000-character schema: a request would carry them all, every time (OpenAI
+    takes 128 tools), so the schema's tool and the tools past the first 127 are not offered, and
+    two notices say so."""
+    from tools.mcp_client import MAX_SCHEMA_CHARS, MAX_TOOLS
+
+    with Chat(backend=ScriptedBackend([call("f__tool5", {}), "ok"]), workspace=tmp_path,
+              mcp_servers={"f": server("--flood")}) as chat:
+        events = list(chat.run("go"))
+        offered = [t["function"]["name"] for t in chat.tool_schemas()]
+    notices = [e.text for e in events if isinstance(e, NoticeEvent) and "MCP server 'f'" in e.text]
+    assert offered == ["python", *(f"f__tool{i}" for i in range(MAX_TOOLS))]
+    assert len(notices) == 2
+    assert notices[0].startswith("MCP server 'f''s tool 'huge_schema' is not offered: its schema is ")
+    assert f"over the {MAX_SCHEMA_CHARS:,} characters that every request would carry" in notices[0]
+    assert notices[1].startswith(f"MCP server 'f': {300 - MAX_TOOLS:,} of its tools are not offered")
+    assert results(events)[0].output == "called tool5"  # the chat goes on: a tool offered is called
