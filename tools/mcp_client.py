@@ -85,7 +85,8 @@ class MCPServers:
     def __init__(self, specs: dict[str, MCPServerSpec]):
         self.specs = dict(specs)
         self.clients: dict[str, Any] = {}
-        self.offered: dict[str, list[Any]] = {}
+        self.offered: dict[str, list[Any]] = {}  # server: the tools it listed
+        self.offer: list[MCPTool] = []  # the tools offered to the model (sorted_tools, once, at start)
         self.failed: dict[str, str] = {}  # server: why it is not running
         self.folder = Path(tempfile.mkdtemp(prefix="kernelchat-mcp-"))  # logs and images: the host's own
         self.images = 0
@@ -115,7 +116,8 @@ class MCPServers:
             if name in self.failed:
                 notices.append(f"MCP server {name!r} ({spec.shown()}) did not start: {self.failed[name]}; "
                                "its tools are not offered")
-        return notices + self.sorted_tools()[1]
+        self.offer, left_out = self.sorted_tools()
+        return notices + left_out
 
     async def hold(self, name: str, spec: MCPServerSpec, ready: concurrent.futures.Future) -> None:
         """Connect, list the tools, and keep the connection until `close`."""
@@ -197,12 +199,12 @@ class MCPServers:
 
     def tools(self) -> list[MCPTool]:
         """The running servers' tools (a name taken twice keeps the first: `start` says so)."""
-        return self.sorted_tools()[0]
+        return self.offer
 
     def sorted_tools(self) -> tuple[list[MCPTool], list[str]]:
         """The tools offered, and a notice for each not offered: its name (cut to what model APIs
         take) is already another tool's, its schema is too large to send with every request, or the
-        first MAX_TOOLS tools are offered already."""
+        tools before it fill what a request carries (MAX_TOOLS, MAX_SCHEMAS_CHARS)."""
         kept: dict[str, MCPTool] = {}
         notices, over, total = [], {}, 0
         for server, tools in self.offered.items():
@@ -213,13 +215,13 @@ class MCPServers:
                     said = f"{size:,} characters" if size < float("inf") else "nested too deeply to write"
                     notices.append(f"{what}: its schema is {said}, over the {MAX_SCHEMA_CHARS:,} characters "
                                    "that every request would carry")
-                elif (first := kept.setdefault(t.name, t)) is not t:
+                elif (first := kept.get(t.name)) is not None:
                     notices.append(f"{what}: its name {t.name!r} is already that of {first.server!r}'s tool "
                                    f"{first.tool_name[:80]!r}")
-                elif len(kept) > MAX_TOOLS or total + size > MAX_SCHEMAS_CHARS:
-                    del kept[t.name]
+                elif len(kept) >= MAX_TOOLS or total + size > MAX_SCHEMAS_CHARS:
                     over[server] = over.get(server, 0) + 1
                 else:
+                    kept[t.name] = t
                     total += size
         notices += [f"MCP server {server!r}: {n:,} of its tools are not offered: a request carries at most "
                     f"{MAX_TOOLS} tools from MCP servers (python is one more) and {MAX_SCHEMAS_CHARS:,} characters "

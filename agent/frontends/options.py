@@ -59,7 +59,7 @@ class SecretOnCommandLine(argparse.Action):
     """A flag that would take a secret as its value: refused, and the value is not repeated (a
     command line is public: `ps`, /proc, shell history)."""
 
-    def __init__(self, option_strings: list[str], dest: str, *, instead: str = "", **kwargs: Any) -> None:
+    def __init__(self, option_strings: list[str], dest: str, *, instead: str) -> None:
         super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs="?",
                          help=argparse.SUPPRESS)
         self.instead = instead
